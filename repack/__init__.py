@@ -1,0 +1,75 @@
+"""repack: turn DICOM instances into the pypx data tree and JSON logs.
+
+Usable on its own, without the watcher service::
+
+    from repack import Repacker, Layout
+    repacker = Repacker("/data", "/log", Layout.named("rx-repack"), move=True)
+    outcome = repacker.repack("/incoming/MR.1.2.3")
+    print(outcome.dst)
+
+The output contract (paths, log files, events, bad input) is described in
+the README. Errors form one tree, rooted at :class:`RepackError` (see
+:mod:`repack._errors`).
+"""
+
+from ._dicom import DEFER_BYTES, NOT_DEFINED, REQUIRED_KEYWORDS, Instance, read_instance
+from ._errors import (
+    InvalidInstanceError,
+    MalformedFileError,
+    MissingRequiredTagError,
+    NotDicomError,
+    RepackError,
+    SourceVanishedError,
+    StorageError,
+    TemplateError,
+    TruncatedFileError,
+)
+from ._events import configure_logging, get_logger
+from ._logs import LogPaths, json_bytes
+from ._repack import MissingElement, Placement, RepackOutcome, Repacker, plan_placement, repack_file
+from ._sanitize import MAX_COMPONENT_BYTES, is_safe_name, safe_log_name, sanitize_component
+from ._seahash import seahash, seahash_hex
+from ._store import LOCK_DIR, TEMP_PREFIX, Store
+from ._template import Layout, NamedLayout, Template, parse_template
+
+__all__ = [
+    "DEFER_BYTES",
+    "LOCK_DIR",
+    "MAX_COMPONENT_BYTES",
+    "NOT_DEFINED",
+    "REQUIRED_KEYWORDS",
+    "TEMP_PREFIX",
+    "Instance",
+    "InvalidInstanceError",
+    "Layout",
+    "LogPaths",
+    "MalformedFileError",
+    "MissingElement",
+    "MissingRequiredTagError",
+    "NamedLayout",
+    "NotDicomError",
+    "Placement",
+    "RepackError",
+    "RepackOutcome",
+    "Repacker",
+    "SourceVanishedError",
+    "StorageError",
+    "Store",
+    "Template",
+    "TemplateError",
+    "TruncatedFileError",
+    "configure_logging",
+    "get_logger",
+    "is_safe_name",
+    "json_bytes",
+    "parse_template",
+    "plan_placement",
+    "read_instance",
+    "repack_file",
+    "safe_log_name",
+    "sanitize_component",
+    "seahash",
+    "seahash_hex",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,255 @@
+"""Reading DICOM instances: the one place that talks to pydicom.
+
+:func:`read_instance` parses a file's header cheaply (values larger than
+:data:`DEFER_BYTES`, such as PixelData, are seeked over, never loaded), checks
+that the file is complete, and returns an :class:`Instance`. Every pydicom
+and :class:`OSError` failure is translated here into the :mod:`repack._errors`
+tree. :class:`Instance` itself works on an in-memory dataset, so the value
+rules can be tested without a disk.
+
+Completeness: pydicom parses a truncated file without complaint (it stops at
+end-of-file, or returns a short value). A file is complete when its last
+top-level element ends exactly at the end of the file, or, for an element of
+undefined length, when the file ends with the sequence delimitation item; and
+an image (``Rows`` present, or an "Image Storage" SOP class in the file
+meta) must carry its pixel data.
+"""
+
+from __future__ import annotations
+
+import errno as errno_codes
+import os
+import struct
+from dataclasses import dataclass
+from typing import IO, Any
+
+from pydicom import dcmread
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.datadict import tag_for_keyword
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from ._errors import (
+    MalformedFileError,
+    MissingRequiredTagError,
+    NotDicomError,
+    SourceVanishedError,
+    StorageError,
+    TruncatedFileError,
+)
+
+__all__ = [
+    "DEFER_BYTES",
+    "NOT_DEFINED",
+    "REQUIRED_KEYWORDS",
+    "Instance",
+    "read_instance",
+]
+
+#: Values longer than this are not read into memory (PixelData, overlays).
+DEFER_BYTES = 64 * 1024
+
+#: px's value for an element that is absent.
+NOT_DEFINED = "Not defined"
+
+#: Without these, an instance cannot be placed without colliding with others.
+REQUIRED_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+_UNDEFINED_LENGTH = 0xFFFF_FFFF
+_DELIMITERS = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+_ROWS = 0x00280010
+_TAGS: dict[str, int] = {}
+
+
+def _tag(keyword: str) -> int:
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        found = tag_for_keyword(keyword)
+        if found is None:
+            raise KeyError(keyword)
+        tag = _TAGS[keyword] = int(found)
+    return tag
+
+
+def _is_empty(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str | bytes | MultiValue | list | Sequence):
+        return len(value) == 0
+    return False
+
+
+@dataclass(frozen=True)
+class Instance:
+    """The header of one DICOM instance, and px's and rx's ways of reading it.
+
+    ``dataset`` holds every top-level element but the deferred large values;
+    ``size`` and ``stat`` describe the file as it was when read (absent for
+    a dataset built in memory).
+    """
+
+    dataset: Dataset
+    size: int = 0
+    stat: os.stat_result | None = None
+
+    def _element(self, keyword: str) -> DataElement | None:
+        try:
+            element = self.dataset.get(_tag(keyword))
+        except Exception:  # noqa: BLE001 - an undecodable value reads as absent
+            return None
+        return element if isinstance(element, DataElement) else None
+
+    def text(self, keyword: str) -> str | None:
+        """The element as path text, or ``None`` when absent or empty.
+
+        Decoded text (pydicom honours SpecificCharacterSet), NUL bytes removed,
+        spaces trimmed at both ends; multiple values joined by ``\\``.
+        """
+        element = self._element(keyword)
+        if element is None or _is_empty(element.value):
+            return None
+        value = element.value
+        if isinstance(value, MultiValue | list):
+            text = "\\".join(str(v) for v in value)
+        elif isinstance(value, bytes):
+            text = value.decode("latin-1")
+        else:
+            text = str(value)
+        text = text.replace("\x00", "").strip(" ")
+        return text or None
+
+    def px_value(self, keyword: str) -> str:
+        """The element as px writes it into the JSON logs.
+
+        ``str()`` of the pydicom value; ``""`` when present but empty;
+        ``"Not defined"`` when absent.
+        """
+        element = self._element(keyword)
+        if element is None:
+            return NOT_DEFINED
+        return _px_string(element)
+
+    def required_missing(self) -> list[str]:
+        """The required UIDs that are absent or empty."""
+        return [k for k in REQUIRED_KEYWORDS if self.text(k) is None]
+
+    def dicom_dump(self) -> dict[str, str]:
+        """px's ``DICOM`` table: every top-level, non-private keyword element.
+
+        PixelData and the file meta group are left out; keys are sorted.
+        """
+        table: dict[str, str] = {}
+        for tag in list(self.dataset.keys()):
+            if tag.is_private or int(tag) in _PIXEL_TAGS:
+                continue
+            try:
+                element = self.dataset[tag]
+            except Exception:  # noqa: BLE001, S112 - an undecodable element is left out
+                continue
+            keyword = element.keyword
+            if keyword:
+                table[keyword] = _px_string(element)
+        return dict(sorted(table.items()))
+
+
+def _px_string(element: DataElement) -> str:
+    value = element.value
+    if _is_empty(value):
+        return ""
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - never let one odd value stop the logs
+        return repr(value)
+
+
+def _ends_complete(dataset: Dataset, fp: IO[bytes], size: int) -> str | None:
+    """Why the file is incomplete, or ``None`` when it is complete."""
+    if fp.tell() > size:
+        return "the file ends inside a value that it declares longer"
+    elements = dataset._dict  # noqa: SLF001 - the raw, unconverted elements in file order
+    if not elements:
+        return "no data elements after the file meta header"
+    last = next(reversed(elements.values()))
+    if isinstance(last, RawDataElement):
+        if last.length == _UNDEFINED_LENGTH:
+            return None if _tail_is_delimiter(fp, size) else "undefined-length value not closed"
+        if last.value is not None and len(last.value) < last.length:
+            return "the file ends inside its last value"
+        if last.value_tell + last.length != size:
+            return f"{size - last.value_tell - last.length} trailing byte(s) after the last element"
+    elif isinstance(last.value, Sequence) and not _tail_is_delimiter(fp, size):
+        return "sequence of undefined length not closed"
+    if _is_image(dataset) and not _PIXEL_TAGS.intersection(elements):
+        return "an image without pixel data"
+    return None
+
+
+def _is_image(dataset: Dataset) -> bool:
+    """Whether the instance must carry pixel data (an image storage class)."""
+    if _ROWS in dataset._dict:  # noqa: SLF001
+        return True
+    sop_class = dataset.file_meta.get("MediaStorageSOPClassUID")
+    return sop_class is not None and "Image Storage" in getattr(sop_class, "name", "")
+
+
+def _tail_is_delimiter(fp: IO[bytes], size: int) -> bool:
+    if size < 8:
+        return False
+    fp.seek(size - 8)
+    return fp.read(8) in _DELIMITERS
+
+
+def read_instance(path: str | os.PathLike[str]) -> Instance:
+    """Read and check the header of the DICOM file at ``path``.
+
+    Raises :class:`NotDicomError`, :class:`TruncatedFileError`,
+    :class:`MalformedFileError` or :class:`MissingRequiredTagError` for a file
+    that can never be repacked, :class:`SourceVanishedError` or
+    :class:`StorageError` when the file could not be read.
+    """
+    try:
+        with open(path, "rb") as fp:
+            stat = os.fstat(fp.fileno())
+            size = stat.st_size
+            if size < 132:
+                raise NotDicomError(f"{size} bytes: too short for a DICOM file")
+            fp.seek(128)
+            if fp.read(4) != b"DICM":
+                raise NotDicomError("no DICM marker at byte 128: not a DICOM Part 10 file")
+            fp.seek(0)
+            try:
+                dataset = dcmread(fp, defer_size=DEFER_BYTES)
+            except InvalidDicomError as error:
+                raise NotDicomError(f"not a DICOM file: {error}") from error
+            except (EOFError, struct.error, StopIteration) as error:
+                raise TruncatedFileError(f"the file ends inside its header ({error!s})") from error
+            except OSError:
+                raise
+            except Exception as error:  # noqa: BLE001 - pydicom's many parse errors, translated here
+                raise MalformedFileError(
+                    f"cannot parse the DICOM structure: {type(error).__name__}: {error}"
+                ) from error
+            deflated = dataset.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+            reason = None if deflated else _ends_complete(dataset, fp, size)
+    except FileNotFoundError as error:
+        raise SourceVanishedError(f"input file vanished: {error.strerror}", errno=error.errno) from error
+    except IsADirectoryError as error:
+        raise NotDicomError("a directory, not a file") from error
+    except OSError as error:
+        if error.errno in (errno_codes.ENAMETOOLONG, errno_codes.ELOOP):
+            raise NotDicomError(f"cannot open: {error.strerror}") from error
+        raise StorageError(f"cannot read: {error.strerror or error}", errno=error.errno) from error
+    if reason is not None:
+        raise TruncatedFileError(f"incomplete file ({size} bytes): {reason}")
+    instance = Instance(dataset, size, stat)
+    try:
+        missing = instance.required_missing()
+    except RecursionError as error:  # pragma: no cover - nested sequences beyond reason
+        raise MalformedFileError("structure nested too deeply") from error
+    if missing:
+        raise MissingRequiredTagError(missing)
+    return instance

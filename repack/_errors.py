@@ -1,0 +1,93 @@
+"""The exceptions of the ``repack`` package.
+
+Every error the package raises is a :class:`RepackError`. Third-party errors
+(pydicom's parse errors, :class:`OSError`) are translated into this tree at one
+boundary each (:mod:`repack._dicom` for reading, :mod:`repack._store` for
+writing), so callers never need to know which library failed::
+
+    RepackError
+    ├── TemplateError             a path template is invalid (a start-up error)
+    ├── InvalidInstanceError      this file can never be repacked: quarantine it
+    │   ├── NotDicomError         not a DICOM Part 10 file at all
+    │   ├── TruncatedFileError    shorter than its own header says (cut mid-write)
+    │   ├── MalformedFileError    DICOM, but its structure cannot be parsed
+    │   └── MissingRequiredTagError
+    │                             no SOP, Study or Series Instance UID
+    └── StorageError              the file system refused; may work later: retry
+        └── SourceVanishedError   the input file disappeared before it was read
+
+``InvalidInstanceError`` and ``StorageError`` are the two families a caller
+must tell apart: the first is about the *file* (retrying cannot help), the
+second about the *environment* (disk full, permission denied, I/O error).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidInstanceError",
+    "MalformedFileError",
+    "MissingRequiredTagError",
+    "NotDicomError",
+    "RepackError",
+    "SourceVanishedError",
+    "StorageError",
+    "TemplateError",
+    "TruncatedFileError",
+]
+
+
+class RepackError(Exception):
+    """Base class of every error raised by :mod:`repack`."""
+
+
+class TemplateError(RepackError, ValueError):
+    """A path template (or layout name) is invalid."""
+
+
+class InvalidInstanceError(RepackError):
+    """The input file can never be repacked; retrying will not help."""
+
+    #: A short machine-readable reason, used in quarantine notes and events.
+    reason: str = "invalid"
+
+
+class NotDicomError(InvalidInstanceError):
+    """The file is not a DICOM Part 10 file."""
+
+    reason = "not-dicom"
+
+
+class TruncatedFileError(InvalidInstanceError):
+    """The file is shorter than its last element says: it was cut mid-write."""
+
+    reason = "truncated"
+
+
+class MalformedFileError(InvalidInstanceError):
+    """The file claims to be DICOM but its structure cannot be parsed."""
+
+    reason = "malformed"
+
+
+class MissingRequiredTagError(InvalidInstanceError):
+    """A UID that is needed to place the instance is absent or empty."""
+
+    reason = "missing-required-tag"
+
+    def __init__(self, keywords: list[str]) -> None:
+        self.keywords = keywords
+        super().__init__(
+            "required element(s) missing or empty: " + ", ".join(keywords)
+        )
+
+
+class StorageError(RepackError):
+    """The file system refused an operation; the same input may succeed later."""
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        self.errno = errno
+        super().__init__(message)
+
+
+class SourceVanishedError(StorageError):
+    """The input file was removed (or replaced) before it could be read."""

@@ -1,0 +1,83 @@
+"""Structured events: structlog set up once for both command-line tools.
+
+One event per line. When stdout is not a terminal (a container's log, a
+pipe into ``jq``) each event is a JSON object rendered by orjson, with an
+ISO 8601 UTC ``timestamp`` and a ``level``; on a terminal the same events are
+printed readably. Standard-library logging (watchdog, pydicom) and Python
+warnings are routed through the same renderer, so the stream stays one
+format.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import IO, Any
+
+import orjson
+import structlog
+
+__all__ = ["configure_logging", "get_logger"]
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+class _ToStructlog(logging.Handler):
+    """Forwards standard-library log records to structlog."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken log call must not break the service
+            message = str(record.msg)
+        structlog.get_logger().log(record.levelno, message, logger=record.name)
+
+
+def _orjson_dumps(event: Any, **_: Any) -> bytes:
+    return orjson.dumps(event, default=str)
+
+
+def configure_logging(
+    *, json: bool | None = None, level: str = "info", stream: IO[str] | None = None
+) -> None:
+    """Configure structlog (and route stdlib logging and warnings through it).
+
+    ``json=None`` chooses JSON lines unless ``stream`` (default stdout) is a
+    terminal.
+    """
+    stream = stream or sys.stdout
+    if json is None:
+        json = not stream.isatty()
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+    ]
+    renderer: Any
+    factory: Any
+    if json:
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        factory = structlog.BytesLoggerFactory(stream.buffer if hasattr(stream, "buffer") else stream)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        factory = structlog.PrintLoggerFactory(stream)
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level.lower(), 20)),
+        logger_factory=factory,
+        cache_logger_on_first_use=False,
+    )
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _ToStructlog):
+            root.removeHandler(handler)
+    root.addHandler(_ToStructlog())
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+
+
+def get_logger(**context: Any) -> Any:
+    """A structlog logger bound to ``context``."""
+    return structlog.get_logger().bind(**context)

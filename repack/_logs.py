@@ -1,0 +1,180 @@
+"""The pypx "smdb" JSON log files: where they live and what they contain.
+
+Pure functions: from an :class:`~repack._dicom.Instance` (and, for the image
+file, an :class:`os.stat_result`) to JSON-ready dictionaries, and from tag
+values to confined file names. The shapes are fixed by the downstream pypx
+readers (``px-status``, ``px-push``, ``px-register``, ``px-smdb``)::
+
+    <logdir>/patientData/<PatientID>.json
+    <logdir>/studyData/<StudyInstanceUID>-meta.json
+    <logdir>/studyData/<StudyInstanceUID>-series/<SeriesInstanceUID>-meta.json
+    <logdir>/seriesData/<SeriesInstanceUID>-meta.json
+    <logdir>/seriesData/<SeriesInstanceUID>-img/<image>.json
+    <logdir>/seriesData/<SeriesInstanceUID>-pack.json
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ._dicom import Instance
+from ._sanitize import safe_log_name
+
+__all__ = [
+    "PATIENT_FIELDS",
+    "SERIES_FIELDS",
+    "STAT_FIELDS",
+    "STUDY_FIELDS",
+    "LogPaths",
+    "image_document",
+    "json_bytes",
+    "patient_document",
+    "series_fields",
+    "series_meta_document",
+    "stat_fields",
+    "study_meta_document",
+    "study_series_document",
+]
+
+PATIENT_FIELDS = ("PatientID", "PatientName", "PatientAge", "PatientSex", "PatientBirthDate")
+STUDY_FIELDS = (
+    "PatientID",
+    "StudyDescription",
+    "StudyDate",
+    "StudyInstanceUID",
+    "PerformedStationAETitle",
+)
+SERIES_FIELDS = (
+    "PatientID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesDescription",
+    "SeriesNumber",
+    "SeriesDate",
+    "Modality",
+)
+#: The ``os.stat_result`` fields px records for each image, in its order.
+STAT_FIELDS = (
+    "atime", "blksize", "blocks", "ctime", "dev", "gid", "ino",
+    "mode", "mtime", "nlink", "rdev", "size", "uid",
+)  # fmt: skip
+
+# The longest suffix any log file name adds to a UID, so one UID maps to
+# one confined name in every file that uses it.
+_UID_SUFFIX = "-meta.json"
+
+
+def json_bytes(document: dict[str, Any]) -> bytes:
+    """Serialise a log document (indented, UTF-8, as pypx readers accept)."""
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2)
+
+
+def _fields(instance: Instance, keywords: tuple[str, ...]) -> dict[str, str]:
+    return {k: instance.px_value(k) for k in keywords}
+
+
+def series_fields(instance: Instance) -> dict[str, str]:
+    """The seven series fields shared by the series meta and image files."""
+    return _fields(instance, SERIES_FIELDS)
+
+
+def patient_document(instance: Instance, study_list: list[str]) -> dict[str, Any]:
+    """``patientData/<PatientID>.json``: the patient and its studies."""
+    record: dict[str, Any] = _fields(instance, PATIENT_FIELDS)
+    record["StudyList"] = study_list
+    return {instance.px_value("PatientID"): record}
+
+
+def study_meta_document(instance: Instance) -> dict[str, Any]:
+    """``studyData/<StudyInstanceUID>-meta.json``."""
+    return {instance.px_value("StudyInstanceUID"): _fields(instance, STUDY_FIELDS)}
+
+
+def study_series_document(instance: Instance, series_dir: str) -> dict[str, Any]:
+    """``studyData/<Study>-series/<Series>-meta.json``: the full tag table."""
+    table = instance.dicom_dump()
+    return {
+        instance.px_value("StudyInstanceUID"): {
+            "SeriesInstanceUID": instance.px_value("SeriesInstanceUID"),
+            "SeriesBaseDir": series_dir,
+            "DICOM": {k: {"value": v, "label": k} for k, v in table.items()},
+        }
+    }
+
+
+def series_meta_document(instance: Instance) -> dict[str, Any]:
+    """``seriesData/<SeriesInstanceUID>-meta.json``."""
+    return {instance.px_value("SeriesInstanceUID"): series_fields(instance)}
+
+
+def stat_fields(stat: os.stat_result) -> dict[str, Any]:
+    """px's record of a file's ``stat``: times as local naive timestamps."""
+    record: dict[str, Any] = {}
+    for name in STAT_FIELDS:
+        value = getattr(stat, "st_" + name)
+        if name.endswith("time"):
+            value = str(datetime.datetime.fromtimestamp(value))  # noqa: DTZ006 - px's format
+        record[name] = value
+    return record
+
+
+def image_document(
+    instance: Instance, image_name: str, stat: os.stat_result, location: str
+) -> dict[str, Any]:
+    """``seriesData/<Series>-img/<image>.json``: one instance's record."""
+    record: dict[str, Any] = series_fields(instance)
+    record["outputFile"] = image_name
+    record["imageObj"] = {image_name: {**stat_fields(stat), "FSlocation": location}}
+    return {instance.px_value("SeriesInstanceUID"): record}
+
+
+@dataclass(frozen=True)
+class LogPaths:
+    """Where the log files of one instance go, every name confined to ``logdir``."""
+
+    logdir: Path
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    image_name: str
+
+    @classmethod
+    def of(cls, logdir: Path, instance: Instance, image_name: str) -> LogPaths:
+        """The paths for ``instance``, stored under ``image_name`` in the tree."""
+        return cls(
+            logdir,
+            safe_log_name(instance.px_value("PatientID"), suffix=".json"),
+            safe_log_name(instance.px_value("StudyInstanceUID"), suffix=_UID_SUFFIX),
+            safe_log_name(instance.px_value("SeriesInstanceUID"), suffix=_UID_SUFFIX),
+            safe_log_name(image_name, suffix=".json"),
+        )
+
+    @property
+    def patient(self) -> Path:
+        return self.logdir / "patientData" / f"{self.patient_id}.json"
+
+    @property
+    def study_meta(self) -> Path:
+        return self.logdir / "studyData" / f"{self.study_uid}-meta.json"
+
+    @property
+    def study_series(self) -> Path:
+        return self.logdir / "studyData" / f"{self.study_uid}-series" / f"{self.series_uid}-meta.json"
+
+    @property
+    def series_meta(self) -> Path:
+        return self.logdir / "seriesData" / f"{self.series_uid}-meta.json"
+
+    @property
+    def image(self) -> Path:
+        return self.logdir / "seriesData" / f"{self.series_uid}-img" / f"{self.image_name}.json"
+
+    @property
+    def pack(self) -> Path:
+        return self.logdir / "seriesData" / f"{self.series_uid}-pack.json"

@@ -1,0 +1,259 @@
+"""Repacking one instance: the order of effects that makes it crash-safe.
+
+:class:`Repacker` holds the settings (data dir, log dir, layout, move or
+copy) and a little memory of what it already wrote, so that a long-running
+service does not re-check the once-per-series files for every instance.
+
+The order of effects, chosen so that at every instant the instance is either
+still at its source or completely repacked with all its logs:
+
+1. read and check the header (nothing written yet for a bad file);
+2. place the data file (hard link or synced copy, published atomically);
+3. write the log files (each atomic; create-once files published with a link);
+4. only then, in move mode, remove the source.
+
+A crash anywhere before 4 leaves the source in place; repacking it again
+rewrites the same destination and the same logs, with no duplicate.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._dicom import Instance, read_instance
+from ._logs import (
+    LogPaths,
+    image_document,
+    json_bytes,
+    patient_document,
+    series_meta_document,
+    study_meta_document,
+    study_series_document,
+)
+from ._store import Store
+from ._template import Layout
+
+__all__ = ["MissingElement", "Placement", "RepackOutcome", "Repacker", "plan_placement", "repack_file"]
+
+_SERIES_PACK = json_bytes({"seriesPack": True})
+_REMEMBER_AT_MOST = 200_000
+
+
+@dataclass(frozen=True)
+class MissingElement:
+    """An element a template wanted and did not find (rx-repack's ``missing``)."""
+
+    tag: str
+    name: str
+    error: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"tag": self.tag, "name": self.name, "error": self.error}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an instance goes, relative to the data dir (pure: no disk)."""
+
+    root: str
+    study: str
+    series: str
+    image: str
+    missing: tuple[MissingElement, ...]
+
+    @property
+    def series_path(self) -> Path:
+        return Path(self.root, self.study, self.series)
+
+    @property
+    def relative_path(self) -> Path:
+        return self.series_path / self.image
+
+
+def _missing_element(instance: Instance, keyword: str) -> MissingElement:
+    from pydicom.datadict import tag_for_keyword  # noqa: PLC0415 - keep the pure import light
+
+    tag = int(tag_for_keyword(keyword) or 0)
+    present = tag in instance.dataset
+    return MissingElement(
+        tag=f"({tag >> 16:04X},{tag & 0xFFFF:04X})",
+        name=keyword,
+        error="empty value" if present else "element not present",
+    )
+
+
+def plan_placement(instance: Instance, layout: Layout) -> Placement:
+    """Render the four templates of ``layout`` for ``instance``."""
+    values: Mapping[str, str | None] = {k: instance.text(k) for k in layout.keywords}
+    rendered = [t.render(values) for t in layout.templates]
+    missing_keywords = dict.fromkeys(k for r in rendered for k in r.missing)
+    return Placement(
+        *(r.text for r in rendered),
+        missing=tuple(_missing_element(instance, k) for k in missing_keywords),
+    )
+
+
+@dataclass(frozen=True)
+class RepackOutcome:
+    """What happened to one instance."""
+
+    src: Path
+    dst: Path
+    size: int
+    patient_id: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    series_dir: Path
+    missing: tuple[MissingElement, ...] = ()
+    source_removed: bool = False
+    new_series: bool = False
+    duration_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def event_fields(self) -> dict[str, Any]:
+        """The fields of the ``repack.done`` event line (rx-repack's keys)."""
+        fields: dict[str, Any] = {
+            "src": str(self.src),
+            "dst": str(self.dst),
+            "size": self.size,
+            "PatientID": self.patient_id,
+            "SeriesInstanceUID": self.series_instance_uid,
+            "duration_ms": round(self.duration_ms, 3),
+        }
+        if self.missing:
+            fields["missing"] = [m.as_dict() for m in self.missing]
+        return fields
+
+
+class Repacker:
+    """Repacks instances into ``datadir`` and writes their logs into ``logdir``.
+
+    Thread-safe; several processes may share the same folders. ``move``
+    removes each source once it is fully repacked (``--cleanup``); otherwise
+    the source is left where it is. ``logdir=None`` writes no logs.
+    """
+
+    def __init__(
+        self,
+        datadir: str | os.PathLike[str],
+        logdir: str | os.PathLike[str] | None = None,
+        layout: Layout | None = None,
+        *,
+        move: bool = False,
+        fsync: bool = True,
+    ) -> None:
+        self.datadir = Path(os.path.abspath(datadir))
+        self.logdir = Path(os.path.abspath(logdir)) if logdir is not None else None
+        self.layout = layout or Layout.named()
+        self.move = move
+        self._store = Store(self.logdir or self.datadir, fsync=fsync)
+        self._written: set[Path] = set()
+        self._studies: set[tuple[Path, str]] = set()
+
+    def _remember(self, path: Path) -> None:
+        if len(self._written) > _REMEMBER_AT_MOST:
+            self._written.clear()
+            self._studies.clear()
+        self._written.add(path)
+
+    def repack(self, src: str | os.PathLike[str]) -> RepackOutcome:
+        """Repack the file at ``src``; raise a :class:`RepackError` if it cannot be."""
+        started = time.perf_counter()
+        source = Path(os.path.abspath(src))
+        instance = read_instance(source)
+        placement = plan_placement(instance, self.layout)
+        series_dir = self.datadir / placement.series_path
+        destination = series_dir / placement.image
+        stat = self._store.place(source, destination, link=self.move)
+        new_series = False
+        if self.logdir is not None:
+            new_series = self._write_logs(instance, placement, series_dir, destination, stat)
+        removed = self.move and self._store.remove_source(source, instance.stat)
+        return RepackOutcome(
+            src=source,
+            dst=destination,
+            size=stat.st_size,
+            patient_id=instance.px_value("PatientID"),
+            study_instance_uid=instance.px_value("StudyInstanceUID"),
+            series_instance_uid=instance.px_value("SeriesInstanceUID"),
+            sop_instance_uid=instance.px_value("SOPInstanceUID"),
+            series_dir=series_dir,
+            missing=placement.missing,
+            source_removed=removed,
+            new_series=new_series,
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    def _write_logs(
+        self,
+        instance: Instance,
+        placement: Placement,
+        series_dir: Path,
+        destination: Path,
+        stat: os.stat_result,
+    ) -> bool:
+        assert self.logdir is not None  # noqa: S101 - checked by the caller
+        paths = LogPaths.of(self.logdir, instance, placement.image)
+        store = self._store
+        self._record_study(instance, paths)
+        if paths.study_meta not in self._written:
+            store.create_once(paths.study_meta, json_bytes(study_meta_document(instance)))
+            self._remember(paths.study_meta)
+        new_series = False
+        if paths.study_series not in self._written:
+            new_series = store.create_once(
+                paths.study_series,
+                json_bytes(study_series_document(instance, str(series_dir))),
+            )
+            store.create_once(paths.series_meta, json_bytes(series_meta_document(instance)))
+            self._remember(paths.study_series)
+        if self.move and instance.stat is not None and stat.st_ino == instance.stat.st_ino:
+            # The data file is a hard link to the source, which goes next: record
+            # the link count the file will have, as a copy would.
+            stat = os.stat_result((*stat[:3], max(1, stat.st_nlink - 1), *stat[4:]))
+        image = image_document(instance, placement.image, stat, str(destination))
+        # The -img folder holds one file per instance and nothing else (pypx
+        # counts them), so its temporary files live one level up.
+        store.write_atomic(paths.image, json_bytes(image), temp_dir=paths.image.parent.parent)
+        if paths.pack not in self._written:
+            store.create_once(paths.pack, _SERIES_PACK)
+            self._remember(paths.pack)
+        return new_series
+
+    def _record_study(self, instance: Instance, paths: LogPaths) -> None:
+        study_uid = instance.px_value("StudyInstanceUID")
+        key = (paths.patient, study_uid)
+        if key in self._studies:
+            return
+
+        def add_study(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            patient_id = instance.px_value("PatientID")
+            record = (current or {}).get(patient_id)
+            if not isinstance(record, dict) or not isinstance(record.get("StudyList"), list):
+                return patient_document(instance, [study_uid])
+            if study_uid in record["StudyList"]:
+                return None
+            record["StudyList"].append(study_uid)
+            assert current is not None  # noqa: S101 - record came from it
+            return current
+
+        self._store.update_json(paths.patient, add_study)
+        self._studies.add(key)
+
+
+def repack_file(
+    src: str | os.PathLike[str],
+    *,
+    datadir: str | os.PathLike[str],
+    logdir: str | os.PathLike[str] | None = None,
+    layout: Layout | None = None,
+    move: bool = False,
+) -> RepackOutcome:
+    """Repack one file (a convenience over :class:`Repacker` for one-off use)."""
+    return Repacker(datadir, logdir, layout, move=move).repack(src)

@@ -1,0 +1,79 @@
+"""Turning tag values into file-name components that are always safe.
+
+Pure functions, no file system: a component produced here is never empty,
+never ``.`` or ``..``, contains no path separator, and is at most
+:data:`MAX_COMPONENT_BYTES` bytes long, so a path joined from them can never
+leave the directory it is joined onto.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ._seahash import seahash
+
+__all__ = ["MAX_COMPONENT_BYTES", "is_safe_name", "safe_log_name", "sanitize_component"]
+
+#: The longest file name (in bytes) that Linux file systems accept.
+MAX_COMPONENT_BYTES = 255
+
+_DISALLOWED = re.compile(r"[^A-Za-z0-9.\-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _shorten(name: str, limit: int) -> str:
+    """Cut ``name`` to ``limit`` UTF-8 bytes, keeping it unique and its extension.
+
+    The cut-off part is replaced by ``-`` and 16 hex digits of the SeaHash of
+    the whole name, so two long names that differ only in their tails stay
+    different.
+    """
+    encoded = name.encode("utf-8")
+    if len(encoded) <= limit:
+        return name
+    digest = "-" + format(seahash(encoded), "016x")
+    stem, dot, extension = name.rpartition(".")
+    suffix = dot + extension if stem and len(extension) <= 8 and dot else ""
+    room = limit - len(digest) - len(suffix.encode("utf-8"))
+    head = (stem if suffix else name).encode("utf-8")[:room].decode("utf-8", "ignore")
+    return head + digest + suffix
+
+
+def sanitize_component(text: str, *, max_bytes: int = MAX_COMPONENT_BYTES) -> str:
+    """Make ``text`` a safe single path component, as px-repack names folders.
+
+    NUL bytes are removed, then every run of characters outside
+    ``[A-Za-z0-9.-]`` becomes one ``_`` (px-repack's rule). A result that is
+    empty, ``.`` or ``..`` becomes ``_`` or underscores; one longer than
+    ``max_bytes`` is shortened with a hash suffix.
+    """
+    cleaned = _DISALLOWED.sub("_", text.replace("\x00", ""))
+    if cleaned in ("", ".", ".."):
+        cleaned = "_" * max(1, len(cleaned))
+    return _shorten(cleaned, max_bytes)
+
+
+def is_safe_name(name: str, *, suffix: str = "") -> bool:
+    """Whether ``name + suffix`` can be used as-is as one file name.
+
+    Ordinary PatientIDs and UIDs (including ones with spaces, which pypx
+    readers look up verbatim) are safe; separators, NUL and control
+    characters, ``.``/``..``, empty names and over-long names are not.
+    """
+    return (
+        name not in ("", ".", "..")
+        and "/" not in name
+        and _CONTROL.search(name) is None
+        and len((name + suffix).encode("utf-8", "surrogatepass")) <= MAX_COMPONENT_BYTES
+    )
+
+
+def safe_log_name(name: str, *, suffix: str = "") -> str:
+    """The name under which a log file for ``name`` is stored, without ``suffix``.
+
+    ``name`` itself when :func:`is_safe_name`, else its sanitised form, short
+    enough that ``result + suffix`` fits in one component.
+    """
+    if is_safe_name(name, suffix=suffix):
+        return name
+    return sanitize_component(name, max_bytes=MAX_COMPONENT_BYTES - len(suffix.encode("utf-8")))

@@ -1,0 +1,262 @@
+"""Every file-system effect of repacking, and the translation of ``OSError``.
+
+* **Atomic writes**: data is written to a temporary name (starting with
+  :data:`TEMP_PREFIX`) in the destination's directory, then ``os.replace``-d
+  over the final name, so a reader sees the old file or the new one, never
+  a partial one.
+* **Create once**: files that must keep their first writer's content are
+  published with ``os.link`` from a temporary name, which fails if the final
+  name exists: no lock, no lost race.
+* **Locked updates**: the one read-modify-write (a patient's ``StudyList``)
+  runs under ``fcntl.flock`` on a lock file below ``<logdir>/.locks``. flock
+  locks belong to an open file and die with their process, so a writer that
+  crashed can never leave a stale lock behind; threads lock too, because
+  each acquisition opens its own file description.
+* **Placing data**: a hard link (same file system: no data is copied, and
+  the source stays in place until the logs are written), else a copy to a
+  temporary name that is synced before it is published.
+
+Every :class:`OSError` is translated here into
+:class:`~repack._errors.StorageError` (or
+:class:`~repack._errors.SourceVanishedError` for a missing source).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ._errors import SourceVanishedError, StorageError
+from ._seahash import seahash
+
+__all__ = ["LOCK_DIR", "TEMP_PREFIX", "Store"]
+
+#: Prefix of every temporary file this package creates (the watcher ignores them).
+TEMP_PREFIX = ".pypx-tmp-"
+#: Folder below the log dir that holds the lock files.
+LOCK_DIR = ".locks"
+_LOCK_BUCKETS = 256
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP}
+
+
+def _storage_error(error: OSError, action: str, path: Path | str) -> StorageError:
+    if isinstance(error, FileNotFoundError) and action == "read source":
+        return SourceVanishedError(f"{action} {path}: {error.strerror}", errno=error.errno)
+    return StorageError(f"cannot {action} {path}: {error.strerror or error}", errno=error.errno)
+
+
+@contextlib.contextmanager
+def _translated(action: str, path: Path | str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        raise _storage_error(error, action, path) from error
+
+
+def _temp_name(directory: Path) -> Path:
+    return directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+class Store:
+    """File-system operations for one log dir (locks live below it).
+
+    ``fsync`` makes a copy durable before its source may be removed (moves
+    across file systems); hard links need no copy and so no sync.
+    """
+
+    def __init__(self, lock_root: Path | None, *, fsync: bool = True) -> None:
+        self._lock_root = lock_root / LOCK_DIR if lock_root is not None else None
+        self._fsync = fsync
+        self._made_dirs: set[Path] = set()
+
+    # -- directories ---------------------------------------------------------
+
+    def ensure_dir(self, directory: Path) -> None:
+        """Create ``directory`` and its parents if needed (remembered once made)."""
+        if directory in self._made_dirs:
+            return
+        with _translated("create folder", directory):
+            directory.mkdir(parents=True, exist_ok=True)
+        if len(self._made_dirs) > 100_000:
+            self._made_dirs.clear()
+        self._made_dirs.add(directory)
+
+    def _write_temp(self, directory: Path, data: bytes) -> Path:
+        self.ensure_dir(directory)
+        temp = _temp_name(directory)
+        try:
+            with open(temp, "xb") as handle:
+                handle.write(data)
+        except OSError as error:
+            _unlink_quietly(temp)
+            raise _storage_error(error, "write", temp) from error
+        return temp
+
+    # -- JSON files ----------------------------------------------------------
+
+    def write_atomic(self, path: Path, data: bytes, *, temp_dir: Path | None = None) -> None:
+        """Replace ``path`` with ``data`` atomically.
+
+        ``temp_dir`` (same file system) holds the temporary file when the
+        destination folder must never show anything but final files.
+        """
+        self.ensure_dir(path.parent)
+        temp = self._write_temp(temp_dir or path.parent, data)
+        try:
+            os.replace(temp, path)
+        except OSError as error:
+            _unlink_quietly(temp)
+            raise _storage_error(error, "write", path) from error
+
+    def create_once(self, path: Path, data: bytes) -> bool:
+        """Create ``path`` with ``data`` unless it exists; True if this call created it."""
+        if path.exists():
+            return False
+        self.ensure_dir(path.parent)
+        temp = self._write_temp(path.parent, data)
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        except OSError as error:
+            if error.errno not in _NO_LINK:
+                raise _storage_error(error, "write", path) from error
+            # No hard links here (some network file systems): serialise instead.
+            with self.locked(str(path)):
+                if path.exists():
+                    return False
+                with _translated("write", path):
+                    os.replace(temp, path)
+                return True
+        finally:
+            _unlink_quietly(temp)
+        return True
+
+    @contextlib.contextmanager
+    def locked(self, key: str) -> Iterator[None]:
+        """Hold an exclusive, crash-safe lock for ``key`` (one of 256 buckets)."""
+        if self._lock_root is None:
+            yield
+            return
+        bucket = seahash(key.encode("utf-8", "surrogatepass")) % _LOCK_BUCKETS
+        lock_path = self._lock_root / f"{bucket:02x}.lock"
+        self.ensure_dir(self._lock_root)
+        with _translated("lock", lock_path):
+            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            with _translated("lock", lock_path):
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # closing releases the lock
+
+    def update_json(
+        self, path: Path, update: Callable[[dict[str, Any] | None], dict[str, Any] | None]
+    ) -> None:
+        """Read-modify-write ``path`` under its lock; ``update`` returns None to skip.
+
+        ``update`` gets the current document (None if there is none or it is
+        unreadable) and returns the new one.
+        """
+        with self.locked(str(path)):
+            current: dict[str, Any] | None = None
+            try:
+                loaded = orjson.loads(path.read_bytes())
+                current = loaded if isinstance(loaded, dict) else None
+            except FileNotFoundError:
+                current = None
+            except orjson.JSONDecodeError:
+                current = None
+            except OSError as error:
+                raise _storage_error(error, "read", path) from error
+            new = update(current)
+            if new is not None:
+                self.write_atomic(path, orjson.dumps(new, option=orjson.OPT_INDENT_2))
+
+    # -- data files ----------------------------------------------------------
+
+    def place(self, source: Path, destination: Path, *, link: bool) -> os.stat_result:
+        """Make ``destination`` a complete copy of ``source``, which stays put.
+
+        With ``link``, a hard link when both are on one file system (only for
+        a source that is removed right after: storescp rewrites a re-sent
+        file in place, which would change a long-lived link too); otherwise,
+        or across file systems, a synced copy. Published atomically either
+        way. Returns the destination's stat.
+        """
+        self.ensure_dir(destination.parent)
+        temp = _temp_name(destination.parent)
+        try:
+            if not (link and self._link(source, temp)):
+                # Durable before its source may go; a kept source needs no sync.
+                self._copy(source, temp, sync=link and self._fsync)
+            with _translated("write", destination):
+                os.replace(temp, destination)
+                return os.stat(destination)
+        finally:
+            _unlink_quietly(temp)
+
+    @staticmethod
+    def _link(source: Path, temp: Path) -> bool:
+        """Hard-link ``source`` to ``temp``; False where links are impossible."""
+        try:
+            os.link(source, temp)
+        except FileNotFoundError as error:
+            raise _storage_error(error, "read source", source) from error
+        except OSError as error:
+            if error.errno in _NO_LINK:
+                return False
+            raise _storage_error(error, "link", temp) from error
+        return True
+
+    @staticmethod
+    def _copy(source: Path, temp: Path, *, sync: bool) -> None:
+        try:
+            with open(source, "rb") as reader:
+                with open(temp, "xb") as writer:
+                    shutil.copyfileobj(reader, writer, 1024 * 1024)
+                    if sync:
+                        writer.flush()
+                        os.fsync(writer.fileno())
+            shutil.copymode(source, temp)
+        except FileNotFoundError as error:
+            if not source.exists():
+                raise _storage_error(error, "read source", source) from error
+            raise _storage_error(error, "copy to", temp) from error
+        except OSError as error:
+            raise _storage_error(error, "copy to", temp) from error
+
+    def remove_source(self, source: Path, expected: os.stat_result | None) -> bool:
+        """Remove ``source`` if it is still the version that was repacked.
+
+        A file re-sent meanwhile (other inode, size or mtime) is left for its
+        own turn. Returns whether the file was removed.
+        """
+        try:
+            current = os.stat(source)
+        except FileNotFoundError:
+            return False
+        except OSError as error:
+            raise _storage_error(error, "stat", source) from error
+        if expected is not None and (
+            (current.st_ino, current.st_size, current.st_mtime_ns)
+            != (expected.st_ino, expected.st_size, expected.st_mtime_ns)
+        ):
+            return False
+        with _translated("remove", source):
+            source.unlink(missing_ok=True)
+        return True

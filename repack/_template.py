@@ -1,0 +1,239 @@
+"""px-repack's ``%`` path templates: parsing, validation and rendering.
+
+A template is literal text with fields. A field is ``%Keyword`` (a DICOM
+keyword from pydicom's dictionary) optionally preceded by one function:
+``%_name|args_Keyword``. Functions:
+
+``pad|W,C``
+    right-justify to width ``W`` with fill character ``C`` (default ``0``),
+    never truncating: ``%_pad|5,0_SeriesNumber`` renders ``5`` as ``00005``.
+``seahash|N``
+    the first ``N`` characters of the lowercase hex SeaHash of the value
+    (not zero-padded, as rx-repack).
+``md5|N``
+    the first ``N`` hex characters of the MD5 of the value.
+``strmsk|MASK``
+    px-repack's string mask: ``*`` keeps the value's character, any other
+    mask character replaces it.
+``nospc|C``
+    px-repack's no-space: runs of non-word characters become ``C``.
+
+A function applies to the element it is written against (px-repack applied
+them positionally, which shifted them onto neighbours). An element that is
+absent or empty renders as its bare keyword, with no function applied, and
+is reported as missing. Templates are parsed once, so an invalid one is an
+error before any file is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from pydicom.datadict import keyword_dict
+
+from ._errors import TemplateError
+from ._sanitize import sanitize_component
+from ._seahash import seahash_hex
+
+__all__ = [
+    "Field",
+    "Layout",
+    "NamedLayout",
+    "RenderedComponent",
+    "Template",
+    "parse_template",
+]
+
+_FIELD = re.compile(r"%(?:_(?P<function>[A-Za-z]+)(?:\|(?P<args>[^_%]*))?_)?(?P<word>[A-Za-z0-9]*)")
+
+
+def _positive_int(text: str, what: str, source: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise TemplateError(f"{what} must be a positive whole number in {source!r}, not {text!r}")
+    return int(text)
+
+
+def _make_function(name: str, args: str | None, source: str) -> Callable[[str], str]:
+    """Build the value transformation for ``_name|args_``, validating its arguments."""
+    if name == "pad":
+        width_text, _, fill = (args or "").partition(",")
+        width = _positive_int(width_text, "pad width", source)
+        fill = fill or "0"
+        if len(fill) != 1:
+            raise TemplateError(f"pad fill must be one character in {source!r}, not {fill!r}")
+        return lambda value: value.rjust(width, fill)
+    if name in ("seahash", "md5"):
+        count = _positive_int(args, f"{name} length", source) if args else None
+        if name == "md5":
+            return lambda value: hashlib.md5(
+                value.encode("utf-8"), usedforsecurity=False
+            ).hexdigest()[:count]
+        return lambda value: seahash_hex(value)[:count]
+    if name == "strmsk":
+        if not args:
+            raise TemplateError(f"strmsk needs a mask in {source!r}")
+        mask = args
+        return lambda value: "".join(v if m == "*" else m for v, m in zip(value, mask, strict=False))
+    if name == "nospc":
+        joiner = args or ""
+        return lambda value: joiner.join(re.sub(r"\W+", " ", value).split())
+    raise TemplateError(
+        f"unknown function {name!r} in {source!r} (known: pad, seahash, md5, strmsk, nospc)"
+    )
+
+
+@dataclass(frozen=True)
+class Field:
+    """One ``%`` field of a template: a keyword and an optional function."""
+
+    keyword: str
+    function_name: str | None
+    transform: Callable[[str], str] | None
+
+    def render(self, value: str | None) -> str:
+        """The field's text for ``value`` (``None``: absent or empty)."""
+        if value is None:
+            return self.keyword
+        return self.transform(value) if self.transform else value
+
+
+@dataclass(frozen=True)
+class RenderedComponent:
+    """A rendered, sanitised path component and the keywords it lacked."""
+
+    text: str
+    missing: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed template: literal strings and :class:`Field` objects in order."""
+
+    source: str
+    parts: tuple[str | Field, ...]
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        """The DICOM keywords the template reads, in order."""
+        return tuple(p.keyword for p in self.parts if isinstance(p, Field))
+
+    def render(self, values: Mapping[str, str | None]) -> RenderedComponent:
+        """Render with ``values`` (keyword -> text or ``None``) and sanitise."""
+        pieces: list[str] = []
+        missing: list[str] = []
+        for part in self.parts:
+            if isinstance(part, str):
+                pieces.append(part)
+                continue
+            value = values.get(part.keyword)
+            if value is None:
+                missing.append(part.keyword)
+            pieces.append(part.render(value))
+        return RenderedComponent(sanitize_component("".join(pieces)), tuple(missing))
+
+
+def _longest_keyword(word: str) -> str | None:
+    for end in range(len(word), 0, -1):
+        if word[:end] in keyword_dict:
+            return word[:end]
+    return None
+
+
+def parse_template(source: str) -> Template:
+    """Parse a px-repack ``%`` template, raising :class:`TemplateError` if invalid.
+
+    The keyword after ``%`` is the longest prefix of the following letters and
+    digits that is a DICOM keyword, as px-repack matched it; the rest is text.
+    """
+    if not source.strip():
+        raise TemplateError("a template cannot be empty")
+    parts: list[str | Field] = []
+    position = 0
+    for match in _FIELD.finditer(source):
+        if match.start() > position:
+            parts.append(source[position : match.start()])
+        word = match["word"]
+        keyword = _longest_keyword(word)
+        if keyword is None:
+            shown = match.group(0)
+            raise TemplateError(
+                f"{shown!r} in template {source!r} does not name a DICOM keyword"
+                " (keywords are spelled as in the standard, e.g. %PatientID)"
+            )
+        function = match["function"]
+        transform = _make_function(function, match["args"], source) if function else None
+        parts.append(Field(keyword, function, transform))
+        if len(word) > len(keyword):
+            parts.append(word[len(keyword) :])
+        position = match.end()
+    if position < len(source):
+        parts.append(source[position:])
+    return Template(source, tuple(parts))
+
+
+class NamedLayout(str, Enum):
+    """The layouts that users migrate from, by name."""
+
+    RX_REPACK = "rx-repack"
+    PX_REPACK_3_10 = "px-repack-3.10"
+    PX_REPACK_3_12 = "px-repack-3.12"
+
+
+_ROOT = "%PatientID-%PatientName-%PatientBirthDate"
+_STUDY = "%StudyDescription-%AccessionNumber-%StudyDate"
+_IMAGE = "%_pad|4,0_InstanceNumber-%SOPInstanceUID.dcm"
+_SERIES = {
+    NamedLayout.RX_REPACK: "%_pad|5,0_SeriesNumber-%SeriesDescription-%_seahash|7_SeriesInstanceUID",
+    NamedLayout.PX_REPACK_3_10: "%_pad|5,0_SeriesNumber-%SeriesDescription",
+    NamedLayout.PX_REPACK_3_12: "%SeriesDescription-%_seahash|7_SeriesInstanceUID",
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The four templates that place an instance: root/study/series/image."""
+
+    root: Template
+    study: Template
+    series: Template
+    image: Template
+    name: str = "custom"
+
+    @classmethod
+    def named(
+        cls,
+        name: str = NamedLayout.RX_REPACK.value,
+        *,
+        root: str | None = None,
+        study: str | None = None,
+        series: str | None = None,
+        image: str | None = None,
+    ) -> Layout:
+        """A named layout, with any of its four templates overridden."""
+        try:
+            layout = NamedLayout(name)
+        except ValueError:
+            known = ", ".join(n.value for n in NamedLayout)
+            raise TemplateError(f"unknown layout {name!r} (known: {known})") from None
+        overridden = any(t is not None for t in (root, study, series, image))
+        return cls(
+            root=parse_template(root or _ROOT),
+            study=parse_template(study or _STUDY),
+            series=parse_template(series or _SERIES[layout]),
+            image=parse_template(image or _IMAGE),
+            name=layout.value + ("+custom" if overridden else ""),
+        )
+
+    @property
+    def templates(self) -> tuple[Template, Template, Template, Template]:
+        """The four templates, outermost first."""
+        return (self.root, self.study, self.series, self.image)
+
+    @property
+    def keywords(self) -> frozenset[str]:
+        """Every keyword any of the templates reads."""
+        return frozenset(k for t in self.templates for k in t.keywords)
