@@ -26,7 +26,7 @@ from ._errors import (
 )
 from ._events import configure_logging, get_logger
 from ._logs import LogPaths, json_bytes
-from ._repack import MissingElement, Placement, RepackOutcome, Repacker, plan_placement, repack_file
+from ._repack import MissingElement, Placement, Repacker, RepackOutcome, plan_placement, repack_file
 from ._sanitize import MAX_COMPONENT_BYTES, is_safe_name, safe_log_name, sanitize_component
 from ._seahash import seahash, seahash_hex
 from ._store import LOCK_DIR, TEMP_PREFIX, Store

@@ -28,7 +28,7 @@ from typing import Any
 
 from ._errors import NotDicomError, RepackError, TemplateError
 from ._events import configure_logging, get_logger
-from ._repack import RepackOutcome, Repacker
+from ._repack import Repacker, RepackOutcome
 from ._store import TEMP_PREFIX
 from ._template import Layout, NamedLayout
 
@@ -46,7 +46,9 @@ class CliError(Exception):
         self.code = code
 
 
-def add_layout_arguments(parser: argparse.ArgumentParser, env: dict[str, str] | None = None) -> None:
+def add_layout_arguments(
+    parser: argparse.ArgumentParser, env: dict[str, str] | None = None
+) -> None:
     """Add ``--layout`` and px-repack's four template options to ``parser``.
 
     ``env`` maps option destinations to defaults (the service reads them
@@ -114,7 +116,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="remove each source once it is repacked with its logs (move instead of copy)",
     )
-    parser.add_argument("-v", "--verbosity", type=int, default=1, help="0 quiet, 1 errors, 2 every file")
+    parser.add_argument(
+        "-v", "--verbosity", type=int, default=1, help="0 quiet, 1 errors, 2 every file"
+    )
     parser.add_argument(
         "--log-ndjson", action="store_true", help="print one JSON event line per file on stdout"
     )

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -99,7 +99,7 @@ class Instance:
     def _element(self, keyword: str) -> DataElement | None:
         try:
             element = self.dataset.get(_tag(keyword))
-        except Exception:  # noqa: BLE001 - an undecodable value reads as absent
+        except Exception:
             return None
         return element if isinstance(element, DataElement) else None
 
@@ -148,7 +148,7 @@ class Instance:
                 continue
             try:
                 element = self.dataset[tag]
-            except Exception:  # noqa: BLE001, S112 - an undecodable element is left out
+            except Exception:  # noqa: S112 - an undecodable element is left out
                 continue
             keyword = element.keyword
             if keyword:
@@ -162,7 +162,7 @@ def _px_string(element: DataElement) -> str:
         return ""
     try:
         return str(value)
-    except Exception:  # noqa: BLE001 - never let one odd value stop the logs
+    except Exception:
         return repr(value)
 
 
@@ -170,10 +170,10 @@ def _ends_complete(dataset: Dataset, fp: IO[bytes], size: int) -> str | None:
     """Why the file is incomplete, or ``None`` when it is complete."""
     if fp.tell() > size:
         return "the file ends inside a value that it declares longer"
-    elements = dataset._dict  # noqa: SLF001 - the raw, unconverted elements in file order
+    elements = dataset._dict
     if not elements:
         return "no data elements after the file meta header"
-    last = next(reversed(elements.values()))
+    *_, last = elements.values()  # the last element read (dict keeps file order)
     if isinstance(last, RawDataElement):
         if last.length == _UNDEFINED_LENGTH:
             return None if _tail_is_delimiter(fp, size) else "undefined-length value not closed"
@@ -190,7 +190,7 @@ def _ends_complete(dataset: Dataset, fp: IO[bytes], size: int) -> str | None:
 
 def _is_image(dataset: Dataset) -> bool:
     """Whether the instance must carry pixel data (an image storage class)."""
-    if _ROWS in dataset._dict:  # noqa: SLF001
+    if _ROWS in dataset._dict:
         return True
     sop_class = dataset.file_meta.get("MediaStorageSOPClassUID")
     return sop_class is not None and "Image Storage" in getattr(sop_class, "name", "")
@@ -229,14 +229,16 @@ def read_instance(path: str | os.PathLike[str]) -> Instance:
                 raise TruncatedFileError(f"the file ends inside its header ({error!s})") from error
             except OSError:
                 raise
-            except Exception as error:  # noqa: BLE001 - pydicom's many parse errors, translated here
+            except Exception as error:
                 raise MalformedFileError(
                     f"cannot parse the DICOM structure: {type(error).__name__}: {error}"
                 ) from error
             deflated = dataset.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
             reason = None if deflated else _ends_complete(dataset, fp, size)
     except FileNotFoundError as error:
-        raise SourceVanishedError(f"input file vanished: {error.strerror}", errno=error.errno) from error
+        raise SourceVanishedError(
+            f"input file vanished: {error.strerror}", errno=error.errno
+        ) from error
     except IsADirectoryError as error:
         raise NotDicomError("a directory, not a file") from error
     except OSError as error:

@@ -76,9 +76,7 @@ class MissingRequiredTagError(InvalidInstanceError):
 
     def __init__(self, keywords: list[str]) -> None:
         self.keywords = keywords
-        super().__init__(
-            "required element(s) missing or empty: " + ", ".join(keywords)
-        )
+        super().__init__("required element(s) missing or empty: " + ", ".join(keywords))
 
 
 class StorageError(RepackError):

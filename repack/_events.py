@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Any
+from typing import Any, BinaryIO, TextIO, cast
 
 import orjson
 import structlog
@@ -28,7 +28,7 @@ class _ToStructlog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken log call must not break the service
+        except Exception:
             message = str(record.msg)
         structlog.get_logger().log(record.levelno, message, logger=record.name)
 
@@ -38,7 +38,7 @@ def _orjson_dumps(event: Any, **_: Any) -> bytes:
 
 
 def configure_logging(
-    *, json: bool | None = None, level: str = "info", stream: IO[str] | None = None
+    *, json: bool | None = None, level: str = "info", stream: TextIO | None = None
 ) -> None:
     """Configure structlog (and route stdlib logging and warnings through it).
 
@@ -59,7 +59,10 @@ def configure_logging(
     factory: Any
     if json:
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
-        factory = structlog.BytesLoggerFactory(stream.buffer if hasattr(stream, "buffer") else stream)
+        binary = getattr(stream, "buffer", None)
+        if binary is None:
+            raise ValueError("JSON events need a stream with a binary buffer (such as stdout)")
+        factory = structlog.BytesLoggerFactory(cast(BinaryIO, binary))
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
         factory = structlog.PrintLoggerFactory(stream)

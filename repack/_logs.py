@@ -119,7 +119,7 @@ def stat_fields(stat: os.stat_result) -> dict[str, Any]:
     for name in STAT_FIELDS:
         value = getattr(stat, "st_" + name)
         if name.endswith("time"):
-            value = str(datetime.datetime.fromtimestamp(value))  # noqa: DTZ006 - px's format
+            value = str(datetime.datetime.fromtimestamp(value))
         record[name] = value
     return record
 
@@ -165,7 +165,9 @@ class LogPaths:
 
     @property
     def study_series(self) -> Path:
-        return self.logdir / "studyData" / f"{self.study_uid}-series" / f"{self.series_uid}-meta.json"
+        return (
+            self.logdir / "studyData" / f"{self.study_uid}-series" / f"{self.series_uid}-meta.json"
+        )
 
     @property
     def series_meta(self) -> Path:

@@ -38,7 +38,14 @@ from ._logs import (
 from ._store import Store
 from ._template import Layout
 
-__all__ = ["MissingElement", "Placement", "RepackOutcome", "Repacker", "plan_placement", "repack_file"]
+__all__ = [
+    "MissingElement",
+    "Placement",
+    "RepackOutcome",
+    "Repacker",
+    "plan_placement",
+    "repack_file",
+]
 
 _SERIES_PACK = json_bytes({"seriesPack": True})
 _REMEMBER_AT_MOST = 200_000
@@ -90,10 +97,13 @@ def _missing_element(instance: Instance, keyword: str) -> MissingElement:
 def plan_placement(instance: Instance, layout: Layout) -> Placement:
     """Render the four templates of ``layout`` for ``instance``."""
     values: Mapping[str, str | None] = {k: instance.text(k) for k in layout.keywords}
-    rendered = [t.render(values) for t in layout.templates]
-    missing_keywords = dict.fromkeys(k for r in rendered for k in r.missing)
+    root, study, series, image = (t.render(values) for t in layout.templates)
+    missing_keywords = dict.fromkeys(k for r in (root, study, series, image) for k in r.missing)
     return Placement(
-        *(r.text for r in rendered),
+        root=root.text,
+        study=study.text,
+        series=series.text,
+        image=image.text,
         missing=tuple(_missing_element(instance, k) for k in missing_keywords),
     )
 

@@ -226,12 +226,11 @@ class Store:
     @staticmethod
     def _copy(source: Path, temp: Path, *, sync: bool) -> None:
         try:
-            with open(source, "rb") as reader:
-                with open(temp, "xb") as writer:
-                    shutil.copyfileobj(reader, writer, 1024 * 1024)
-                    if sync:
-                        writer.flush()
-                        os.fsync(writer.fileno())
+            with open(source, "rb") as reader, open(temp, "xb") as writer:
+                shutil.copyfileobj(reader, writer, 1024 * 1024)
+                if sync:
+                    writer.flush()
+                    os.fsync(writer.fileno())
             shutil.copymode(source, temp)
         except FileNotFoundError as error:
             if not source.exists():

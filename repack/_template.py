@@ -31,7 +31,7 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from pydicom.datadict import keyword_dict
 
@@ -48,7 +48,9 @@ __all__ = [
     "parse_template",
 ]
 
-_FIELD = re.compile(r"%(?:_(?P<function>[A-Za-z]+)(?:\|(?P<args>[^_%]*))?_)?(?P<word>[A-Za-z0-9]*)")
+_FIELD = re.compile(
+    r"%(?:_(?P<function>[A-Za-z][A-Za-z0-9]*)(?:\|(?P<args>[^_%]*))?_)?(?P<word>[A-Za-z0-9]*)"
+)
 
 
 def _positive_int(text: str, what: str, source: str) -> int:
@@ -77,7 +79,9 @@ def _make_function(name: str, args: str | None, source: str) -> Callable[[str], 
         if not args:
             raise TemplateError(f"strmsk needs a mask in {source!r}")
         mask = args
-        return lambda value: "".join(v if m == "*" else m for v, m in zip(value, mask, strict=False))
+        return lambda value: "".join(
+            v if m == "*" else m for v, m in zip(value, mask, strict=False)
+        )
     if name == "nospc":
         joiner = args or ""
         return lambda value: joiner.join(re.sub(r"\W+", " ", value).split())
@@ -175,7 +179,7 @@ def parse_template(source: str) -> Template:
     return Template(source, tuple(parts))
 
 
-class NamedLayout(str, Enum):
+class NamedLayout(StrEnum):
     """The layouts that users migrate from, by name."""
 
     RX_REPACK = "rx-repack"
@@ -187,7 +191,9 @@ _ROOT = "%PatientID-%PatientName-%PatientBirthDate"
 _STUDY = "%StudyDescription-%AccessionNumber-%StudyDate"
 _IMAGE = "%_pad|4,0_InstanceNumber-%SOPInstanceUID.dcm"
 _SERIES = {
-    NamedLayout.RX_REPACK: "%_pad|5,0_SeriesNumber-%SeriesDescription-%_seahash|7_SeriesInstanceUID",
+    NamedLayout.RX_REPACK: (
+        "%_pad|5,0_SeriesNumber-%SeriesDescription-%_seahash|7_SeriesInstanceUID"
+    ),
     NamedLayout.PX_REPACK_3_10: "%_pad|5,0_SeriesNumber-%SeriesDescription",
     NamedLayout.PX_REPACK_3_12: "%SeriesDescription-%_seahash|7_SeriesInstanceUID",
 }

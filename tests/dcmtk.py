@@ -1,0 +1,113 @@
+"""Running the real dcmtk storescp and storescu in tests, on loopback only.
+
+Every wait is bounded. storescp is started in its own session (``setsid``) so
+that it and any ``--fork`` children are stopped together by process group.
+Both programs get ``TCP_NODELAY=1``, or every instance costs ~44 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+LOOPBACK = "127.0.0.1"
+
+
+def require_dcmtk() -> None:
+    """Skip (or, under CI, fail) when dcmtk is not installed."""
+    if shutil.which("storescp") and shutil.which("storescu"):
+        return
+    message = "dcmtk storescp/storescu not on PATH (apt-get install -y dcmtk)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def dcmtk_env() -> dict[str, str]:
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll ``condition`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((LOOPBACK, port)) == 0
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """Stop a process started with ``start_new_session`` and all of its group."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def storescp(output: Path, *extra: str, port: int | None = None) -> Iterator[int]:
+    """Run ``storescp -od OUTPUT [extra] PORT``; yield the port once it listens."""
+    require_dcmtk()
+    port = port or free_port()
+    output.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        ["storescp", "-od", str(output), *extra, str(port)],
+        env=dcmtk_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: _port_open(port) or process.poll() is not None, 10, "storescp to listen")
+        if process.poll() is not None:
+            pytest.fail(f"storescp exited with {process.returncode}")
+        yield port
+    finally:
+        stop_group(process)
+
+
+def storescu(port: int, files: Sequence[Path], timeout: float = 120) -> None:
+    """Send ``files`` to ``127.0.0.1:port`` in one association; fail on any error."""
+    require_dcmtk()
+    result = subprocess.run(
+        ["storescu", "-aec", "ANY-SCP", "-to", "20", "-ta", "20", "-td", "60",
+         LOOPBACK, str(port), *map(str, files)],
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        pytest.fail(f"storescu failed ({result.returncode}): {result.stderr[-2000:]}")

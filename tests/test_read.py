@@ -1,0 +1,97 @@
+"""Bad input: not DICOM, truncated, missing UIDs; clear errors, nothing moved."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from repack import (
+    InvalidInstanceError,
+    MissingRequiredTagError,
+    NotDicomError,
+    SourceVanishedError,
+    TruncatedFileError,
+    read_instance,
+    repack_file,
+)
+
+
+def test_example_instance_reads(example_files: list[Path]) -> None:
+    instance = read_instance(example_files[0])
+    assert instance.size == example_files[0].stat().st_size
+    assert instance.px_value("PatientID") == "1449c1d"
+
+
+@pytest.mark.parametrize("content", [b"", b"hello", b"\x00" * 200, b"x" * 128 + b"DICM"])
+def test_not_dicom(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "junk"
+    path.write_bytes(content)
+    with pytest.raises((NotDicomError, TruncatedFileError)):
+        read_instance(path)
+
+
+def test_every_truncation_of_a_real_instance_is_rejected(
+    tmp_path: Path, example_files: list[Path]
+) -> None:
+    data = example_files[0].read_bytes()
+    path = tmp_path / "cut"
+    # Every byte of the header, then through the pixel data.
+    cuts = [*range(0, 3000), *range(3000, len(data), 1009), len(data) - 1]
+    for cut in cuts:
+        path.write_bytes(data[:cut])
+        with pytest.raises(InvalidInstanceError):
+            read_instance(path)
+    path.write_bytes(data)
+    read_instance(path)
+
+
+def test_truncated_inside_pixel_data_has_a_clear_reason(
+    tmp_path: Path, example_files: list[Path]
+) -> None:
+    data = example_files[0].read_bytes()
+    path = tmp_path / "cut"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TruncatedFileError, match="incomplete file"):
+        read_instance(path)
+
+
+def test_trailing_garbage_is_incomplete(tmp_path: Path, example_files: list[Path]) -> None:
+    path = tmp_path / "long"
+    path.write_bytes(example_files[0].read_bytes() + b"\x00\x01")
+    with pytest.raises(TruncatedFileError, match="trailing"):
+        read_instance(path)
+
+
+@pytest.mark.parametrize("keyword", ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
+def test_missing_required_uid(dicom_factory: Callable[..., Path], keyword: str) -> None:
+    path = dicom_factory(**{keyword: None})
+    with pytest.raises(MissingRequiredTagError, match=keyword):
+        read_instance(path)
+
+
+def test_empty_required_uid(dicom_factory: Callable[..., Path]) -> None:
+    path = dicom_factory(SeriesInstanceUID="")
+    with pytest.raises(MissingRequiredTagError):
+        read_instance(path)
+
+
+def test_bad_files_are_left_where_they_were(
+    tmp_path: Path, dicom_factory: Callable[..., Path]
+) -> None:
+    junk = tmp_path / "incoming" / "junk"
+    junk.parent.mkdir(parents=True, exist_ok=True)
+    junk.write_bytes(b"not dicom at all")
+    no_uid = dicom_factory(StudyInstanceUID=None)
+    for path in (junk, no_uid):
+        before = path.read_bytes()
+        with pytest.raises(InvalidInstanceError):
+            repack_file(path, datadir=tmp_path / "data", logdir=tmp_path / "log", move=True)
+        assert path.read_bytes() == before
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.dcm"))
+
+
+def test_vanished_source(tmp_path: Path) -> None:
+    with pytest.raises(SourceVanishedError):
+        read_instance(tmp_path / "gone")

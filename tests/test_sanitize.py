@@ -1,0 +1,103 @@
+"""Sanitising and confinement: nothing built from tag values escapes its folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from repack import (
+    MAX_COMPONENT_BYTES,
+    Layout,
+    is_safe_name,
+    plan_placement,
+    safe_log_name,
+    sanitize_component,
+)
+from repack._dicom import Instance
+
+from .conftest import make_dataset
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("MR-Brain w/o Contrast", "MR-Brain_w_o_Contrast"),
+        ("a  b\tc", "a_b_c"),
+        ("é€漢字", "_"),
+        ("x\x00y", "xy"),
+        ("", "_"),
+        (".", "_"),
+        ("..", "__"),
+        ("../../etc", ".._.._etc"),
+        ("1.2.840", "1.2.840"),
+    ],
+)
+def test_px_sanitising_rule(raw: str, expected: str) -> None:
+    assert sanitize_component(raw) == expected
+
+
+def test_long_components_are_shortened_uniquely_keeping_extension() -> None:
+    first = sanitize_component("A" * 400 + "1.dcm")
+    second = sanitize_component("A" * 400 + "2.dcm")
+    assert len(first.encode()) <= MAX_COMPONENT_BYTES
+    assert first != second
+    assert first.endswith(".dcm")
+
+
+@given(st.text())
+def test_sanitised_component_is_always_one_safe_name(text: str) -> None:
+    component = sanitize_component(text)
+    assert component not in ("", ".", "..")
+    assert "/" not in component
+    assert "\x00" not in component
+    assert len(component.encode()) <= MAX_COMPONENT_BYTES
+
+
+@pytest.mark.parametrize("name", ["1449c1d", "John Smith 123", "1.2.840.1", "ÄÖÜ-1"])
+def test_ordinary_ids_keep_their_exact_names(name: str) -> None:
+    assert is_safe_name(name, suffix=".json")
+    assert safe_log_name(name, suffix=".json") == name
+
+
+@pytest.mark.parametrize(
+    "name", ["../../x", "A/B", "/etc/passwd", "..", ".", "", "a\x00b", "a\nb", "x" * 300]
+)
+def test_hostile_ids_are_sanitised(name: str) -> None:
+    safe = safe_log_name(name, suffix="-meta.json")
+    assert is_safe_name(safe, suffix="-meta.json")
+    assert "/" not in safe
+
+
+_VALUE = st.one_of(
+    st.none(), st.text(max_size=300), st.sampled_from(["..", ".", "/", "../..", "\x00"])
+)
+
+
+@given(
+    patient=_VALUE,
+    name=_VALUE,
+    study=_VALUE,
+    series=_VALUE,
+    sop=st.text(min_size=1, max_size=300),
+)
+def test_rendered_path_always_stays_inside_the_data_dir(
+    patient: str | None, name: str | None, study: str | None, series: str | None, sop: str
+) -> None:
+    ds = make_dataset(
+        PatientID=patient,
+        PatientName=name,
+        StudyDescription=study,
+        SeriesDescription=series,
+        SOPInstanceUID=sop.replace("\\", ""),
+    )
+    placement = plan_placement(Instance(ds), Layout.named())
+    datadir = Path("/data")
+    target = os.path.normpath(datadir / placement.relative_path)
+    assert target.startswith("/data/")
+    parts = placement.relative_path.parts
+    assert len(parts) == 4
+    assert all(len(p.encode()) <= MAX_COMPONENT_BYTES and p not in (".", "..") for p in parts)
