@@ -12,6 +12,7 @@ the README. Errors form one tree, rooted at :class:`RepackError` (see
 :mod:`repack._errors`).
 """
 
+from ._cli import CliError, add_layout_arguments, layout_from_arguments
 from ._dicom import DEFER_BYTES, NOT_DEFINED, REQUIRED_KEYWORDS, Instance, read_instance
 from ._errors import (
     InvalidInstanceError,
@@ -39,6 +40,7 @@ __all__ = [
     "NOT_DEFINED",
     "REQUIRED_KEYWORDS",
     "TEMP_PREFIX",
+    "CliError",
     "Instance",
     "InvalidInstanceError",
     "Layout",
@@ -58,10 +60,12 @@ __all__ = [
     "Template",
     "TemplateError",
     "TruncatedFileError",
+    "add_layout_arguments",
     "configure_logging",
     "get_logger",
     "is_safe_name",
     "json_bytes",
+    "layout_from_arguments",
     "parse_template",
     "plan_placement",
     "read_instance",

@@ -1,0 +1,223 @@
+"""Deciding when a file in the incoming folder is completely written.
+
+storescp writes each instance under its final name with no temporary name
+and no rename, and watchdog does not always report the close (a new
+sub-folder's first file may only get a synthetic "created"; polling never
+reports closes). The rule, measured to find every file and no partial one:
+
+* a file is a **candidate** on a close-after-write, or once its
+  ``(inode, size, mtime)`` has stayed the same for a **settle** period after
+  its last created/modified/moved event or after a scan found it (a scan
+  that finds a file whose mtime is already older than the settle period
+  makes it a candidate at once);
+* every candidate must still pass the completeness check when it is read
+  (done by :func:`repack.read_instance`);
+* each ``(path, inode, size, mtime)`` version is processed once; a re-sent
+  instance is a new version and is processed again.
+
+The tracker holds at most ``capacity`` pending paths: past that it drops
+what it is told and raises :attr:`CompletionTracker.overflowed`, and the
+service rescans the folder later, so a backlog waits on disk, not in memory.
+Thread-safe: the dispatcher records, workers report back.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Candidate", "CompletionTracker", "Signature", "signature_of"]
+
+#: A file version: inode, size and mtime in nanoseconds.
+Signature = tuple[int, int, int]
+
+
+def signature_of(stat: os.stat_result) -> Signature:
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file version that is ready to be repacked."""
+
+    path: str
+    signature: Signature
+    attempt: int = 0
+
+
+@dataclass
+class _Pending:
+    signature: Signature | None
+    due: float
+    closed: bool = False
+    attempt: int = 0
+    in_flight: bool = False
+
+
+class CompletionTracker:
+    """Tracks the files of the incoming folder until each version is processed."""
+
+    def __init__(
+        self,
+        settle: float,
+        *,
+        capacity: int = 20_000,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        stat: Callable[[str], os.stat_result] = os.stat,
+    ) -> None:
+        self.settle = settle
+        self.capacity = capacity
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._stat = stat
+        self._lock = threading.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._order = itertools.count()
+        self._done: dict[str, Signature] = {}
+        #: Set when something was dropped for lack of room: rescan later.
+        self.overflowed = False
+
+    # -- recording (cheap: called for every event) ---------------------------
+
+    def _schedule(self, path: str, entry: _Pending, due: float) -> None:
+        entry.due = due
+        heapq.heappush(self._heap, (due, next(self._order), path))
+
+    def _entry(self, path: str) -> _Pending | None:
+        entry = self._pending.get(path)
+        if entry is None:
+            if len(self._pending) >= self.capacity:
+                self.overflowed = True
+                return None
+            entry = self._pending[path] = _Pending(signature=None, due=0.0)
+        return entry
+
+    def changed(self, path: str) -> None:
+        """The file was created, modified or moved here: wait for it to settle."""
+        with self._lock:
+            entry = self._entry(path)
+            if entry is not None and not entry.in_flight:
+                entry.closed = False
+                entry.signature = None
+                self._schedule(path, entry, self._clock() + self.settle)
+
+    def closed(self, path: str) -> None:
+        """The writer closed the file: it is a candidate now."""
+        with self._lock:
+            entry = self._entry(path)
+            if entry is not None and not entry.in_flight:
+                entry.closed = True
+                self._schedule(path, entry, self._clock())
+
+    def found(self, path: str, stat: os.stat_result) -> None:
+        """A scan found the file (startup, reconciliation, new folder)."""
+        signature = signature_of(stat)
+        with self._lock:
+            if self._done.get(path) == signature or path in self._pending:
+                return
+            entry = self._entry(path)
+            if entry is None:
+                return
+            entry.signature = signature
+            settled = self._wall_clock() - stat.st_mtime >= self.settle
+            self._schedule(path, entry, self._clock() + (0 if settled else self.settle))
+
+    def deleted(self, path: str) -> None:
+        """The file is gone: forget it (unless a worker holds it)."""
+        with self._lock:
+            self._done.pop(path, None)
+            entry = self._pending.get(path)
+            if entry is not None and not entry.in_flight:
+                del self._pending[path]
+
+    # -- deciding ------------------------------------------------------------
+
+    def next_due(self) -> float | None:
+        """When the earliest pending file should be looked at (monotonic time)."""
+        with self._lock:
+            return self._heap[0][0] if self._heap else None
+
+    def take_ready(self, limit: int) -> list[Candidate]:
+        """Up to ``limit`` candidates, marked in flight; stats only what is due."""
+        ready: list[Candidate] = []
+        now = self._clock()
+        with self._lock:
+            while self._heap and len(ready) < limit and self._heap[0][0] <= now:
+                due, _, path = heapq.heappop(self._heap)
+                entry = self._pending.get(path)
+                if entry is None or entry.in_flight or entry.due != due:
+                    continue  # superseded by a later schedule
+                try:
+                    signature = signature_of(self._stat(path))
+                except OSError:
+                    del self._pending[path]
+                    continue
+                if self._done.get(path) == signature:
+                    del self._pending[path]
+                    continue
+                if entry.closed or entry.signature == signature:
+                    entry.in_flight = True
+                    entry.signature = signature
+                    ready.append(Candidate(path, signature, entry.attempt))
+                else:
+                    entry.signature = signature
+                    self._schedule(path, entry, now + self.settle)
+        return ready
+
+    # -- outcomes (from workers) ---------------------------------------------
+
+    def finished(self, candidate: Candidate, *, remember: bool) -> None:
+        """The version was processed; ``remember`` it if the file stays (copy mode)."""
+        with self._lock:
+            entry = self._pending.get(candidate.path)
+            if entry is not None and entry.in_flight:
+                del self._pending[candidate.path]
+            if remember:
+                self._done[candidate.path] = candidate.signature
+            else:
+                self._done.pop(candidate.path, None)
+
+    def retry(self, candidate: Candidate, delay: float) -> None:
+        """Look at the file again in ``delay`` seconds (one more attempt)."""
+        with self._lock:
+            entry = self._pending.get(candidate.path)
+            if entry is None:
+                return
+            entry.in_flight = False
+            entry.closed = True  # it was complete enough to try: no new settle
+            entry.attempt = candidate.attempt + 1
+            self._schedule(candidate.path, entry, self._clock() + delay)
+
+    def recheck(self, candidate: Candidate, delay: float) -> None:
+        """Look again after ``delay`` without counting an attempt (a file still changing)."""
+        with self._lock:
+            entry = self._pending.get(candidate.path)
+            if entry is None:
+                return
+            entry.in_flight = False
+            entry.closed = False
+            entry.signature = candidate.signature
+            self._schedule(candidate.path, entry, self._clock() + delay)
+
+    # -- introspection -------------------------------------------------------
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def is_known(self, path: str) -> bool:
+        with self._lock:
+            return path in self._pending
+
+    def clear_overflow(self) -> bool:
+        """Return and reset :attr:`overflowed` (the caller rescans)."""
+        with self._lock:
+            overflowed, self.overflowed = self.overflowed, False
+            return overflowed

@@ -1,0 +1,34 @@
+"""The exceptions of the ``watcher`` package.
+
+::
+
+    WatcherError
+    └── ConfigError        a setting or folder is unusable: the service cannot start
+                           (carries an exit code and a hint for the operator)
+
+Errors about single files never escape the service: they come from
+:mod:`repack` (:class:`repack.InvalidInstanceError` -> quarantine,
+:class:`repack.StorageError` -> retry with back-off) and are handled per file.
+"""
+
+from __future__ import annotations
+
+__all__ = ["EXIT_CONFIG", "EXIT_FOLDER", "ConfigError", "WatcherError"]
+
+#: Exit status for an invalid option, environment variable or template.
+EXIT_CONFIG = 2
+#: Exit status for a folder that cannot be created, read or written.
+EXIT_FOLDER = 3
+
+
+class WatcherError(Exception):
+    """Base class of every error raised by :mod:`watcher`."""
+
+
+class ConfigError(WatcherError):
+    """The service cannot start with these settings."""
+
+    def __init__(self, message: str, *, hint: str = "", exit_code: int = EXIT_CONFIG) -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.exit_code = exit_code

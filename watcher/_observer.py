@@ -1,0 +1,109 @@
+"""The watchdog side: an observer on the incoming folder and a recording handler.
+
+watchdog calls handlers on its single dispatch thread, so the handler only
+records ``(kind, path)`` into an :class:`Inbox` and returns. The inbox is
+bounded: when it is full, events are dropped and the inbox says so, and the
+service rescans the folder (the files are on disk; nothing is lost).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+__all__ = ["CHANGED", "CLOSED", "DELETED", "NEW_FOLDER", "Inbox", "Recorder", "start_observer"]
+
+CHANGED, CLOSED, DELETED, NEW_FOLDER = "changed", "closed", "deleted", "new-folder"
+
+# Opened and closed-without-write events come from every reader, this
+# service included: they are not asked for at all.
+_WANTED: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+]
+
+
+class Inbox:
+    """A bounded, thread-safe list of ``(kind, path)`` records."""
+
+    def __init__(self, capacity: int) -> None:
+        self._records: collections.deque[tuple[str, str]] = collections.deque()
+        self._capacity = capacity
+        self._condition = threading.Condition()
+        self._overflowed = False
+
+    def put(self, kind: str, path: str) -> None:
+        with self._condition:
+            if len(self._records) >= self._capacity:
+                self._overflowed = True
+                return
+            self._records.append((kind, path))
+            self._condition.notify()
+
+    def wake(self) -> None:
+        """Wake a waiting :meth:`take` (used when stopping)."""
+        with self._condition:
+            self._condition.notify_all()
+
+    def take(self, timeout: float, limit: int = 10_000) -> tuple[list[tuple[str, str]], bool]:
+        """Wait up to ``timeout`` for records; return them and whether any were dropped."""
+        with self._condition:
+            if not self._records and timeout > 0:
+                self._condition.wait(timeout)
+            count = min(limit, len(self._records))
+            records = [self._records.popleft() for _ in range(count)]
+            overflowed, self._overflowed = self._overflowed, False
+            return records, overflowed
+
+
+class Recorder(FileSystemEventHandler):
+    """Translates watchdog events into inbox records; does nothing else."""
+
+    def __init__(self, inbox: Inbox) -> None:
+        self._inbox = inbox
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        kind = event.event_type
+        path = str(event.src_path)
+        if event.is_directory:
+            if kind == "created":
+                self._inbox.put(NEW_FOLDER, path)
+        elif kind == "closed":
+            self._inbox.put(CLOSED, path)
+        elif kind == "moved":
+            self._inbox.put(DELETED, path)
+            self._inbox.put(CHANGED, str(event.dest_path))
+        elif kind == "deleted":
+            self._inbox.put(DELETED, path)
+        elif kind in ("created", "modified"):
+            self._inbox.put(CHANGED, path)
+
+
+def start_observer(
+    folder: Path, inbox: Inbox, *, polling: bool, poll_interval: float
+) -> BaseObserver:
+    """Start a recursive observer (inotify, or polling for network file systems)."""
+    observer: BaseObserver = PollingObserver(timeout=poll_interval) if polling else Observer()
+    observer.schedule(Recorder(inbox), str(folder), recursive=True, event_filter=_WANTED)
+    observer.daemon = True
+    observer.start()
+    return observer

@@ -1,0 +1,447 @@
+"""The long-running service: observer -> dispatcher -> bounded workers -> repack.
+
+Threads, each stoppable:
+
+* the watchdog observer (its handler only records into the :class:`Inbox`);
+* one **dispatcher**: applies the records to the :class:`CompletionTracker`,
+  hands ready files to the pool while it has room, rescans the folder at
+  start, periodically and after any dropped event, removes old empty
+  subfolders, and announces series that went quiet;
+* ``workers`` **repack workers** (:class:`WorkerPool`).
+
+Per file, a worker first takes an ``flock`` on the incoming file (so several
+services on one folder repack each instance once; the lock dies with its
+process), then calls :meth:`repack.Repacker.repack`, and sorts the outcome:
+done; :class:`repack.InvalidInstanceError` -> quarantine once the file has
+not changed for ``quarantine_after`` seconds (a slow writer is never
+quarantined early); :class:`repack.StorageError` -> retry with exponential
+back-off, the file staying where it is; anything unexpected -> logged and
+retried, the worker survives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from repack import (
+    TEMP_PREFIX,
+    InvalidInstanceError,
+    Repacker,
+    RepackOutcome,
+    SourceVanishedError,
+    StorageError,
+    Store,
+    get_logger,
+)
+
+from ._completion import Candidate, CompletionTracker
+from ._errors import EXIT_FOLDER, ConfigError
+from ._observer import CHANGED, CLOSED, DELETED, NEW_FOLDER, Inbox, start_observer
+from ._pool import WorkerPool
+from ._quarantine import Quarantine
+from ._settings import Settings
+
+__all__ = ["Counts", "Service"]
+
+
+@dataclass
+class Counts:
+    """What the service did since it started."""
+
+    repacked: int = 0
+    quarantined: int = 0
+    retried: int = 0
+    vanished: int = 0
+    series_completed: int = 0
+    handed_back: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+@dataclass
+class _Series:
+    folder: str
+    patient_id: str
+    study_uid: str
+    first: float
+    last: float
+    instances: int = 0
+
+
+def _ignored(name: str) -> bool:
+    """Dot-files, and so this package's own temporary files, are never candidates."""
+    return name.startswith(".") or name.startswith(TEMP_PREFIX)
+
+
+def _inside(path: Path, other: Path) -> bool:
+    return path == other or path.is_relative_to(other)
+
+
+class Service:
+    """The pypx-listener service; :meth:`start`, then :meth:`stop`."""
+
+    def __init__(self, settings: Settings, *, metrics: Any = None) -> None:
+        self.settings = settings
+        self.log = get_logger()
+        self.counts = Counts()
+        self.metrics = metrics
+        self.repacker = Repacker(
+            settings.datadir,
+            settings.logdir,
+            settings.layout,
+            move=settings.move,
+            fsync=settings.fsync,
+        )
+        self.quarantine = Quarantine(settings.quarantine, Store(None, fsync=settings.fsync))
+        self.tracker = CompletionTracker(settings.settle, capacity=settings.pending_limit)
+        self.inbox = Inbox(capacity=max(10_000, settings.pending_limit))
+        self.pool: WorkerPool[Candidate] = WorkerPool(
+            self._handle, workers=settings.workers, capacity=settings.queue_size
+        )
+        self._series: dict[str, _Series] = {}
+        self._series_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
+        self._observer: Any = None
+        self._started = 0.0
+        self.watching = threading.Event()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def check_folders(self) -> None:
+        """Create the folders and prove they are usable; raise :class:`ConfigError`."""
+        s = self.settings
+        folders = {"incoming": s.incoming, "datadir": s.datadir, "logdir": s.logdir,
+                   "quarantine": s.quarantine}  # fmt: skip
+        for name, folder in folders.items():
+            for other_name, other in folders.items():
+                if (
+                    name != other_name
+                    and name == "incoming"
+                    and (_inside(folder, other) or _inside(other, folder))
+                ):
+                    raise ConfigError(
+                        f"--{name} {folder} and --{other_name} {other} overlap",
+                        hint="use separate folders for incoming, data, log and quarantine",
+                    )
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f"{TEMP_PREFIX}probe-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as error:
+                raise ConfigError(
+                    f"--{name} {folder} is not usable: {error.strerror or error}",
+                    hint=f"create {folder} and make it writable for uid {os.getuid()}",
+                    exit_code=EXIT_FOLDER,
+                ) from error
+
+    def start(self) -> None:
+        """Check the folders, then start the workers, the observer and the dispatcher."""
+        self.check_folders()
+        self._started = time.monotonic()
+        self.pool.start()
+        self._observer = start_observer(
+            self.settings.incoming,
+            self.inbox,
+            polling=self.settings.polling,
+            poll_interval=self.settings.poll_interval,
+        )
+        self.watching.set()
+        self._dispatcher.start()
+        self.log.info("watcher.started", pid=os.getpid(), **self.settings.describe())
+
+    def alive(self) -> bool:
+        """Whether the dispatcher and the observer are running."""
+        observer_alive = self._observer is not None and self._observer.is_alive()
+        return self._dispatcher.is_alive() and observer_alive
+
+    def stop(self, timeout: float | None = None) -> dict[str, Any]:
+        """Stop watching, finish or hand back in-flight files; return the counts."""
+        timeout = self.settings.stop_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self.watching.clear()
+        self.inbox.wake()
+        if self._observer is not None:
+            self._observer.stop()
+        if self._dispatcher.is_alive():
+            self._dispatcher.join(max(0.1, deadline - time.monotonic()))
+        handed_back, clean = self.pool.stop(max(0.1, deadline - time.monotonic()))
+        self.counts.add("handed_back", handed_back)
+        if self._observer is not None:
+            self._observer.join(max(0.1, deadline - time.monotonic()))
+        summary: dict[str, Any] = {
+            **self.counts.as_dict(),
+            "clean": clean,
+            "uptime_s": round(time.monotonic() - self._started, 3),
+        }
+        self.log.info("watcher.stopped", **summary)
+        return summary
+
+    # -- dispatcher ----------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        try:
+            self._dispatch_loop()
+        except Exception:
+            self.log.exception("watcher.dispatcher_crashed")
+            raise
+
+    def _dispatch_loop(self) -> None:
+        settings = self.settings
+        self._scan()
+        next_scan = time.monotonic() + settings.scan_interval
+        next_housekeeping = time.monotonic() + 0.5
+        rescan = False
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            due = self.tracker.next_due()
+            wait = 0.2 if due is None else min(0.2, max(0.0, due - now))
+            if self.pool.free_slots() == 0:
+                wait = 0.02
+            records, dropped = self.inbox.take(wait)
+            for kind, path in records:
+                self._record(kind, path)
+            if dropped or self.tracker.clear_overflow():
+                rescan = True
+            if self._stopping.is_set():
+                break
+            free = self.pool.free_slots()
+            if free:
+                for candidate in self.tracker.take_ready(free):
+                    self.pool.submit(candidate)
+            now = time.monotonic()
+            if now >= next_scan or (
+                rescan and self.tracker.pending_count() < settings.pending_limit // 2
+            ):
+                if rescan:
+                    self.log.warning("watcher.rescan", reason="events dropped or too many pending")
+                rescan = False
+                self._scan()
+                next_scan = time.monotonic() + settings.scan_interval
+            if now >= next_housekeeping:
+                self._announce_quiet_series(now)
+                self._update_gauges()
+                next_housekeeping = now + 0.5
+
+    def _record(self, kind: str, path: str) -> None:
+        if _ignored(os.path.basename(path)):
+            return
+        if kind == CLOSED:
+            self.tracker.closed(path)
+        elif kind == CHANGED:
+            self.tracker.changed(path)
+        elif kind == DELETED:
+            self.tracker.deleted(path)
+        elif kind == NEW_FOLDER:
+            # The watch on a new folder can come too late for its first files.
+            self._scan(Path(path))
+
+    def _scan(self, top: Path | None = None) -> int:
+        """Find files nobody announced; remove old empty subfolders (move mode)."""
+        root = self.settings.incoming
+        top = top or root
+        found = 0
+        now = time.time()
+        for folder, _folders, files in os.walk(top, topdown=False):
+            if any(_ignored(part) for part in Path(folder).relative_to(root).parts):
+                continue
+            for name in files:
+                if _ignored(name):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    stat = os.stat(path)
+                except OSError:
+                    continue
+                self.tracker.found(path, stat)
+                found += 1
+            if self.settings.move and Path(folder) != root and not files:
+                self._remove_if_old_and_empty(folder, now)
+        if self.metrics is not None:
+            self.metrics.scanned(found)
+        return found
+
+    def _remove_if_old_and_empty(self, folder: str, now: float) -> None:
+        try:
+            if now - os.stat(folder).st_mtime < self.settings.empty_dir_age:
+                return
+            os.rmdir(folder)
+        except OSError:
+            return  # not empty, or gone: nothing to do
+        self.log.debug("incoming.folder_removed", folder=folder)
+
+    # -- workers -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _claim(self, candidate: Candidate) -> Iterator[bool]:
+        """Hold an exclusive flock on the incoming file while it is repacked."""
+        try:
+            descriptor = os.open(candidate.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            yield False
+            return
+        except OSError as error:
+            raise StorageError(
+                f"cannot open {candidate.path}: {error.strerror}", errno=error.errno
+            ) from error
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    yield False  # another service has it
+                    return
+                raise
+            try:
+                same = os.stat(candidate.path).st_ino == os.fstat(descriptor).st_ino
+            except FileNotFoundError:
+                same = False
+            yield same
+        finally:
+            os.close(descriptor)
+
+    def _handle(self, candidate: Candidate) -> None:
+        started = time.perf_counter()
+        try:
+            with self._claim(candidate) as claimed:
+                if not claimed:
+                    self.tracker.finished(candidate, remember=False)
+                    return
+                outcome = self.repacker.repack(candidate.path)
+        except SourceVanishedError:
+            self.counts.add("vanished")
+            self.tracker.finished(candidate, remember=False)
+        except InvalidInstanceError as error:
+            self._invalid(candidate, error)
+        except StorageError as error:
+            self._retry(candidate, str(error), errno_code=error.errno)
+        except Exception as error:
+            self.log.exception("repack.crashed", src=candidate.path)
+            self._retry(candidate, f"{type(error).__name__}: {error}")
+        else:
+            self._done(candidate, outcome, time.perf_counter() - started)
+
+    def _done(self, candidate: Candidate, outcome: RepackOutcome, seconds: float) -> None:
+        self.tracker.finished(candidate, remember=not self.settings.move)
+        self.counts.add("repacked")
+        fields = outcome.event_fields()
+        if candidate.attempt:
+            fields["attempt"] = candidate.attempt
+        self.log.info("repack.done", **fields)
+        if self.metrics is not None:
+            self.metrics.repacked(seconds, outcome.size)
+        now = time.monotonic()
+        with self._series_lock:
+            series = self._series.get(outcome.series_instance_uid)
+            if series is None:
+                series = self._series[outcome.series_instance_uid] = _Series(
+                    str(outcome.series_dir),
+                    outcome.patient_id,
+                    outcome.study_instance_uid,
+                    now,
+                    now,
+                )
+            series.instances += 1
+            series.last = now
+
+    def _invalid(self, candidate: Candidate, error: InvalidInstanceError) -> None:
+        age = time.time() - candidate.signature[2] / 1e9
+        wait = self.settings.quarantine_after - age
+        if wait > 0:
+            # Maybe still being written (a slow or paused sender): look again.
+            self.log.debug(
+                "repack.incomplete", src=candidate.path, error=str(error), recheck_s=wait
+            )
+            self.tracker.recheck(candidate, wait + 0.05)
+            return
+        source = Path(candidate.path)
+        try:
+            if self.settings.move:
+                target = self.quarantine.put(
+                    source, error.reason, str(error), relative_to=self.settings.incoming
+                )
+            else:
+                target = self._quarantine_copy(source, error)
+        except (StorageError, OSError) as failure:
+            self._retry(candidate, f"cannot quarantine: {failure}")
+            return
+        self.tracker.finished(candidate, remember=not self.settings.move)
+        self.counts.add("quarantined")
+        if self.metrics is not None:
+            self.metrics.quarantined(error.reason)
+        self.log.error(
+            "repack.failed",
+            src=candidate.path,
+            dst=None,
+            error=str(error),
+            reason=error.reason,
+            quarantined=str(target),
+        )
+
+    def _quarantine_copy(self, source: Path, error: InvalidInstanceError) -> Path:
+        # Copy mode keeps every incoming file: quarantine a copy instead.
+        copy = self.settings.quarantine / ".copy-staging" / source.name
+        Store(None).place(source, copy, link=False)
+        return self.quarantine.put(copy, error.reason, str(error), relative_to=copy.parent)
+
+    def _retry(self, candidate: Candidate, message: str, *, errno_code: int | None = None) -> None:
+        delay = min(self.settings.retry_max_delay, 0.5 * 2 ** min(candidate.attempt, 16))
+        self.tracker.retry(candidate, delay)
+        self.counts.add("retried")
+        if self.metrics is not None:
+            self.metrics.retried()
+        self.log.warning(
+            "repack.retry",
+            src=candidate.path,
+            error=message,
+            errno=errno.errorcode.get(errno_code or 0),
+            attempt=candidate.attempt + 1,
+            retry_in_s=delay,
+        )
+
+    # -- housekeeping --------------------------------------------------------
+
+    def _announce_quiet_series(self, now: float) -> None:
+        quiet = self.settings.series_quiet
+        with self._series_lock:
+            done = [(uid, s) for uid, s in self._series.items() if now - s.last >= quiet]
+            for uid, _ in done:
+                del self._series[uid]
+        for uid, series in done:
+            self.counts.add("series_completed")
+            if self.metrics is not None:
+                self.metrics.series_completed()
+            self.log.info(
+                "series.complete",
+                SeriesInstanceUID=uid,
+                StudyInstanceUID=series.study_uid,
+                PatientID=series.patient_id,
+                instances=series.instances,
+                folder=series.folder,
+                receive_s=round(series.last - series.first, 3),
+            )
+
+    def _update_gauges(self) -> None:
+        if self.metrics is not None:
+            self.metrics.gauges(
+                queue_depth=self.pool.depth() + self.tracker.pending_count(),
+                busy=self.pool.busy(),
+            )

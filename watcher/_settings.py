@@ -1,0 +1,221 @@
+"""The service's settings: command line first, then ``PYPX_LISTENER_*``, then defaults.
+
+Every option ``--some-option`` can also be set as ``PYPX_LISTENER_SOME_OPTION``
+so that a compose file or a Kubernetes manifest needs no command line. The
+defaults let the service start with no arguments in a working folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from repack import Layout, TemplateError, add_layout_arguments
+
+from ._errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings", "parse_settings"]
+
+ENV_PREFIX = "PYPX_LISTENER_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs to run; see ``pypx-listener --help``."""
+
+    incoming: Path
+    datadir: Path
+    logdir: Path
+    quarantine: Path
+    layout: Layout
+    mode: str = "move"
+    workers: int = 2
+    queue_size: int = 64
+    settle: float = 1.0
+    scan_interval: float = 30.0
+    series_quiet: float = 30.0
+    quarantine_after: float = 10.0
+    empty_dir_age: float = 60.0
+    retry_max_delay: float = 60.0
+    polling: bool = False
+    poll_interval: float = 1.0
+    stop_timeout: float = 10.0
+    pending_limit: int = 20_000
+    fsync: bool = True
+    log_format: str = "auto"
+    log_level: str = "info"
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - a sidecar's metrics are scraped from outside
+    storescp_port: int | None = None
+    storescp_args: str = ""
+    storescp_aet: str = "PYPX"
+
+    @property
+    def move(self) -> bool:
+        return self.mode == "move"
+
+    def describe(self) -> dict[str, Any]:
+        """The effective settings, for the startup event."""
+        described = asdict(self)
+        described["layout"] = self.layout.name
+        described["templates"] = [t.source for t in self.layout.templates]
+        return {k: str(v) if isinstance(v, Path) else v for k, v in described.items()}
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError(f"must be positive, not {text}")
+        return value
+
+    return convert
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"not a yes/no value: {text!r}")
+
+
+def _port(text: str) -> int | None:
+    if text.strip() in ("", "0", "off", "none"):
+        return None
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ValueError(f"not a TCP port: {text}")
+    return value
+
+
+# (option, type, default, help); a default of None means "unset".
+_OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
+    ("incoming", Path, "incoming", "folder storescp writes into (watched recursively)"),
+    ("datadir", Path, "data", "root of the repacked data tree"),
+    ("logdir", Path, "log", "pypx log folder (patientData, studyData, seriesData)"),
+    ("quarantine", Path, "quarantine", "where files that can never be repacked go, with a note"),
+    ("mode", str, "move", "move: the incoming folder is a spool; copy: keep incoming files"),
+    ("workers", _positive(int), "2", "repack worker threads"),
+    ("queue-size", _positive(int), "64", "files queued for the workers at most"),
+    ("settle", _positive(float), "1.0", "seconds a file must stay unchanged without a close event"),
+    ("scan-interval", _positive(float), "30", "seconds between reconciliation scans"),
+    (
+        "series-quiet",
+        _positive(float),
+        "30",
+        "seconds without a new instance before series.complete",
+    ),
+    ("quarantine-after", _positive(float), "10", "seconds a bad file must stay unchanged first"),
+    ("empty-dir-age", _positive(float), "60", "age in seconds at which empty subfolders go"),
+    ("retry-max-delay", _positive(float), "60", "longest back-off between retries, seconds"),
+    ("polling", _boolean, "false", "poll instead of inotify (NFS/SMB shares written elsewhere)"),
+    ("poll-interval", _positive(float), "1.0", "seconds between polls in polling mode"),
+    ("stop-timeout", _positive(float), "10", "seconds to finish in-flight files on SIGTERM"),
+    (
+        "pending-limit",
+        _positive(int),
+        "20000",
+        "files tracked in memory at most; more wait on disk",
+    ),
+    ("fsync", _boolean, "true", "sync copies across file systems before removing the source"),
+    ("log-format", str, "auto", "auto (JSON unless a terminal), json or console"),
+    ("log-level", str, "info", "debug, info, warning or error"),
+    ("metrics-port", _port, None, "serve Prometheus /metrics, /healthz, /readyz on this port"),
+    ("metrics-host", str, "0.0.0.0", "address the metrics server binds"),  # noqa: S104
+    ("storescp-port", _port, None, "also run and supervise storescp on this port"),
+    ("storescp-args", str, "", "extra storescp arguments in supervised mode"),
+    ("storescp-aet", str, "PYPX", "AE title of the supervised storescp"),
+]
+_CHOICES = {
+    "mode": ["move", "copy"],
+    "log-format": ["auto", "json", "console"],
+    "log-level": ["debug", "info", "warning", "error"],
+}
+_LAYOUT_ENV = {
+    "layout": "LAYOUT",
+    "root_template": "ROOT_TEMPLATE",
+    "study_template": "STUDY_TEMPLATE",
+    "series_template": "SERIES_TEMPLATE",
+    "image_template": "IMAGE_TEMPLATE",
+}
+
+
+def env_name(option: str) -> str:
+    return ENV_PREFIX + option.upper().replace("-", "_")
+
+
+def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pypx-listener",
+        description=(
+            "Watch the folder an unmodified storescp writes into and repack every DICOM instance"
+            " it receives into the pypx data tree and logs. Every option can also be set in the"
+            f" environment as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}DATADIR)."
+        ),
+    )
+    for option, _, default, help_text in _OPTIONS:
+        variable = env_name(option)
+        shown = environ.get(variable, default)
+        parser.add_argument(
+            f"--{option}",
+            default=None,
+            choices=_CHOICES.get(option),
+            help=f"{help_text} [{variable}; default: {shown if shown is not None else 'off'}]",
+        )
+    layout_env = {dest: environ[ENV_PREFIX + name] for dest, name in _LAYOUT_ENV.items()
+                  if ENV_PREFIX + name in environ}  # fmt: skip
+    add_layout_arguments(parser, layout_env)
+    parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
+    return parser
+
+
+def parse_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build :class:`Settings` from ``argv`` and ``environ``; raise :class:`ConfigError`."""
+    environ = os.environ if environ is None else environ
+    arguments = _parser(environ).parse_args(argv)
+    values: dict[str, Any] = {}
+    for option, kind, default, _ in _OPTIONS:
+        variable = env_name(option)
+        given = getattr(arguments, option.replace("-", "_"))
+        source = f"--{option}" if given is not None else variable
+        text = given if given is not None else environ.get(variable, default)
+        if text is None:
+            values[option.replace("-", "_")] = None
+            continue
+        if option in _CHOICES and text not in _CHOICES[option]:
+            raise ConfigError(
+                f"{source}={text!r} is not one of {', '.join(_CHOICES[option])}",
+                hint=f"set {source} to one of the listed values",
+            )
+        try:
+            values[option.replace("-", "_")] = kind(text)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(
+                f"{source}={text!r}: {error}", hint=f"fix {source} (see pypx-listener --help)"
+            ) from error
+    try:
+        layout = Layout.named(
+            arguments.layout,
+            root=arguments.root_template,
+            study=arguments.study_template,
+            series=arguments.series_template,
+            image=arguments.image_template,
+        )
+    except TemplateError as error:
+        raise ConfigError(
+            f"invalid template: {error}",
+            hint="fields look like %PatientID or %_pad|5,0_SeriesNumber",
+        ) from error
+    for folder in ("incoming", "datadir", "logdir", "quarantine"):
+        values[folder] = Path(os.path.abspath(values[folder]))
+    return Settings(layout=layout, **values)
