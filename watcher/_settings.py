@@ -161,9 +161,25 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             f" environment as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}DATADIR)."
         ),
     )
-    for option, _, default, help_text in _OPTIONS:
+    for option, kind, default, help_text in _OPTIONS:
         variable = env_name(option)
         shown = environ.get(variable, default)
+        if kind is _boolean:
+            parser.add_argument(
+                f"--{option}",
+                action="store_const",
+                const="true",
+                default=None,
+                help=f"{help_text} [{variable}; default: {shown}]",
+            )
+            parser.add_argument(
+                f"--no-{option}",
+                dest=option.replace("-", "_"),
+                action="store_const",
+                const="false",
+                help=argparse.SUPPRESS,
+            )
+            continue
         parser.add_argument(
             f"--{option}",
             default=None,

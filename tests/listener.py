@@ -1,0 +1,157 @@
+"""Running pypx-listener as a real process in tests, and reading its events."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+
+class Listener:
+    """A running ``pypx-listener`` whose JSON event lines are collected."""
+
+    def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.incoming = root / "incoming"
+        self.data = root / "data"
+        self.log = root / "log"
+        self.quarantine = root / "quarantine"
+        exe = shutil.which("pypx-listener")
+        command = [exe] if exe else [sys.executable, "-c", "from watcher._cli import main; main()"]
+        self.command = [
+            *command,
+            "--incoming", str(self.incoming),
+            "--datadir", str(self.data),
+            "--logdir", str(self.log),
+            "--quarantine", str(self.quarantine),
+            "--log-format", "json",
+            *args,
+        ]  # fmt: skip
+        self.env = {**os.environ, **(env or {})}
+        self.events: list[dict[str, Any]] = []
+        self.stderr = ""
+        self._lock = threading.Lock()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._readers: list[threading.Thread] = []
+
+    def start(self) -> Listener:
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env,
+            start_new_session=True,
+        )
+        self._readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+        self.wait_for(lambda: self.count("watcher.started") == 1, 20, "watcher.started")
+        return self
+
+    def _read(self) -> None:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                pytest.fail(f"not a JSON event line: {line!r}")
+            with self._lock:
+                self.events.append(event)
+
+    def _read_stderr(self) -> None:
+        assert self.process is not None
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._lock:
+                self.stderr += line.decode(errors="replace")
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.events if e.get("event") == name]
+
+    def count(self, name: str) -> int:
+        return len(self.of(name))
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            if self.process is not None and self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        if condition():
+            return
+        with self._lock:
+            stderr = self.stderr
+        pytest.fail(f"timed out ({timeout:.0f}s) waiting for {what}; stderr: {stderr[-3000:]}")
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then wait (bounded); return the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail("pypx-listener did not exit within the stop timeout")
+        self._close_pipes()
+        return code
+
+    def _close_pipes(self) -> None:
+        """Let the readers take the last lines, then close both pipes."""
+        for reader in self._readers:
+            reader.join(10)
+        assert self.process is not None
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        if self.process is not None:
+            self._close_pipes()
+
+    def data_files(self) -> list[Path]:
+        return sorted(self.data.rglob("*.dcm")) if self.data.exists() else []
+
+    def incoming_files(self) -> list[Path]:
+        if not self.incoming.exists():
+            return []
+        return sorted(p for p in self.incoming.rglob("*") if p.is_file())
+
+
+@contextlib.contextmanager
+def listener(root: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Listener]:
+    """Start a listener; always stop (or kill) it afterwards."""
+    running = Listener(root, *args, env=env).start()
+    try:
+        yield running
+    finally:
+        if running.process is not None and running.process.poll() is None:
+            running.stop()
+        running.kill()

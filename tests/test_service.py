@@ -1,0 +1,305 @@
+"""pypx-listener as a real process, next to the real dcmtk storescp."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from .dcmtk import storescp, storescu
+from .listener import Listener, listener
+
+FAST = ("--settle", "0.5", "--series-quiet", "1", "--scan-interval", "5")
+
+
+def assert_fully_repacked(running: Listener, count: int) -> None:
+    done = running.of("repack.done")
+    assert len(done) == count
+    destinations = {e["dst"] for e in done}
+    assert len(destinations) == count  # one event per instance, none twice
+    assert len(running.data_files()) == count
+    assert all(Path(d).exists() for d in destinations)
+    images = list((running.log / "seriesData").glob("*-img/*.json"))
+    assert len(images) == count
+    assert running.incoming_files() == []
+    assert running.count("repack.failed") == 0
+
+
+@pytest.mark.dcmtk
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "storescp_args",
+    [(), ("-fe", ".dcm"), ("--fork", "-pm", "-sp")],
+    ids=["flat", "fe-dcm", "fork-pm-sp"],
+)
+def test_everything_storescp_receives_is_repacked(
+    tmp_path: Path, example_files: list[Path], storescp_args: tuple[str, ...]
+) -> None:
+    with listener(tmp_path, *FAST) as running:
+        with storescp(running.incoming, *storescp_args) as port:
+            storescu(port, example_files)
+            running.wait_for(lambda: running.count("repack.done") >= 192, 120, "192 repack.done")
+        running.wait_for(lambda: running.count("series.complete") == 1, 20, "series.complete")
+        assert running.stop() == 0
+    assert_fully_repacked(running, 192)
+    (series,) = running.of("series.complete")
+    assert series["instances"] == 192
+    assert series["folder"].endswith("00005-SAG_MPRAGE_220_FOV-a27cf06")
+    event = running.of("repack.done")[0]
+    assert {"src", "dst", "size", "PatientID", "SeriesInstanceUID", "duration_ms"} <= set(event)
+    assert {"level", "timestamp"} <= set(event)
+    (stopped,) = running.of("watcher.stopped")
+    assert stopped["repacked"] == 192
+    assert stopped["clean"] is True
+
+
+def test_files_already_there_before_start_are_repacked(
+    tmp_path: Path, example_files: list[Path]
+) -> None:
+    nested = tmp_path / "incoming" / "P_1.2.3"
+    nested.mkdir(parents=True)
+    for path in example_files[:10]:
+        shutil.copy(path, tmp_path / "incoming" / path.stem)
+    for path in example_files[10:20]:
+        shutil.copy(path, nested / path.stem)
+    with listener(tmp_path, *FAST) as running:
+        running.wait_for(lambda: running.count("repack.done") == 20, 60, "20 repack.done")
+        assert running.stop() == 0
+    assert_fully_repacked(running, 20)
+
+
+def test_a_file_written_slowly_in_pieces_is_not_picked_up_early(
+    tmp_path: Path, example_files: list[Path]
+) -> None:
+    content = example_files[0].read_bytes()
+    with listener(tmp_path, *FAST, "--quarantine-after", "30") as running:
+        target = running.incoming / "MR.slow"
+        pieces = [content[i : i + 40_000] for i in range(0, len(content), 40_000)]
+        for index, piece in enumerate(pieces):
+            if index:
+                time.sleep(1.2 if index == 3 else 0.3)  # one pause longer than the settle
+            with open(target, "ab") as handle:  # a close after every piece
+                handle.write(piece)
+        finished_writing = datetime.datetime.now(datetime.UTC)
+        running.wait_for(lambda: running.count("repack.done") == 1, 30, "the slow file")
+        assert running.stop() == 0
+    (done,) = running.of("repack.done")
+    repacked_at = datetime.datetime.fromisoformat(done["timestamp"])
+    assert repacked_at >= finished_writing
+    assert Path(done["dst"]).read_bytes() == content
+    assert running.count("repack.failed") == 0
+    assert not running.quarantine.exists() or list(running.quarantine.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"), [("MR.truncated", "truncated"), ("notes.txt", "not-dicom")]
+)
+def test_bad_files_are_quarantined_with_a_note(
+    tmp_path: Path, example_files: list[Path], name: str, reason: str
+) -> None:
+    content = example_files[0].read_bytes()[:100_000] if reason == "truncated" else b"hello" * 1000
+    with listener(tmp_path, *FAST, "--quarantine-after", "1") as running:
+        (running.incoming / name).write_bytes(content)
+        running.wait_for(lambda: running.count("repack.failed") == 1, 30, "repack.failed")
+        assert running.stop() == 0
+    (failed,) = running.of("repack.failed")
+    assert failed["reason"] == reason
+    assert failed["error"]
+    quarantined = Path(failed["quarantined"])
+    assert quarantined.read_bytes() == content  # nothing lost
+    note = orjson.loads(Path(f"{quarantined}.json").read_bytes())
+    assert note["reason"] == reason
+    assert note["relative_path"] == name
+    assert running.incoming_files() == []
+    assert running.data_files() == []
+
+
+@pytest.mark.dcmtk
+@pytest.mark.slow
+def test_storescp_killed_mid_write_leaves_a_truncated_file_that_is_quarantined(
+    tmp_path: Path, example_files: list[Path]
+) -> None:
+    # +B streams into the final name during the transfer, and --sleep-during
+    # pauses it (longer than the settle period: a live slow writer), so the
+    # kill leaves a truncated file behind, closed by the kernel.
+    with listener(tmp_path, *FAST, "--quarantine-after", "3") as running:
+        with storescp(running.incoming, "+B", "--sleep-during", "1") as port:
+            sender = subprocess.Popen(
+                ["storescu", "-to", "20", "-ta", "20", "-td", "20", "127.0.0.1", str(port),
+                 str(example_files[0])],
+                env={**os.environ, "TCP_NODELAY": "1"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            running.wait_for(
+                lambda: any(p.stat().st_size for p in running.incoming_files()),
+                20,
+                "storescp to start writing",
+            )
+            time.sleep(2.5)  # well past the settle period, still mid-transfer
+            assert running.count("repack.failed") == 0  # a live writer is never quarantined
+        # Leaving the block killed storescp's process group mid-transfer.
+        sender.wait(30)
+        (partial,) = running.incoming_files()
+        size = partial.stat().st_size
+        assert 0 < size < example_files[0].stat().st_size
+        running.wait_for(lambda: running.count("repack.failed") == 1, 30, "quarantine")
+        assert running.stop() == 0
+    (failed,) = running.of("repack.failed")
+    assert failed["reason"] == "truncated"
+    assert Path(failed["quarantined"]).stat().st_size == size
+    assert running.count("repack.done") == 0
+
+
+def test_polling_mode_repacks_everything(tmp_path: Path, example_files: list[Path]) -> None:
+    with listener(tmp_path, *FAST, "--polling", "--poll-interval", "0.2") as running:
+        for path in example_files[:30]:
+            shutil.copy(path, running.incoming / path.stem)
+        running.wait_for(lambda: running.count("repack.done") == 30, 60, "30 repack.done")
+        assert running.stop() == 0
+    assert_fully_repacked(running, 30)
+
+
+def test_sigterm_during_busy_ingest_loses_nothing_and_a_restart_finishes(
+    tmp_path: Path, example_files: list[Path]
+) -> None:
+    for path in example_files:
+        shutil.copy(path, tmp_path / "incoming" / path.stem) if (
+            tmp_path / "incoming"
+        ).exists() else (
+            (tmp_path / "incoming").mkdir(),
+            shutil.copy(path, tmp_path / "incoming" / path.stem),
+        )
+    with listener(tmp_path, *FAST, "--workers", "2") as running:
+        running.wait_for(lambda: running.count("repack.done") >= 20, 60, "some progress")
+        assert running.stop() == 0
+    first = running.count("repack.done")
+    assert 20 <= first <= 192
+    # Each instance is either fully repacked (data and log) or still incoming.
+    images = {p.name.removesuffix(".json") for p in running.log.glob("seriesData/*-img/*.json")}
+    repacked = {p.name for p in running.data_files()}
+    assert images == repacked
+    incoming = {p.name.split("-", 1)[1] for p in running.incoming_files()}
+    assert {name.split("-", 1)[1].removesuffix(".dcm") for name in repacked}.isdisjoint(incoming)
+    assert len(repacked) + len(incoming) == 192
+    assert list(tmp_path.rglob(".pypx-tmp-*")) == []
+    with listener(tmp_path, *FAST) as again:
+        again.wait_for(lambda: again.count("repack.done") == 192 - first, 60, "the rest")
+        assert again.stop() == 0
+    assert len(again.data_files()) == 192
+    assert again.incoming_files() == []
+
+
+def test_second_signal_exits_at_once(tmp_path: Path, example_files: list[Path]) -> None:
+    (tmp_path / "incoming").mkdir()
+    for path in example_files[:50]:
+        shutil.copy(path, tmp_path / "incoming" / path.stem)
+    running = Listener(tmp_path, *FAST, "--stop-timeout", "30").start()
+    try:
+        running.signal(signal.SIGTERM)
+        running.signal(signal.SIGTERM)
+        code = running.stop(timeout=10)
+    finally:
+        running.kill()
+    assert code in (0, 128 + signal.SIGTERM)
+    assert list(tmp_path.rglob(".pypx-tmp-*")) == []
+
+
+def test_copy_mode_keeps_files_and_does_not_reprocess_them(
+    tmp_path: Path, example_files: list[Path]
+) -> None:
+    args = ("--mode", "copy", "--settle", "0.3", "--scan-interval", "0.5")
+    with listener(tmp_path, *args) as running:
+        for path in example_files[:10]:
+            shutil.copy(path, running.incoming / path.stem)
+        running.wait_for(lambda: running.count("repack.done") == 10, 60, "10 repack.done")
+        time.sleep(2.0)  # four reconciliation scans
+        assert running.stop() == 0
+    assert running.count("repack.done") == 10
+    assert len(running.incoming_files()) == 10
+    assert len(running.data_files()) == 10
+
+
+def test_a_resent_instance_is_processed_again(tmp_path: Path, example_files: list[Path]) -> None:
+    with listener(tmp_path, *FAST) as running:
+        shutil.copy(example_files[0], running.incoming / "MR.x")
+        running.wait_for(lambda: running.count("repack.done") == 1, 30, "first")
+        shutil.copy(example_files[0], running.incoming / "MR.x")
+        running.wait_for(lambda: running.count("repack.done") == 2, 30, "second")
+        assert running.stop() == 0
+    assert len(running.data_files()) == 1
+    assert running.incoming_files() == []
+
+
+def test_configured_from_the_environment_only(tmp_path: Path, example_files: list[Path]) -> None:
+    env = {
+        "PYPX_LISTENER_INCOMING": str(tmp_path / "in"),
+        "PYPX_LISTENER_DATADIR": str(tmp_path / "d"),
+        "PYPX_LISTENER_LOGDIR": str(tmp_path / "l"),
+        "PYPX_LISTENER_QUARANTINE": str(tmp_path / "q"),
+        "PYPX_LISTENER_LAYOUT": "px-repack-3.10",
+        "PYPX_LISTENER_SETTLE": "0.3",
+        "PYPX_LISTENER_LOG_FORMAT": "json",
+    }
+    process = subprocess.Popen(
+        [shutil.which("pypx-listener") or "pypx-listener"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (tmp_path / "in").exists():
+            time.sleep(0.05)
+        shutil.copy(example_files[0], tmp_path / "in" / "MR.1")
+        while time.monotonic() < deadline and not list((tmp_path / "d").rglob("*.dcm")):
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 0
+    events = [orjson.loads(line) for line in out.splitlines()]
+    started = next(e for e in events if e["event"] == "watcher.started")
+    assert started["layout"] == "px-repack-3.10"
+    assert started["settle"] == 0.3
+    (data_file,) = list((tmp_path / "d").rglob("*.dcm"))
+    assert data_file.parent.name == "00005-SAG_MPRAGE_220_FOV"
+
+
+def test_help_documents_every_option_and_bad_settings_fail_clearly(tmp_path: Path) -> None:
+    exe = shutil.which("pypx-listener") or "pypx-listener"
+    shown = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=30, check=True)
+    for option in ("--incoming", "--datadir", "--logdir", "--quarantine", "--workers", "--settle",
+                   "--polling", "--mode", "--metrics-port", "PYPX_LISTENER_WORKERS"):  # fmt: skip
+        assert option in shown.stdout
+    bad = subprocess.run(
+        [exe, "--incoming", str(tmp_path / "i")],
+        env={**os.environ, "PYPX_LISTENER_WORKERS": "many"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "PYPX_LISTENER_WORKERS" in bad.stderr
+    assert "hint:" in bad.stderr
+    overlapping = subprocess.run(
+        [exe, "--incoming", str(tmp_path / "x"), "--datadir", str(tmp_path / "x" / "data")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert overlapping.returncode == 2
+    assert "overlap" in overlapping.stderr
