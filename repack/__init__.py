@@ -30,7 +30,7 @@ from ._logs import LogPaths, json_bytes
 from ._repack import MissingElement, Placement, Repacker, RepackOutcome, plan_placement, repack_file
 from ._sanitize import MAX_COMPONENT_BYTES, is_safe_name, safe_log_name, sanitize_component
 from ._seahash import seahash, seahash_hex
-from ._store import LOCK_DIR, TEMP_PREFIX, Store
+from ._store import LOCK_DIR, TEMP_PREFIX, Store, is_stale_temp, sweep_stale_temps
 from ._template import Layout, NamedLayout, Template, parse_template
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "configure_logging",
     "get_logger",
     "is_safe_name",
+    "is_stale_temp",
     "json_bytes",
     "layout_from_arguments",
     "parse_template",
@@ -74,6 +75,7 @@ __all__ = [
     "sanitize_component",
     "seahash",
     "seahash_hex",
+    "sweep_stale_temps",
 ]
 
 __version__ = "0.1.0"

@@ -162,8 +162,8 @@ def _px_string(element: DataElement) -> str:
         return ""
     try:
         return str(value)
-    except Exception:
-        return repr(value)
+    except Exception:  # never let one odd value (or a deep sequence) stop the logs
+        return f"<unprintable {type(value).__name__}>"
 
 
 def _ends_complete(dataset: Dataset, fp: IO[bytes], size: int) -> str | None:

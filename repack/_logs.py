@@ -113,11 +113,17 @@ def series_meta_document(instance: Instance) -> dict[str, Any]:
     return {instance.px_value("SeriesInstanceUID"): series_fields(instance)}
 
 
-def stat_fields(stat: os.stat_result) -> dict[str, Any]:
-    """px's record of a file's ``stat``: times as local naive timestamps."""
+def stat_fields(stat: os.stat_result, *, nlink: int | None = None) -> dict[str, Any]:
+    """px's record of a file's ``stat``: times as local naive timestamps.
+
+    ``nlink`` overrides the link count (the count the file will have once a
+    source hard-linked to it is removed).
+    """
     record: dict[str, Any] = {}
     for name in STAT_FIELDS:
         value = getattr(stat, "st_" + name)
+        if name == "nlink" and nlink is not None:
+            value = nlink
         if name.endswith("time"):
             value = str(datetime.datetime.fromtimestamp(value))
         record[name] = value
@@ -125,12 +131,17 @@ def stat_fields(stat: os.stat_result) -> dict[str, Any]:
 
 
 def image_document(
-    instance: Instance, image_name: str, stat: os.stat_result, location: str
+    instance: Instance,
+    image_name: str,
+    stat: os.stat_result,
+    location: str,
+    *,
+    nlink: int | None = None,
 ) -> dict[str, Any]:
     """``seriesData/<Series>-img/<image>.json``: one instance's record."""
     record: dict[str, Any] = series_fields(instance)
     record["outputFile"] = image_name
-    record["imageObj"] = {image_name: {**stat_fields(stat), "FSlocation": location}}
+    record["imageObj"] = {image_name: {**stat_fields(stat, nlink=nlink), "FSlocation": location}}
     return {instance.px_value("SeriesInstanceUID"): record}
 
 

@@ -223,11 +223,12 @@ class Repacker:
             )
             store.create_once(paths.series_meta, json_bytes(series_meta_document(instance)))
             self._remember(paths.study_series)
+        nlink = None
         if self.move and instance.stat is not None and stat.st_ino == instance.stat.st_ino:
             # The data file is a hard link to the source, which goes next: record
             # the link count the file will have, as a copy would.
-            stat = os.stat_result((*stat[:3], max(1, stat.st_nlink - 1), *stat[4:]))
-        image = image_document(instance, placement.image, stat, str(destination))
+            nlink = max(1, stat.st_nlink - 1)
+        image = image_document(instance, placement.image, stat, str(destination), nlink=nlink)
         # The -img folder holds one file per instance and nothing else (pypx
         # counts them), so its temporary files live one level up.
         store.write_atomic(paths.image, json_bytes(image), temp_dir=paths.image.parent.parent)

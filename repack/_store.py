@@ -27,8 +27,11 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import secrets
 import shutil
+import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,7 @@ import orjson
 from ._errors import SourceVanishedError, StorageError
 from ._seahash import seahash
 
-__all__ = ["LOCK_DIR", "TEMP_PREFIX", "Store"]
+__all__ = ["LOCK_DIR", "TEMP_PREFIX", "Store", "is_stale_temp", "sweep_stale_temps"]
 
 #: Prefix of every temporary file this package creates (the watcher ignores them).
 TEMP_PREFIX = ".pypx-tmp-"
@@ -62,8 +65,61 @@ def _translated(action: str, path: Path | str) -> Iterator[None]:
         raise _storage_error(error, action, path) from error
 
 
+_HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname())[:32] or "host"
+_STARTED = time.time()
+_TEMP_NAME = re.compile(
+    re.escape(TEMP_PREFIX) + r"(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[0-9a-f]+$"
+)
+_FOREIGN_TEMP_AGE = 3600.0
+
+
 def _temp_name(directory: Path) -> Path:
-    return directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+    # Host and pid in the name tell a later sweep whether the writer is dead.
+    return directory / f"{TEMP_PREFIX}{_HOST}.{os.getpid()}.{secrets.token_hex(8)}"
+
+
+def _writer_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale_temp(name: str, mtime: float, *, now: float | None = None) -> bool:
+    """Whether a temporary file was left behind by a writer that died.
+
+    On this host: its process is gone, or it is this process's pid from an
+    earlier life (a container restarts with the same pid). From another host
+    sharing the volume: older than an hour.
+    """
+    age = (time.time() if now is None else now) - mtime
+    match = _TEMP_NAME.match(name)
+    if match is None or match["host"] != _HOST:
+        return name.startswith(TEMP_PREFIX) and age > _FOREIGN_TEMP_AGE
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return mtime < _STARTED
+    return not _writer_alive(pid)
+
+
+def sweep_stale_temps(root: Path) -> int:
+    """Remove temporary files of dead writers below ``root``; return how many."""
+    removed = 0
+    for folder, _folders, files in os.walk(root):
+        for name in files:
+            if not name.startswith(TEMP_PREFIX):
+                continue
+            path = Path(folder) / name
+            try:
+                if is_stale_temp(name, path.lstat().st_mtime):
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue  # gone already, or not ours to remove
+    return removed
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -233,3 +233,17 @@ def test_threads_on_many_patients_lose_no_study(
         assert len(listed) == len(studies)
     leftovers = [p for p in all_files(tmp_path) if p.name.startswith(TEMP_PREFIX)]
     assert leftovers == []
+
+
+def test_moved_files_keep_every_stat_field(
+    tmp_path: Path, dicom_factory: Callable[..., Path]
+) -> None:
+    outcome = repack_file(dicom_factory(), datadir=tmp_path / "d", logdir=tmp_path / "l", move=True)
+    image = next((tmp_path / "l" / "seriesData").glob("*-img/*.json"))
+    record = next(iter(load(image).values()))["imageObj"][outcome.dst.name]
+    stat = outcome.dst.stat()
+    assert record["rdev"] == stat.st_rdev
+    assert record["blocks"] == stat.st_blocks
+    assert record["blksize"] == stat.st_blksize
+    assert record["ino"] == stat.st_ino
+    assert all(value is not None for value in record.values())

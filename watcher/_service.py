@@ -41,6 +41,7 @@ from repack import (
     StorageError,
     Store,
     get_logger,
+    sweep_stale_temps,
 )
 
 from ._completion import Candidate, CompletionTracker
@@ -165,6 +166,7 @@ class Service:
         )
         self.watching.set()
         self._dispatcher.start()
+        threading.Thread(target=self._sweep, name="sweeper", daemon=True).start()
         self.log.info("watcher.started", pid=os.getpid(), **self.settings.describe())
 
     def alive(self) -> bool:
@@ -194,6 +196,12 @@ class Service:
         }
         self.log.info("watcher.stopped", **summary)
         return summary
+
+    def _sweep(self) -> None:
+        """Remove temporary files that writers killed mid-write left behind."""
+        s = self.settings
+        removed = sum(sweep_stale_temps(folder) for folder in (s.datadir, s.logdir, s.quarantine))
+        self.log.info("housekeeping.swept", stale_temp_files_removed=removed)
 
     # -- dispatcher ----------------------------------------------------------
 

@@ -1,0 +1,95 @@
+"""Crash consistency: SIGKILL at random moments, restart, repeat; nothing lost or doubled."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from benchmarks.workload import Instance, plan, write_workload
+
+from .conftest import run_cli
+from .listener import Listener, listener
+from .trees import snapshot, temp_files
+
+pytestmark = pytest.mark.slow
+
+
+def check_each_instance_is_incoming_or_fully_repacked(
+    running: Listener, planned: list[Instance]
+) -> int:
+    """The invariant at an arbitrary instant; returns how many are repacked."""
+    incoming = {p.name.removeprefix("MR.") for p in running.incoming_files()}
+    data = {p.name.split("-", 1)[1].removesuffix(".dcm"): p for p in running.data_files()}
+    images = {
+        p.name.split("-", 1)[1].removesuffix(".dcm.json"): p
+        for p in running.log.glob("seriesData/*-img/*.json")
+    }
+    patients: dict[str, list[str]] = {}
+    for path in running.log.glob("patientData/*.json"):
+        for patient, record in orjson.loads(path.read_bytes()).items():
+            patients[patient] = record["StudyList"]
+    repacked = 0
+    for instance in planned:
+        if instance.sop_uid in incoming:
+            continue  # still incoming: will be (re)done
+        repacked += 1
+        assert instance.sop_uid in data, f"lost: {instance.sop_uid}"
+        assert instance.sop_uid in images, f"data without its log: {instance.sop_uid}"
+        log = running.log
+        assert (log / "seriesData" / f"{instance.series_uid}-meta.json").exists()
+        assert (log / "seriesData" / f"{instance.series_uid}-pack.json").exists()
+        assert (log / "studyData" / f"{instance.study_uid}-meta.json").exists()
+        series_meta = (
+            log / "studyData" / f"{instance.study_uid}-series" / f"{instance.series_uid}-meta.json"
+        )
+        assert series_meta.exists()
+        assert instance.study_uid in patients[instance.patient_id]
+    for listed in patients.values():
+        assert len(listed) == len(set(listed)), "duplicate StudyList entry"
+    assert len(data) == len(running.data_files())  # no instance twice in the tree
+    return repacked
+
+
+def test_repeated_sigkill_during_ingest(tmp_path: Path) -> None:
+    planned = plan(patients=4, studies=2, series=5, instances=60)  # 2,400 instances
+    staging = tmp_path / "staging"
+    write_workload(staging, planned)
+    reference = tmp_path / "reference"
+    result = run_cli("--datadir", reference / "data", "--logdir", reference / "log", staging)
+    assert result.returncode == 0, result.stderr
+
+    service_root = tmp_path / "service"
+    shutil.copytree(staging, service_root / "incoming")
+    rng = random.Random(20261124)
+    kills = 0
+    for _ in range(40):
+        running = Listener(service_root, "--settle", "0.3", "--workers", "2").start()
+        try:
+            time.sleep(rng.uniform(0.05, 0.6))
+            running.kill()  # SIGKILL, at a random moment
+        finally:
+            running.kill()
+        kills += 1
+        repacked = check_each_instance_is_incoming_or_fully_repacked(running, planned)
+        if repacked == len(planned):
+            break
+    assert kills >= 5, "the workload finished too fast to be interrupted"
+    with listener(service_root, "--settle", "0.3") as final:
+        final.wait_for(lambda: not final.incoming_files(), 120, "the rest of the workload")
+        final.wait_for(lambda: final.count("housekeeping.swept") == 1, 30, "the temp sweep")
+        assert final.stop() == 0
+    assert check_each_instance_is_incoming_or_fully_repacked(final, planned) == len(planned)
+    assert temp_files(service_root) == []
+    assert not (service_root / "quarantine").exists() or not any(
+        (service_root / "quarantine").iterdir()
+    )
+    ours = snapshot(service_root / "data", service_root / "log")
+    theirs = snapshot(reference / "data", reference / "log")
+    assert sorted(ours) == sorted(theirs)
+    for key, value in theirs.items():
+        assert ours[key] == value, key
