@@ -30,9 +30,10 @@ _VOLATILE_STAT = {
 def _normalise(document: Any, root: Path) -> Any:
     if isinstance(document, dict):
         normal = {}
-        for key, value in document.items():
+        for key, original in document.items():
             if key in _VOLATILE_STAT:
                 continue
+            value = original
             if key in ("FSlocation", "SeriesBaseDir") and isinstance(value, str):
                 value = os.path.relpath(value, root)
             if key == "DICOM" and isinstance(value, dict):
