@@ -113,12 +113,15 @@ class Instance:
         if element is None or _is_empty(element.value):
             return None
         value = element.value
-        if isinstance(value, MultiValue | list):
-            text = "\\".join(str(v) for v in value)
-        elif isinstance(value, bytes):
-            text = value.decode("latin-1")
-        else:
-            text = str(value)
+        try:
+            if isinstance(value, MultiValue | list):
+                text = "\\".join(str(v) for v in value)
+            elif isinstance(value, bytes):
+                text = value.decode("latin-1")
+            else:
+                text = str(value)
+        except Exception:  # an unprintable value reads as absent
+            return None
         text = text.replace("\x00", "").strip(" ")
         return text or None
 
@@ -164,6 +167,25 @@ def _px_string(element: DataElement) -> str:
         return str(value)
     except Exception:  # never let one odd value (or a deep sequence) stop the logs
         return f"<unprintable {type(value).__name__}>"
+
+
+def _check_complete(dataset: Dataset, fp: IO[bytes], size: int) -> str | None:
+    """Why the file is incomplete (None if complete); a corrupt header is malformed.
+
+    Looking at the parsed elements converts raw values, which raises pydicom's
+    errors for corrupt ones: this is part of the translation boundary.
+    """
+    try:
+        deflated = dataset.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+        return None if deflated else _ends_complete(dataset, fp, size)
+    except OSError as error:
+        if error.errno is not None:
+            raise
+        raise MalformedFileError(f"cannot parse the DICOM structure: {error}") from error
+    except Exception as error:  # pydicom's many value errors, translated here
+        raise MalformedFileError(
+            f"cannot parse the DICOM header: {type(error).__name__}: {error}"
+        ) from error
 
 
 def _ends_complete(dataset: Dataset, fp: IO[bytes], size: int) -> str | None:
@@ -227,14 +249,16 @@ def read_instance(path: str | os.PathLike[str]) -> Instance:
                 raise NotDicomError(f"not a DICOM file: {error}") from error
             except (EOFError, struct.error, StopIteration) as error:
                 raise TruncatedFileError(f"the file ends inside its header ({error!s})") from error
-            except OSError:
-                raise
+            except OSError as error:
+                if error.errno is not None:
+                    raise  # a real I/O error, translated below
+                # pydicom reports some format errors as a bare OSError.
+                raise MalformedFileError(f"cannot parse the DICOM structure: {error}") from error
             except Exception as error:
                 raise MalformedFileError(
                     f"cannot parse the DICOM structure: {type(error).__name__}: {error}"
                 ) from error
-            deflated = dataset.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
-            reason = None if deflated else _ends_complete(dataset, fp, size)
+            reason = _check_complete(dataset, fp, size)
     except FileNotFoundError as error:
         raise SourceVanishedError(
             f"input file vanished: {error.strerror}", errno=error.errno
@@ -248,10 +272,7 @@ def read_instance(path: str | os.PathLike[str]) -> Instance:
     if reason is not None:
         raise TruncatedFileError(f"incomplete file ({size} bytes): {reason}")
     instance = Instance(dataset, size, stat)
-    try:
-        missing = instance.required_missing()
-    except RecursionError as error:  # pragma: no cover - nested sequences beyond reason
-        raise MalformedFileError("structure nested too deeply") from error
+    missing = instance.required_missing()  # never raises: bad values read as absent
     if missing:
         raise MissingRequiredTagError(missing)
     return instance

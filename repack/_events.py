@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, TextIO, cast
 
 import orjson
 import structlog
+from pydicom import config as pydicom_config
 
 __all__ = ["configure_logging", "get_logger"]
 
@@ -79,6 +80,9 @@ def configure_logging(
     root.addHandler(_ToStructlog())
     root.setLevel(logging.WARNING)
     logging.captureWarnings(True)
+    # Values that break the standard's VR rules are still repacked as they are;
+    # pydicom's per-value complaints would only flood the event stream.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 
 def get_logger(**context: Any) -> Any:
