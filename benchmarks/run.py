@@ -1,0 +1,544 @@
+"""Side-by-side benchmark of pypx-listener, pypx-repack and the real px-repack.
+
+    python -m benchmarks.run [--quick] [--scale] [--out benchmarks/results]
+
+Prints a table and writes the figures as JSON. Everything runs on this
+machine, on loopback, in a scratch folder (``--work``, default a temporary
+folder on the same file system as the checkout). Needs ``./get_examples.sh``
+(the SAG-anon set and the real px-repack) and dcmtk for the storescp parts.
+
+1. service throughput: instances/s from the moment files become visible in
+   the incoming folder to the last ``repack.done`` (logs on, move mode), for
+   the 192 SAG-anon files and 9,600 copies of them with fresh UIDs;
+2. end to end: storescu -> storescp with the service running, divided by the
+   same send into storescp alone (``TCP_NODELAY=1`` on both);
+3. latency: file close to ``repack.done`` at a steady 500 files/s;
+4. memory and growth: peak RSS, and throughput with 10,000 vs 100,000
+   (``--scale``) small instances;
+5. peers: the real px-repack 3.10.16 (one process for the folder, and one
+   process per file on a sample), and pypx-repack one-shot per file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .workload import plan, write_workload
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = Path(os.environ.get("PYPX_EXAMPLES", ROOT / "examples"))
+SAG = EXAMPLES / "FNNDSC-SAG-anon-3d6e850"
+PX_REPACK = EXAMPLES / "pypx" / "bin" / "px-repack"
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def _exe(name: str) -> list[str]:
+    found = shutil.which(name)
+    if found:
+        return [found]
+    module = {"pypx-listener": "watcher._cli", "pypx-repack": "repack._cli"}[name]
+    return [sys.executable, "-c", f"from {module} import main; main()"]
+
+
+class Service:
+    """pypx-listener in a scratch folder; counts repack.done lines as they come."""
+
+    def __init__(self, root: Path, *extra: str) -> None:
+        self.root = root
+        self.incoming = root / "incoming"
+        self.done = 0
+        self.done_at: list[float] = []
+        self.sources: dict[str, float] = {}
+        self.started = threading.Event()
+        self.process = subprocess.Popen(
+            [
+                *_exe("pypx-listener"),
+                "--incoming",
+                str(self.incoming),
+                "--datadir",
+                str(root / "data"),
+                "--logdir",
+                str(root / "log"),
+                "--quarantine",
+                str(root / "quarantine"),
+                "--log-format",
+                "json",
+                "--settle",
+                "0.5",
+                "--series-quiet",
+                "3600",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self.started.wait(60):
+            raise RuntimeError("pypx-listener did not start")
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            now = time.perf_counter()
+            if b'"repack.done"' in line:
+                self.done += 1
+                self.done_at.append(now)
+                event = orjson.loads(line)
+                self.sources[event["src"]] = now
+            elif b'"watcher.started"' in line:
+                self.started.set()
+
+    def wait_done(self, count: int, timeout: float = 1800) -> float:
+        deadline = time.perf_counter() + timeout
+        while self.done < count:
+            if time.perf_counter() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"only {self.done} of {count} repacked")
+            time.sleep(0.002)
+        return self.done_at[count - 1]
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self._reader.join(10)
+
+
+def service_throughput(work: Path, files: list[Path], label: str) -> dict[str, Any]:
+    """Files appear in the incoming folder (renamed in, as fast as possible)."""
+    root = work / f"service-{label}"
+    service = Service(root)
+    try:
+        started = time.perf_counter()
+        for path in files:
+            os.rename(path, service.incoming / path.name)
+        visible = time.perf_counter() - started
+        finished = service.wait_done(len(files))
+        seconds = finished - started
+        result = {
+            "workload": label,
+            "instances": len(files),
+            "seconds": round(seconds, 3),
+            "instances_per_s": round(len(files) / seconds, 1),
+            "visible_after_s": round(visible, 3),
+            "peak_rss_mb": round(service.peak_rss_mb(), 1),
+        }
+    finally:
+        service.stop()
+    shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _storescp(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        ["storescp", "-od", str(folder), str(port)],
+        env=DCMTK_ENV,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        time.sleep(0.02)
+    raise RuntimeError("storescp did not listen")
+
+
+def _storescu(port: int, files: list[Path]) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            "storescu",
+            "-aec",
+            "ANY",
+            "-to",
+            "30",
+            "-ta",
+            "30",
+            "-td",
+            "120",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        env=DCMTK_ENV,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=1800,
+    )
+    return time.perf_counter() - started
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+def end_to_end(work: Path, files: list[Path], label: str, rounds: int = 3) -> dict[str, Any]:
+    alone, together = [], []
+    for round_ in range(rounds):
+        port = _free_port()
+        scp = _storescp(work / f"alone-{round_}", port)
+        try:
+            alone.append(_storescu(port, files))
+        finally:
+            _stop(scp)
+        shutil.rmtree(work / f"alone-{round_}", ignore_errors=True)
+        root = work / f"e2e-{round_}"
+        service = Service(root)
+        port = _free_port()
+        scp = _storescp(service.incoming, port)
+        try:
+            started = time.perf_counter()
+            _storescu(port, files)
+            together.append(service.wait_done(len(files)) - started)
+        finally:
+            _stop(scp)
+            service.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    best_alone, best_together = statistics.median(alone), statistics.median(together)
+    return {
+        "workload": label,
+        "instances": len(files),
+        "storescp_alone_s": round(best_alone, 3),
+        "with_service_s": round(best_together, 3),
+        "ratio": round(best_together / best_alone, 3),
+    }
+
+
+def latency(work: Path, rate: float, seconds: float) -> dict[str, Any]:
+    """Write (and close) small files at ``rate``/s; time close -> repack.done."""
+    count = int(rate * seconds)
+    staging = work / "latency-staging"
+    payloads = [p.read_bytes() for p in write_workload(staging, plan(1, 1, 4, count // 4 + 1))]
+    root = work / "latency"
+    service = Service(root)
+    closed: dict[str, float] = {}
+    try:
+        started = time.perf_counter()
+        for index in range(count):
+            due = started + index / rate
+            while (now := time.perf_counter()) < due:
+                time.sleep(min(0.001, due - now))
+            path = service.incoming / f"MR.lat.{index}"
+            with open(path, "wb") as handle:
+                handle.write(payloads[index])
+            closed[str(path)] = time.perf_counter()
+        service.wait_done(count)
+        offered = count / (time.perf_counter() - started)
+    finally:
+        service.stop()
+    delays = sorted(
+        (service.sources[p] - t) * 1000 for p, t in closed.items() if p in service.sources
+    )
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    return {
+        "rate_per_s": rate,
+        "achieved_rate_per_s": round(offered, 1),
+        "instances": count,
+        "p50_ms": round(delays[len(delays) // 2], 2),
+        "p99_ms": round(delays[int(len(delays) * 0.99) - 1], 2),
+        "max_ms": round(delays[-1], 2),
+    }
+
+
+def _time(command: list[str], cwd: Path | None = None) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        command,
+        check=True,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=3600,
+    )
+    return time.perf_counter() - started
+
+
+def peers(work: Path, sample: int) -> dict[str, Any]:
+    files = sorted(SAG.glob("*.dcm"))
+    results: dict[str, Any] = {}
+    if PX_REPACK.exists():
+        out = work / "px-folder"
+        seconds = _time(
+            [
+                str(PX_REPACK),
+                "--xcrdir",
+                str(SAG),
+                "--parseAllFilesWithSubStr",
+                ",",
+                "--datadir",
+                str(out / "data"),
+                "--logdir",
+                str(out / "log"),
+                "--verbosity",
+                "0",
+            ]
+        )
+        results["px_repack_folder"] = {
+            "instances": len(files),
+            "seconds": round(seconds, 3),
+            "instances_per_s": round(len(files) / seconds, 1),
+        }
+        out = work / "px-file"
+        per_file = [
+            _time(
+                [
+                    str(PX_REPACK),
+                    "--xcrdir",
+                    str(SAG),
+                    "--xcrfile",
+                    f.name,
+                    "--datadir",
+                    str(out / "data"),
+                    "--logdir",
+                    str(out / "log"),
+                    "--verbosity",
+                    "0",
+                ]
+            )
+            for f in files[:sample]
+        ]
+        mean = statistics.mean(per_file)
+        results["px_repack_per_file"] = {
+            "sample": sample,
+            "mean_s": round(mean, 4),
+            "instances_per_s": round(1 / mean, 2),
+        }
+    out = work / "ours-file"
+    per_file = [
+        _time(
+            [
+                *_exe("pypx-repack"),
+                "--xcrdir",
+                str(SAG),
+                "--xcrfile",
+                f.name,
+                "--datadir",
+                str(out / "data"),
+                "--logdir",
+                str(out / "log"),
+            ]
+        )
+        for f in files[:sample]
+    ]
+    mean = statistics.mean(per_file)
+    results["pypx_repack_per_file"] = {
+        "sample": sample,
+        "mean_s": round(mean, 4),
+        "instances_per_s": round(1 / mean, 2),
+    }
+    out = work / "ours-folder"
+    seconds = _time(
+        [
+            *_exe("pypx-repack"),
+            "--datadir",
+            str(out / "data"),
+            "--logdir",
+            str(out / "log"),
+            str(SAG),
+        ]
+    )
+    results["pypx_repack_folder"] = {
+        "instances": len(files),
+        "seconds": round(seconds, 3),
+        "instances_per_s": round(len(files) / seconds, 1),
+    }
+    return results
+
+
+def _section(title: str, rows: list[tuple[str, str]]) -> None:
+    print(f"\n{title}")
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key.ljust(width)}  {value}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller workloads (a smoke run)")
+    parser.add_argument("--scale", action="store_true", help="also 100,000 small instances")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="subset: service e2e latency growth peers"
+    )
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    arguments = parser.parse_args(argv)
+    if not SAG.exists():
+        sys.exit(f"benchmark: {SAG} not found: run ./get_examples.sh first")
+    sag = sorted(SAG.glob("*.dcm"))
+    parts = set(arguments.only or ["service", "e2e", "latency", "growth", "peers"])
+    copies = 10 if arguments.quick else 50
+    results: dict[str, Any] = {
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
+    }
+    work = Path(tempfile.mkdtemp(prefix="pypx-bench-", dir=arguments.work or ROOT))
+    try:
+        run_parts(parts, results, work, sag, copies=copies, arguments=arguments)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    arguments.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    payload = json.dumps(results, indent=2)
+    (arguments.out / f"{stamp}.json").write_text(payload)
+    (arguments.out / "latest.json").write_text(payload)
+    print(f"\nwrote {arguments.out / 'latest.json'}")
+
+
+def _measure(name: str, function: Callable[[], Any]) -> Any:
+    print(f"... {name}", file=sys.stderr, flush=True)
+    return function()
+
+
+def run_parts(
+    parts: set[str],
+    results: dict[str, Any],
+    work: Path,
+    sag: list[Path],
+    *,
+    copies: int,
+    arguments: argparse.Namespace,
+) -> None:
+    if "service" in parts:
+        staged = work / "sag"
+        shutil.copytree(SAG, staged)
+        small = _measure(
+            "service, 192 SAG-anon",
+            lambda: service_throughput(work, sorted(staged.glob("*.dcm")), "sag-192"),
+        )
+        big_files = write_workload(
+            work / "big", plan(5, 2, copies // 10, 192, seed="B"), sources=sag
+        )
+        big = _measure(
+            f"service, {len(big_files)}",
+            lambda: service_throughput(work, big_files, f"sag-x{copies}"),
+        )
+        results["service"] = [small, big]
+        _section(
+            "Service throughput (files visible -> last repack.done; logs on; move)",
+            [
+                (
+                    r["workload"],
+                    f"{r['instances']} in {r['seconds']} s = "
+                    f"{r['instances_per_s']} instances/s, peak RSS {r['peak_rss_mb']} MB",
+                )
+                for r in results["service"]
+            ],
+        )
+    if "e2e" in parts and shutil.which("storescp"):
+        results["end_to_end"] = [
+            _measure("end to end, 192", lambda: end_to_end(work, sag, "sag-192"))
+        ]
+        row = results["end_to_end"][0]
+        _section(
+            "End to end: storescu -> storescp (+ service) / storescp alone",
+            [
+                (
+                    row["workload"],
+                    f"alone {row['storescp_alone_s']} s, with service "
+                    f"{row['with_service_s']} s, ratio {row['ratio']}",
+                )
+            ],
+        )
+    if "latency" in parts:
+        row = _measure("latency", lambda: latency(work, 500.0, 5.0 if arguments.quick else 10.0))
+        results["latency"] = row
+        _section(
+            "Latency: close -> repack.done at a steady rate",
+            [
+                (
+                    f"{row['rate_per_s']:.0f}/s offered ({row['achieved_rate_per_s']}/s achieved)",
+                    f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, max {row['max_ms']} ms",
+                )
+            ],
+        )
+    if "growth" in parts:
+        sizes = [10_000] + ([100_000] if arguments.scale else [])
+        rows = []
+        for size in sizes:
+            files = write_workload(
+                work / f"growth-{size}", plan(10, 10, 10, size // 1000, seed="G")
+            )
+            rows.append(
+                _measure(
+                    f"growth {size}",
+                    lambda f=files, s=size: service_throughput(work, f, f"small-{s}"),
+                )
+            )
+            shutil.rmtree(work / f"growth-{size}", ignore_errors=True)
+        results["growth"] = rows
+        _section(
+            "Growth: small synthetic instances",
+            [
+                (
+                    r["workload"],
+                    f"{r['instances_per_s']} instances/s, "
+                    f"{1e6 / r['instances_per_s']:.0f} us/instance, peak RSS {r['peak_rss_mb']} MB",
+                )
+                for r in rows
+            ],
+        )
+    if "peers" in parts:
+        results["peers"] = _measure("peers", lambda: peers(work, 5 if arguments.quick else 20))
+        service_rate = results.get("service", [{}, {}])[-1].get("instances_per_s")
+        rows = []
+        for name, row in results["peers"].items():
+            ratio = (
+                f", service is {service_rate / row['instances_per_s']:.0f}x faster"
+                if service_rate
+                else ""
+            )
+            rows.append((name, f"{row['instances_per_s']} instances/s{ratio}"))
+        _section("Peers", rows)
+
+
+if __name__ == "__main__":
+    main()

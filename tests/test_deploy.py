@@ -1,0 +1,222 @@
+"""Operations: metrics, health, supervised storescp, and the container's own commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import ROOT
+from .dcmtk import free_port, require_dcmtk, stop_group, storescu, wait_for
+from .listener import Listener, listener
+from .test_storage_faults import remount, small_filesystem
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name) + (re.escape("{" + labels + "}") if labels else "") + r" (\S+)"
+    match = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
+    assert match, f"{name}{labels} not in the metrics"
+    return float(match.group(1))
+
+
+def test_metrics_during_an_ingest(tmp_path: Path, example_files: list[Path]) -> None:
+    port = free_port()
+    args = ("--metrics-port", str(port), "--metrics-host", "127.0.0.1", "--settle", "0.3",
+            "--quarantine-after", "1")  # fmt: skip
+    with listener(tmp_path, *args) as running:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: get(base + "/healthz")[0] == 200, 20, "/healthz")
+        for path in example_files[:30]:
+            shutil.copy(path, running.incoming / path.stem)
+        (running.incoming / "junk.bin").write_bytes(b"not dicom" * 50)
+        running.wait_for(
+            lambda: running.count("repack.done") == 30 and running.count("repack.failed") == 1,
+            60,
+            "the ingest",
+        )
+        status, text = get(base + "/metrics")
+        assert status == 200
+        assert metric(text, "pypx_listener_instances_repacked_total") == 30
+        assert metric(text, "pypx_listener_instances_quarantined_total", 'reason="not-dicom"') == 1
+        assert metric(text, "pypx_listener_repack_seconds_count") == 30
+        assert metric(text, "pypx_listener_bytes_repacked_total") == sum(
+            p.stat().st_size for p in example_files[:30]
+        )
+        assert metric(text, "pypx_listener_queue_depth") >= 0
+        assert metric(text, "pypx_listener_oldest_unprocessed_seconds") == 0
+        assert "pypx_listener_series_completed_total" in text
+        status, body = get(base + "/readyz")
+        assert status == 200
+        assert json.loads(body) == {"ready": True, "problems": []}
+        assert get(base + "/nothing")[0] == 404
+        assert running.stop() == 0
+
+
+@pytest.mark.slow
+def test_readyz_turns_unready_when_the_data_folder_is_not_writable(tmp_path: Path) -> None:
+    port = free_port()
+    with small_filesystem(tmp_path / "small") as small:
+        args = ("--datadir", str(small / "data"), "--logdir", str(small / "log"),
+                "--metrics-port", str(port), "--metrics-host", "127.0.0.1")  # fmt: skip
+        with listener(tmp_path, *args) as running:
+            ready = f"http://127.0.0.1:{port}/readyz"
+            wait_for(lambda: get(ready)[0] == 200, 20, "ready")
+            remount(small, "ro")
+            try:
+                status, body = get(ready)
+                assert status == 503
+                problems = json.loads(body)["problems"]
+                assert any("datadir" in p and "not writable" in p for p in problems)
+            finally:
+                remount(small, "rw")
+            assert get(ready)[0] == 200
+            assert running.stop() == 0
+
+
+def _storescp_processes(port: int) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", f"storescp .* {port}$"], capture_output=True,
+                           text=True, check=False)  # fmt: skip
+    return found.stdout.split()
+
+
+@pytest.mark.dcmtk
+@pytest.mark.slow
+def test_supervised_storescp_receives_repacks_and_leaves_nothing_behind(
+    tmp_path: Path, example_files: list[Path]
+) -> None:
+    require_dcmtk()
+    port, metrics = free_port(), free_port()
+    args = (
+        *("--storescp-port", str(port), "--storescp-args", "--fork -pm -sp"),
+        *("--metrics-port", str(metrics), "--metrics-host", "127.0.0.1", "--settle", "0.3"),
+    )
+    with listener(tmp_path, *args, env={"TCP_NODELAY": "1"}) as running:
+        ready = f"http://127.0.0.1:{metrics}/readyz"
+        wait_for(lambda: get(ready)[0] == 200, 30, "storescp to be up and /readyz ready")
+        assert _storescp_processes(port)
+        storescu(port, example_files)
+        running.wait_for(lambda: running.count("repack.done") == 192, 120, "192 repack.done")
+        (started,) = running.of("storescp.started")
+        assert "--fork" in started["command"]
+        assert running.stop() == 0
+    assert running.count("storescp.stopped") == 1
+    wait_for(lambda: not _storescp_processes(port), 10, "no storescp left")
+    assert len(running.data_files()) == 192
+
+
+@pytest.mark.dcmtk
+@pytest.mark.slow
+def test_supervised_storescp_is_restarted_when_it_dies(tmp_path: Path) -> None:
+    require_dcmtk()
+    port = free_port()
+    with listener(tmp_path, "--storescp-port", str(port), env={"TCP_NODELAY": "1"}) as running:
+        running.wait_for(lambda: running.count("storescp.started") == 1, 20, "storescp")
+        os.kill(running.of("storescp.started")[0]["pid"], 9)
+        running.wait_for(lambda: running.count("storescp.started") == 2, 20, "a restart")
+        assert running.count("storescp.exited") == 1
+        assert running.stop() == 0
+    wait_for(lambda: not _storescp_processes(port), 10, "no storescp left")
+
+
+# -- the container's own commands, run here ---------------------------------
+
+
+def _remap(value: str, root: Path, ports: dict[str, str]) -> str:
+    value = value.replace("/srv/", f"{root}/srv/")
+    for old, new in ports.items():
+        value = re.sub(rf"\b{old}\b", new, value)
+    return value
+
+
+def _dockerfile() -> tuple[list[str], dict[str, str], list[str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    command = json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    health = json.loads(
+        re.search(r"^HEALTHCHECK .*?CMD (\[.*\])$", text, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    )
+    env: dict[str, str] = {}
+    for block in re.findall(r"^ENV (.*)$", text, re.MULTILINE):
+        for pair in shlex.split(block):
+            key, _, value = pair.partition("=")
+            env[key] = value
+    return command, env, health
+
+
+@pytest.mark.dcmtk
+@pytest.mark.slow
+def test_compose_and_dockerfile_commands_work_as_written(
+    tmp_path: Path, example_files: list[Path]
+) -> None:
+    """Run the compose services' commands and environment (paths under tmp)."""
+    require_dcmtk()
+    compose: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    dicom_port, metrics_port = str(free_port()), str(free_port())
+    ports = {"11113": dicom_port, "9100": metrics_port}
+    for folder in ("incoming", "data", "log", "quarantine"):
+        (tmp_path / "srv" / folder).mkdir(parents=True)
+    services = compose["services"]
+    scp = services["storescp"]
+    scp_command = [_remap(part, tmp_path, ports) for part in scp["command"]]
+    scp_env = {k: str(v) for k, v in scp["environment"].items()}
+    sidecar = services["pypx-listener"]
+    docker_cmd, docker_env, health = _dockerfile()
+    assert sidecar["command"] == docker_cmd  # the compose sidecar runs the image's CMD
+    env = {**docker_env, **{k: str(v) for k, v in sidecar["environment"].items()}}
+    env = {k: _remap(v, tmp_path, ports) for k, v in env.items()}
+    storescp_process = subprocess.Popen(
+        scp_command, env={**os.environ, **scp_env}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        running = Listener(tmp_path, env=env)
+        running.command = [shutil.which(docker_cmd[0]) or docker_cmd[0]]  # exactly the CMD
+        running.start()
+        try:
+            assert running.of("watcher.started")[0]["incoming"] == f"{tmp_path}/srv/incoming"
+            health_command = [_remap(p, tmp_path, ports) for p in health]
+            health_env = {**os.environ, **env}
+            wait_for(lambda: subprocess.run(health_command, env=health_env, check=False,
+                                            capture_output=True).returncode == 0,
+                     20, "the HEALTHCHECK command to pass")  # fmt: skip
+            wait_for(lambda: _storescp_processes(int(dicom_port)) != [], 10, "storescp")
+            time.sleep(0.3)
+            storescu(int(dicom_port), example_files[:40])
+            running.wait_for(lambda: running.count("repack.done") == 40, 60, "40 repack.done")
+            assert running.stop() == 0
+        finally:
+            running.kill()
+    finally:
+        stop_group(storescp_process)
+    assert len(list((tmp_path / "srv" / "data").rglob("*.dcm"))) == 40
+
+
+def test_kubernetes_example_wires_probes_to_the_health_endpoints() -> None:
+    documents = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text()))
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    sidecar = containers["pypx-listener"]
+    assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert containers["storescp"]["command"][0] == "storescp"
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes["incoming"]
+    assert "persistentVolumeClaim" in volumes["pypx"]
