@@ -20,7 +20,9 @@ from __future__ import annotations
 import errno as errno_codes
 import os
 import struct
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from pydicom import dcmread
@@ -36,10 +38,12 @@ from ._errors import (
     MalformedFileError,
     MissingRequiredTagError,
     NotDicomError,
+    RepackError,
     SourceVanishedError,
     StorageError,
     TruncatedFileError,
 )
+from ._header import read_header
 
 __all__ = [
     "DEFER_BYTES",
@@ -95,10 +99,29 @@ class Instance:
     dataset: Dataset
     size: int = 0
     stat: os.stat_result | None = None
+    #: The file it came from, for reading more than ``wanted`` later.
+    source: Path | None = None
+    #: The tags ``dataset`` holds when it is partial; None when it is complete.
+    wanted: frozenset[int] | None = None
+    _complete: list[Dataset] = field(default_factory=list, compare=False, repr=False)
+
+    def complete_dataset(self) -> Dataset:
+        """Every top-level element (read once, on first use, for a partial instance)."""
+        if self.wanted is None or self.source is None:
+            return self.dataset
+        if not self._complete:
+            self._complete.append(read_instance(self.source).dataset)
+        return self._complete[0]
 
     def _element(self, keyword: str) -> DataElement | None:
         try:
-            element = self.dataset.get(_tag(keyword))
+            tag = _tag(keyword)
+            holder = self.dataset if self.wanted is None or tag in self.wanted else None
+            if holder is None:
+                holder = self.complete_dataset()
+            element = holder.get(tag)
+        except RepackError:
+            raise
         except Exception:
             return None
         return element if isinstance(element, DataElement) else None
@@ -146,11 +169,12 @@ class Instance:
         PixelData and the file meta group are left out; keys are sorted.
         """
         table: dict[str, str] = {}
-        for tag in list(self.dataset.keys()):
+        dataset = self.complete_dataset()
+        for tag in list(dataset.keys()):
             if tag.is_private or int(tag) in _PIXEL_TAGS:
                 continue
             try:
-                element = self.dataset[tag]
+                element = dataset[tag]
             except Exception:  # noqa: S112 - an undecodable element is left out
                 continue
             keyword = element.keyword
@@ -189,22 +213,29 @@ def _check_complete(dataset: Dataset, fp: IO[bytes], size: int) -> str | None:
 
 
 def _ends_complete(dataset: Dataset, fp: IO[bytes], size: int) -> str | None:
-    """Why the file is incomplete, or ``None`` when it is complete."""
-    if fp.tell() > size:
+    """Why the file is incomplete, or ``None`` when it is complete.
+
+    Judged by position, not by the order of the dataset's keys: where pydicom
+    stopped reading, and the raw element that reaches furthest into the file.
+    """
+    stopped = fp.tell()
+    if stopped > size:
         return "the file ends inside a value that it declares longer"
     elements = dataset._dict
     if not elements:
         return "no data elements after the file meta header"
-    *_, last = elements.values()  # the last element read (dict keeps file order)
-    if isinstance(last, RawDataElement):
-        if last.length == _UNDEFINED_LENGTH:
-            return None if _tail_is_delimiter(fp, size) else "undefined-length value not closed"
-        if last.value is not None and len(last.value) < last.length:
+    raw = [e for e in elements.values() if isinstance(e, RawDataElement)]
+    furthest = max(raw, key=lambda e: e.value_tell, default=None)
+    if furthest is not None and furthest.length != _UNDEFINED_LENGTH:
+        if furthest.value is not None and len(furthest.value) < furthest.length:
             return "the file ends inside its last value"
-        if last.value_tell + last.length != size:
-            return f"{size - last.value_tell - last.length} trailing byte(s) after the last element"
-    elif isinstance(last.value, Sequence) and not _tail_is_delimiter(fp, size):
-        return "sequence of undefined length not closed"
+        trailing = size - furthest.value_tell - furthest.length
+        # Past the furthest raw element there may only be an undefined-length
+        # value that pydicom parsed (a sequence), closed by its delimiter.
+        if trailing and not (stopped == size and _tail_is_delimiter(fp, size)):
+            return f"{trailing} trailing byte(s) after the last element"
+    elif not _tail_is_delimiter(fp, size):
+        return "undefined-length value not closed"
     if _is_image(dataset) and not _PIXEL_TAGS.intersection(elements):
         return "an image without pixel data"
     return None
@@ -225,8 +256,12 @@ def _tail_is_delimiter(fp: IO[bytes], size: int) -> bool:
     return fp.read(8) in _DELIMITERS
 
 
-def read_instance(path: str | os.PathLike[str]) -> Instance:
+def read_instance(path: str | os.PathLike[str], keywords: Iterable[str] | None = None) -> Instance:
     """Read and check the header of the DICOM file at ``path``.
+
+    With ``keywords``, only those elements are read up front (a fast path for
+    the common encodings; see :mod:`repack._header`); any other element is
+    read from the file when first asked for.
 
     Raises :class:`NotDicomError`, :class:`TruncatedFileError`,
     :class:`MalformedFileError` or :class:`MissingRequiredTagError` for a file
@@ -242,6 +277,11 @@ def read_instance(path: str | os.PathLike[str]) -> Instance:
             fp.seek(128)
             if fp.read(4) != b"DICM":
                 raise NotDicomError("no DICM marker at byte 128: not a DICOM Part 10 file")
+            if keywords is not None:
+                wanted = frozenset(_tag(k) for k in keywords)
+                partial = read_header(fp.fileno(), size, wanted)
+                if partial is not None:
+                    return _checked(Instance(partial, size, stat, Path(path), wanted))
             fp.seek(0)
             try:
                 dataset = dcmread(fp, defer_size=DEFER_BYTES)
@@ -271,7 +311,10 @@ def read_instance(path: str | os.PathLike[str]) -> Instance:
         raise StorageError(f"cannot read: {error.strerror or error}", errno=error.errno) from error
     if reason is not None:
         raise TruncatedFileError(f"incomplete file ({size} bytes): {reason}")
-    instance = Instance(dataset, size, stat)
+    return _checked(Instance(dataset, size, stat, Path(path)))
+
+
+def _checked(instance: Instance) -> Instance:
     missing = instance.required_missing()  # never raises: bad values read as absent
     if missing:
         raise MissingRequiredTagError(missing)

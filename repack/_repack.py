@@ -25,8 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._dicom import Instance, read_instance
+from ._dicom import REQUIRED_KEYWORDS, Instance, read_instance
 from ._logs import (
+    PATIENT_FIELDS,
+    SERIES_FIELDS,
+    STUDY_FIELDS,
     LogPaths,
     image_document,
     json_bytes,
@@ -163,6 +166,17 @@ class Repacker:
         self.layout = layout or Layout.named()
         self.move = move
         self._store = Store(self.logdir or self.datadir, fsync=fsync)
+        # Everything the templates, the logs and the event read: the fast header
+        # path reads just these (anything else is read when first asked for).
+        self._keywords = sorted(
+            self.layout.keywords.union(
+                PATIENT_FIELDS,
+                STUDY_FIELDS,
+                SERIES_FIELDS,
+                REQUIRED_KEYWORDS,
+                ("SOPInstanceUID", "SpecificCharacterSet", "Rows"),
+            )
+        )
         self._written: set[Path] = set()
         self._studies: set[tuple[Path, str]] = set()
 
@@ -176,7 +190,7 @@ class Repacker:
         """Repack the file at ``src``; raise a :class:`RepackError` if it cannot be."""
         started = time.perf_counter()
         source = Path(os.path.abspath(src))
-        instance = read_instance(source)
+        instance = read_instance(source, self._keywords)
         placement = plan_placement(instance, self.layout)
         series_dir = self.datadir / placement.series_path
         destination = series_dir / placement.image

@@ -77,6 +77,7 @@ _VALUE = st.one_of(
 )
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom complains about hostile values
 @given(
     patient=_VALUE,
     name=_VALUE,

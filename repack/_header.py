@@ -1,0 +1,223 @@
+"""A fast, partial reader of DICOM Part 10 headers, for the common case.
+
+Repacking needs about twenty elements of a header of a hundred or more, and
+the proof that the file is complete. This reader walks the top-level elements
+with ``os.pread`` (little endian, explicit or implicit VR: what storescp
+writes), seeks over every value it does not need (PixelData included), skips
+undefined-length sequences item by item, and keeps the raw bytes of the
+wanted elements only. pydicom then converts those same raw elements, so every
+value is exactly what a full ``dcmread`` gives.
+
+It never decides that a file is bad: on anything unusual (big endian,
+deflate, a short read, an odd VR, a file that does not end where its last
+element ends) it returns ``None`` and the caller falls back to the full
+pydicom read, which is the authority on errors.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+
+__all__ = ["read_header"]
+
+_UNDEFINED = 0xFFFF_FFFF
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                       b"UR", b"UT", b"UV"})  # fmt: skip
+_KNOWN_VRS = _LONG_VRS | frozenset(
+    vr.encode()
+    for vr in [
+        "AE",
+        "AS",
+        "AT",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "FD",
+        "FL",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "SL",
+        "SS",
+        "ST",
+        "TM",
+        "UI",
+        "UL",
+        "US",
+    ]
+)
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+_ROWS = 0x00280010
+_IMPLICIT = "1.2.840.10008.1.2"
+_EXPLICIT_BIG = "1.2.840.10008.1.2.2"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_WINDOW = 64 * 1024
+_MAX_ELEMENTS = 200_000
+_MAX_DEPTH = 64
+_TAG = struct.Struct("<HH")
+_TAG_LENGTH = struct.Struct("<HHI")
+_EXPLICIT_SHORT = struct.Struct("<HH2sH")
+_LONG_LENGTH = struct.Struct("<I")
+
+
+class _UnsureError(Exception):
+    """Something the fast path does not handle: use the full read."""
+
+
+class _Reader:
+    """Random access by ``os.pread`` through a small window."""
+
+    def __init__(self, descriptor: int, size: int) -> None:
+        self.descriptor = descriptor
+        self.size = size
+        self.start = 0
+        self.window = b""
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset + length > self.size:
+            raise _UnsureError("beyond the end of the file")
+        end = self.start + len(self.window)
+        if offset < self.start or offset + length > end:
+            self.start = offset
+            self.window = os.pread(self.descriptor, max(length, _WINDOW), offset)
+            if len(self.window) < length:
+                raise _UnsureError("short read")
+        begin = offset - self.start
+        return self.window[begin : begin + length]
+
+
+class _Walker:
+    def __init__(self, reader: _Reader, implicit: bool) -> None:
+        self.reader = reader
+        self.implicit = implicit
+        self.count = 0
+
+    def element(self, position: int) -> tuple[int, bytes | None, int, int]:
+        """Parse one element header at ``position``: tag, VR, length, value offset."""
+        self.count += 1
+        if self.count > _MAX_ELEMENTS:
+            raise _UnsureError("too many elements")
+        read = self.reader.read
+        if self.implicit:
+            group, number, length = _TAG_LENGTH.unpack(read(position, 8))
+            return (group << 16) | number, None, length, position + 8
+        group, number, vr, length = _EXPLICIT_SHORT.unpack(read(position, 8))
+        tag = (group << 16) | number
+        if group == 0xFFFE:  # items and delimiters have no VR
+            return tag, None, _LONG_LENGTH.unpack(read(position + 4, 4))[0], position + 8
+        if vr not in _KNOWN_VRS:
+            raise _UnsureError("not a VR")
+        if vr in _LONG_VRS:
+            return tag, vr, _LONG_LENGTH.unpack(read(position + 8, 4))[0], position + 12
+        return tag, vr, length, position + 8
+
+    def skip_undefined(self, position: int, depth: int) -> int:
+        """Skip the items of an undefined-length value; return the offset after it."""
+        if depth > _MAX_DEPTH:
+            raise _UnsureError("nested too deeply")
+        while True:
+            tag, _, length, value = self.element(position)
+            if tag == _SEQUENCE_END:
+                return value
+            if tag != _ITEM:
+                raise _UnsureError("expected an item")
+            if length != _UNDEFINED:
+                position = value + length
+                continue
+            position = value  # an item of undefined length: elements up to its end
+            while True:
+                tag, _, length, value = self.element(position)
+                if tag == _ITEM_END:
+                    position = value
+                    break
+                if length == _UNDEFINED:
+                    position = self.skip_undefined(value, depth + 1)
+                else:
+                    position = value + length
+
+
+def _uid(raw: bytes) -> str:
+    return raw.decode("ascii", "replace").rstrip("\x00 ")
+
+
+def read_header(descriptor: int, size: int, wanted: Iterable[int]) -> Dataset | None:
+    """The wanted top-level elements of a complete file, or ``None`` if unsure.
+
+    ``descriptor`` is an open file of ``size`` bytes whose DICM marker was
+    checked. The dataset holds raw (unconverted) elements, in file order, and
+    its original encoding, like one from ``dcmread``.
+    """
+    try:
+        return _read(_Reader(descriptor, size), size, frozenset(wanted))
+    except (_UnsureError, struct.error, OSError, UnicodeError):
+        return None
+
+
+def _read(reader: _Reader, size: int, wanted: frozenset[int]) -> Dataset | None:
+    meta_walker = _Walker(reader, implicit=False)
+    position = 132
+    transfer_syntax = sop_class = ""
+    while position < size:
+        group = _TAG.unpack(reader.read(position, 4))[0]
+        if group != 0x0002:
+            break
+        tag, _, length, value = meta_walker.element(position)
+        if length == _UNDEFINED:
+            return None
+        if tag == 0x00020010:
+            transfer_syntax = _uid(reader.read(value, length))
+        elif tag == 0x00020002:
+            sop_class = _uid(reader.read(value, length))
+        position = value + length
+    if transfer_syntax in ("", _EXPLICIT_BIG, _DEFLATED):
+        return None
+    implicit = transfer_syntax == _IMPLICIT
+    walker = _Walker(reader, implicit)
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
+    seen_pixels = seen_rows = False
+    while position < size:
+        tag, vr, length, value = walker.element(position)
+        if tag >> 16 == 0xFFFE or tag >> 16 == 0x0002:
+            return None
+        if length == _UNDEFINED:
+            if tag in wanted and tag not in _PIXEL_TAGS:
+                return None
+            if implicit and tag not in _PIXEL_TAGS and dictionary_vr(tag) != "SQ":
+                return None
+            position = walker.skip_undefined(value, 0)
+        else:
+            if tag in wanted:
+                raw_vr = vr.decode() if vr is not None else None
+                elements[BaseTag(tag)] = RawDataElement(
+                    BaseTag(tag), raw_vr, length, reader.read(value, length), value, implicit, True
+                )
+            position = value + length
+        seen_pixels = seen_pixels or tag in _PIXEL_TAGS
+        seen_rows = seen_rows or tag == _ROWS
+    if position != size:
+        return None
+    image = seen_rows or "Image Storage" in getattr(UID(sop_class), "name", "")
+    if image and not seen_pixels:
+        return None
+    dataset = Dataset(elements)
+    dataset.set_original_encoding(implicit, True, None)
+    return dataset
+
+
+def dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
