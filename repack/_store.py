@@ -1,12 +1,13 @@
 """Every file-system effect of repacking, and the translation of ``OSError``.
 
-* **Atomic writes**: data is written to a temporary name (starting with
-  :data:`TEMP_PREFIX`) in the destination's directory, then ``os.replace``-d
-  over the final name, so a reader sees the old file or the new one, never
-  a partial one.
+* **Atomic writes**: a new file is written as an unnamed file in its folder
+  (``O_TMPFILE``) and linked into place when complete; replacing a file goes
+  through a temporary name (starting with :data:`TEMP_PREFIX`) and
+  ``os.replace``. A reader sees no file, the old one or the new one, never a
+  partial one, and never a temporary name where it counts files.
 * **Create once**: files that must keep their first writer's content are
-  published with ``os.link`` from a temporary name, which fails if the final
-  name exists: no lock, no lost race.
+  published with a link, which fails if the final name exists: no lock, no
+  lost race.
 * **Locked updates**: the one read-modify-write (a patient's ``StudyList``)
   runs under ``fcntl.flock`` on a lock file below ``<logdir>/.locks``. flock
   locks belong to an open file and die with their process, so a writer that
@@ -138,6 +139,7 @@ class Store:
         self._lock_root = lock_root / LOCK_DIR if lock_root is not None else None
         self._fsync = fsync
         self._made_dirs: set[Path] = set()
+        self._unnamed = hasattr(os, "O_TMPFILE")
 
     # -- directories ---------------------------------------------------------
 
@@ -164,13 +166,53 @@ class Store:
 
     # -- JSON files ----------------------------------------------------------
 
+    def _publish_unnamed(self, path: Path, data: bytes) -> bool | None:
+        """Create ``path`` from an unnamed (``O_TMPFILE``) file: no temporary name.
+
+        True when created, False when ``path`` exists, None where the file
+        system cannot do it (then the caller uses a named temporary file).
+        """
+        if not self._unnamed:
+            return None
+        try:
+            descriptor = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o666)
+        except OSError as error:
+            if error.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                if error.errno != errno.ENOENT:
+                    self._unnamed = False
+                return None
+            raise _storage_error(error, "write", path) from error
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(descriptor, view) :]
+            # A dir fd makes CPython call linkat(AT_SYMLINK_FOLLOW), which follows
+            # the /proc magic link to the unnamed file (plain link() does not).
+            os.link(
+                f"/proc/self/fd/{descriptor}", path, src_dir_fd=descriptor, follow_symlinks=True
+            )
+        except FileExistsError:
+            return False
+        except OSError as error:
+            if error.errno == errno.ENOENT and not os.path.exists("/proc/self/fd"):
+                self._unnamed = False
+                return None
+            raise _storage_error(error, "write", path) from error
+        finally:
+            os.close(descriptor)
+        return True
+
     def write_atomic(self, path: Path, data: bytes, *, temp_dir: Path | None = None) -> None:
         """Replace ``path`` with ``data`` atomically.
 
-        ``temp_dir`` (same file system) holds the temporary file when the
-        destination folder must never show anything but final files.
+        A new file is published from an unnamed file, so the folder never
+        shows a temporary name. Replacing an existing file goes through a
+        named temporary file in ``temp_dir`` (same file system; by default the
+        destination folder).
         """
         self.ensure_dir(path.parent)
+        if self._publish_unnamed(path, data):
+            return
         temp = self._write_temp(temp_dir or path.parent, data)
         try:
             os.replace(temp, path)
@@ -183,6 +225,9 @@ class Store:
         if path.exists():
             return False
         self.ensure_dir(path.parent)
+        published = self._publish_unnamed(path, data)
+        if published is not None:
+            return published
         temp = self._write_temp(path.parent, data)
         try:
             os.link(temp, path)
@@ -255,6 +300,18 @@ class Store:
         way. Returns the destination's stat.
         """
         self.ensure_dir(destination.parent)
+        if link:
+            # The common case, a new instance: link straight to the final name.
+            try:
+                os.link(source, destination)
+            except FileExistsError:
+                pass  # sent again: replace it below
+            except OSError as error:
+                if error.errno not in _NO_LINK:
+                    raise _storage_error(error, "link", destination) from error
+            else:
+                with _translated("stat", destination):
+                    return os.stat(destination)
         temp = _temp_name(destination.parent)
         try:
             if not (link and self._link(source, temp)):

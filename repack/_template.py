@@ -234,6 +234,17 @@ class Layout:
             name=layout.value + ("+custom" if overridden else ""),
         )
 
+    @classmethod
+    def from_sources(cls, sources: tuple[str, str, str, str], name: str = "custom") -> Layout:
+        """A layout from its four template strings (how it crosses a process boundary)."""
+        root, study, series, image = (parse_template(s) for s in sources)
+        return cls(root, study, series, image, name)
+
+    @property
+    def sources(self) -> tuple[str, str, str, str]:
+        """The four template strings, outermost first."""
+        return (self.root.source, self.study.source, self.series.source, self.image.source)
+
     @property
     def templates(self) -> tuple[Template, Template, Template, Template]:
         """The four templates, outermost first."""

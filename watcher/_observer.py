@@ -90,8 +90,10 @@ class Recorder(FileSystemEventHandler):
         elif kind == "closed":
             self._inbox.put(CLOSED, path)
         elif kind == "moved":
+            # Renamed into place within the folder: complete, by the atomic-rename
+            # convention (a move from outside arrives as "created" and settles).
             self._inbox.put(DELETED, path)
-            self._inbox.put(CHANGED, str(event.dest_path))
+            self._inbox.put(CLOSED, str(event.dest_path))
         elif kind == "deleted":
             self._inbox.put(DELETED, path)
         elif kind in ("created", "modified"):

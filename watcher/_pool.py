@@ -22,22 +22,29 @@ _SENTINEL = object()
 
 
 class WorkerPool(Generic[Job]):
-    """``workers`` threads calling ``handle(job)``; at most ``capacity`` jobs queued."""
+    """``workers`` threads calling ``handle(index, job)``; at most ``capacity`` queued.
+
+    ``index`` tells a thread's jobs apart from the others' (each thread owns
+    its own resources, such as a worker process); ``finish(index)`` runs as
+    the thread ends.
+    """
 
     def __init__(
         self,
-        handle: Callable[[Job], None],
+        handle: Callable[[int, Job], None],
         *,
         workers: int,
         capacity: int,
         name: str = "repack-worker",
+        finish: Callable[[int], None] | None = None,
     ) -> None:
         self._handle = handle
+        self._finish = finish
         self._queue: queue.Queue[object] = queue.Queue(maxsize=capacity)
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{index}", daemon=True)
+            threading.Thread(target=self._work, args=(index,), name=f"{name}-{index}", daemon=True)
             for index in range(workers)
         ]
         self._started = False
@@ -68,18 +75,22 @@ class WorkerPool(Generic[Job]):
             return False
         return True
 
-    def _work(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is _SENTINEL:
-                return
-            with self._busy_lock:
-                self._busy += 1
-            try:
-                self._handle(job)  # type: ignore[arg-type]
-            finally:
+    def _work(self, index: int) -> None:
+        try:
+            while True:
+                job = self._queue.get()
+                if job is _SENTINEL:
+                    return
                 with self._busy_lock:
-                    self._busy -= 1
+                    self._busy += 1
+                try:
+                    self._handle(index, job)  # type: ignore[arg-type]
+                finally:
+                    with self._busy_lock:
+                        self._busy -= 1
+        finally:
+            if self._finish is not None:
+                self._finish(index)
 
     def stop(self, timeout: float) -> tuple[int, bool]:
         """Stop within ``timeout`` seconds.

@@ -9,9 +9,10 @@ Threads, each stoppable:
   subfolders, and announces series that went quiet;
 * ``workers`` **repack workers** (:class:`WorkerPool`).
 
-Per file, a worker first takes an ``flock`` on the incoming file (so several
-services on one folder repack each instance once; the lock dies with its
-process), then calls :meth:`repack.Repacker.repack`, and sorts the outcome:
+Per file, a worker (a child process by default, see :mod:`watcher._engine`)
+first takes an ``flock`` on the incoming file (so several services on one
+folder repack each instance once; the lock dies with its process), then
+calls :meth:`repack.Repacker.repack`; the parent sorts the outcome:
 done; :class:`repack.InvalidInstanceError` -> quarantine once the file has
 not changed for ``quarantine_after`` seconds (a slow writer is never
 quarantined early); :class:`repack.StorageError` -> retry with exponential
@@ -21,23 +22,16 @@ retried, the worker survives.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from repack import (
     TEMP_PREFIX,
-    InvalidInstanceError,
-    Repacker,
-    RepackOutcome,
-    SourceVanishedError,
     StorageError,
     Store,
     get_logger,
@@ -45,6 +39,7 @@ from repack import (
 )
 
 from ._completion import Candidate, CompletionTracker
+from ._engine import Engine, EngineConfig, Result
 from ._errors import EXIT_FOLDER, ConfigError
 from ._observer import CHANGED, CLOSED, DELETED, NEW_FOLDER, Inbox, start_observer
 from ._pool import WorkerPool
@@ -90,6 +85,11 @@ def _ignored(name: str) -> bool:
     return name.startswith(".") or name.startswith(TEMP_PREFIX)
 
 
+def _hidden(path: str, root: str) -> bool:
+    """Whether ``path`` is a dot-file or lies in a dot-folder below ``root``."""
+    return "/." in path[len(root) :]
+
+
 def _inside(path: Path, other: Path) -> bool:
     return path == other or path.is_relative_to(other)
 
@@ -102,19 +102,28 @@ class Service:
         self.log = get_logger()
         self.counts = Counts()
         self.metrics = metrics
-        self.repacker = Repacker(
-            settings.datadir,
-            settings.logdir,
-            settings.layout,
-            move=settings.move,
-            fsync=settings.fsync,
+        config = EngineConfig(
+            str(settings.datadir),
+            str(settings.logdir),
+            settings.layout.sources,
+            settings.layout.name,
+            settings.move,
+            settings.fsync,
         )
+        self.engines = [
+            Engine(config, process=settings.worker_mode == "process")
+            for _ in range(settings.workers)
+        ]
         self.quarantine = Quarantine(settings.quarantine, Store(None, fsync=settings.fsync))
         self.tracker = CompletionTracker(settings.settle, capacity=settings.pending_limit)
         self.inbox = Inbox(capacity=max(10_000, settings.pending_limit))
         self.pool: WorkerPool[Candidate] = WorkerPool(
-            self._handle, workers=settings.workers, capacity=settings.queue_size
+            self._handle,
+            workers=settings.workers,
+            capacity=settings.queue_size,
+            finish=lambda index: self.engines[index].stop(settings.stop_timeout),
         )
+        self._root = str(settings.incoming)
         self._series: dict[str, _Series] = {}
         self._series_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -157,6 +166,8 @@ class Service:
         """Check the folders, then start the workers, the observer and the dispatcher."""
         self.check_folders()
         self._started = time.monotonic()
+        for engine in self.engines:  # spawn the worker processes before any thread
+            engine.start()
         self.pool.start()
         self._observer = start_observer(
             self.settings.incoming,
@@ -250,7 +261,7 @@ class Service:
                 next_housekeeping = now + 0.5
 
     def _record(self, kind: str, path: str) -> None:
-        if _ignored(os.path.basename(path)):
+        if _hidden(path, self._root):
             return
         if kind == CLOSED:
             self.tracker.closed(path)
@@ -298,117 +309,77 @@ class Service:
 
     # -- workers -------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _claim(self, candidate: Candidate) -> Iterator[bool]:
-        """Hold an exclusive flock on the incoming file while it is repacked."""
-        try:
-            descriptor = os.open(candidate.path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            yield False
-            return
-        except OSError as error:
-            raise StorageError(
-                f"cannot open {candidate.path}: {error.strerror}", errno=error.errno
-            ) from error
-        try:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as error:
-                if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    yield False  # another service has it
-                    return
-                raise
-            try:
-                same = os.stat(candidate.path).st_ino == os.fstat(descriptor).st_ino
-            except FileNotFoundError:
-                same = False
-            yield same
-        finally:
-            os.close(descriptor)
-
-    def _handle(self, candidate: Candidate) -> None:
-        started = time.perf_counter()
-        try:
-            with self._claim(candidate) as claimed:
-                if not claimed:
-                    self.tracker.finished(candidate, remember=False)
-                    return
-                outcome = self.repacker.repack(candidate.path)
-        except SourceVanishedError:
-            self.counts.add("vanished")
+    def _handle(self, index: int, candidate: Candidate) -> None:
+        result = self.engines[index].repack(candidate.path)
+        if result.kind == "done":
+            self._done(candidate, result)
+        elif result.kind in ("unclaimed", "vanished"):
+            if result.kind == "vanished":
+                self.counts.add("vanished")
             self.tracker.finished(candidate, remember=False)
-        except InvalidInstanceError as error:
-            self._invalid(candidate, error)
-        except StorageError as error:
-            self._retry(candidate, str(error), errno_code=error.errno)
-        except Exception as error:
-            self.log.exception("repack.crashed", src=candidate.path)
-            self._retry(candidate, f"{type(error).__name__}: {error}")
+        elif result.kind == "invalid":
+            self._invalid(candidate, result.reason, result.message)
+        elif result.kind == "storage":
+            self._retry(candidate, result.message, errno_code=result.errno)
         else:
-            self._done(candidate, outcome, time.perf_counter() - started)
+            self.log.error("repack.crashed", src=candidate.path, error=result.message)
+            self._retry(candidate, result.message)
 
-    def _done(self, candidate: Candidate, outcome: RepackOutcome, seconds: float) -> None:
+    def _done(self, candidate: Candidate, result: Result) -> None:
         self.tracker.finished(candidate, remember=not self.settings.move)
         self.counts.add("repacked")
-        fields = outcome.event_fields()
+        fields = dict(result.event)
         if candidate.attempt:
             fields["attempt"] = candidate.attempt
         self.log.info("repack.done", **fields)
         if self.metrics is not None:
-            self.metrics.repacked(seconds, outcome.size)
+            self.metrics.repacked(result.seconds, result.size)
+        series_uid, folder, patient_id, study_uid = result.series
         now = time.monotonic()
         with self._series_lock:
-            series = self._series.get(outcome.series_instance_uid)
+            series = self._series.get(series_uid)
             if series is None:
-                series = self._series[outcome.series_instance_uid] = _Series(
-                    str(outcome.series_dir),
-                    outcome.patient_id,
-                    outcome.study_instance_uid,
-                    now,
-                    now,
-                )
+                series = self._series[series_uid] = _Series(folder, patient_id, study_uid, now, now)
             series.instances += 1
             series.last = now
 
-    def _invalid(self, candidate: Candidate, error: InvalidInstanceError) -> None:
+    def _invalid(self, candidate: Candidate, reason: str, message: str) -> None:
         age = time.time() - candidate.signature[2] / 1e9
         wait = self.settings.quarantine_after - age
         if wait > 0:
             # Maybe still being written (a slow or paused sender): look again.
-            self.log.debug(
-                "repack.incomplete", src=candidate.path, error=str(error), recheck_s=wait
-            )
+            self.log.debug("repack.incomplete", src=candidate.path, error=message, recheck_s=wait)
             self.tracker.recheck(candidate, wait + 0.05)
             return
         source = Path(candidate.path)
         try:
             if self.settings.move:
                 target = self.quarantine.put(
-                    source, error.reason, str(error), relative_to=self.settings.incoming
+                    source, reason, message, relative_to=self.settings.incoming
                 )
             else:
-                target = self._quarantine_copy(source, error)
+                target = self._quarantine_copy(source, reason, message)
         except (StorageError, OSError) as failure:
             self._retry(candidate, f"cannot quarantine: {failure}")
             return
         self.tracker.finished(candidate, remember=not self.settings.move)
         self.counts.add("quarantined")
         if self.metrics is not None:
-            self.metrics.quarantined(error.reason)
+            self.metrics.quarantined(reason)
         self.log.error(
             "repack.failed",
             src=candidate.path,
             dst=None,
-            error=str(error),
-            reason=error.reason,
+            error=message,
+            reason=reason,
             quarantined=str(target),
         )
 
-    def _quarantine_copy(self, source: Path, error: InvalidInstanceError) -> Path:
+    def _quarantine_copy(self, source: Path, reason: str, message: str) -> Path:
         # Copy mode keeps every incoming file: quarantine a copy instead.
         copy = self.settings.quarantine / ".copy-staging" / source.name
         Store(None).place(source, copy, link=False)
-        return self.quarantine.put(copy, error.reason, str(error), relative_to=copy.parent)
+        return self.quarantine.put(copy, reason, message, relative_to=copy.parent)
 
     def _retry(self, candidate: Candidate, message: str, *, errno_code: int | None = None) -> None:
         delay = min(self.settings.retry_max_delay, 0.5 * 2 ** min(candidate.attempt, 16))

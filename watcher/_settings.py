@@ -36,6 +36,7 @@ class Settings:
     layout: Layout
     mode: str = "move"
     workers: int = 2
+    worker_mode: str = "process"
     queue_size: int = 64
     settle: float = 1.0
     scan_interval: float = 30.0
@@ -103,7 +104,8 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
     ("logdir", Path, "log", "pypx log folder (patientData, studyData, seriesData)"),
     ("quarantine", Path, "quarantine", "where files that can never be repacked go, with a note"),
     ("mode", str, "move", "move: the incoming folder is a spool; copy: keep incoming files"),
-    ("workers", _positive(int), "2", "repack worker threads"),
+    ("workers", _positive(int), "2", "repack workers"),
+    ("worker-mode", str, "process", "process: one process per worker (all cores); thread"),
     ("queue-size", _positive(int), "64", "files queued for the workers at most"),
     ("settle", _positive(float), "1.0", "seconds a file must stay unchanged without a close event"),
     ("scan-interval", _positive(float), "30", "seconds between reconciliation scans"),
@@ -136,6 +138,7 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
 ]
 _CHOICES = {
     "mode": ["move", "copy"],
+    "worker-mode": ["process", "thread"],
     "log-format": ["auto", "json", "console"],
     "log-level": ["debug", "info", "warning", "error"],
 }
