@@ -20,6 +20,7 @@ import fcntl
 import multiprocessing
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -134,10 +135,45 @@ def repack_claimed(repacker: Repacker, path: str) -> Result:
     )
 
 
+def warm_up(config: EngineConfig) -> None:
+    """Repack one throwaway instance in a temporary folder.
+
+    The first repack in a fresh process imports and initialises what it
+    needs (pydicom's converters, character sets); doing it here keeps that
+    pause off the first real files.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset  # noqa: PLC0415 - warm-up only
+    from pydicom.uid import (  # noqa: PLC0415
+        UID,
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="pypx-warm-up-") as folder:
+        ds = Dataset()
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.SOPClassUID = SecondaryCaptureImageStorage
+        ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = UID("1.2.3.4")
+        ds.PatientID, ds.PatientName, ds.SeriesNumber, ds.InstanceNumber = "W", "Warm^Up", 1, 1
+        ds.Rows = ds.Columns = 1
+        ds.BitsAllocated, ds.SamplesPerPixel, ds.PixelData = 8, 1, b"\0\0"
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3.4")
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        source = os.path.join(folder, "warm-up.dcm")
+        ds.save_as(source, enforce_file_format=True)
+        layout = Layout.from_sources(config.templates, config.layout_name)
+        repacker = Repacker(os.path.join(folder, "data"), os.path.join(folder, "log"), layout)
+        repack_claimed(repacker, source)
+
+
 def _child(connection: Connection, config: EngineConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     repacker = config.repacker()
+    warm_up(config)
+    connection.send("ready")
     while True:
         try:
             path = connection.recv()
@@ -170,11 +206,25 @@ class Engine:
         child.close()
         self._connection = parent
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the worker has warmed up; False if it did not in time."""
+        if self._connection is None:
+            if self._repacker is not None:
+                warm_up(self.config)
+            return True
+        try:
+            if self._connection.poll(timeout):
+                return bool(self._connection.recv() == "ready")
+        except (EOFError, OSError):
+            pass
+        return False
+
     def repack(self, path: str) -> Result:
         if self._repacker is not None:
             return repack_claimed(self._repacker, path)
         if self._connection is None:
             self.start()
+            self.wait_ready(60)
         assert self._connection is not None  # noqa: S101 - started just above
         try:
             self._connection.send(path)

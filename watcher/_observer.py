@@ -17,7 +17,6 @@ from watchdog.events import (
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
-    FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -30,14 +29,16 @@ __all__ = ["CHANGED", "CLOSED", "DELETED", "NEW_FOLDER", "Inbox", "Recorder", "s
 
 CHANGED, CLOSED, DELETED, NEW_FOLDER = "changed", "closed", "deleted", "new-folder"
 
-# Opened and closed-without-write events come from every reader, this
-# service included: they are not asked for at all.
+# Only what decides something is asked for. Opened and closed-without-write
+# come from every reader, this service included. Modified fires for every
+# write() call and attribute change (our own hard links included), and adds
+# nothing: a file that changes during its settle period is caught by the
+# signature comparison anyway. Deleted matters only for the versions that
+# copy mode remembers.
 _WANTED: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
-    FileModifiedEvent,
     FileClosedEvent,
     FileMovedEvent,
-    FileDeletedEvent,
     DirCreatedEvent,
 ]
 
@@ -101,11 +102,15 @@ class Recorder(FileSystemEventHandler):
 
 
 def start_observer(
-    folder: Path, inbox: Inbox, *, polling: bool, poll_interval: float
+    folder: Path, inbox: Inbox, *, polling: bool, poll_interval: float, deletions: bool = False
 ) -> BaseObserver:
-    """Start a recursive observer (inotify, or polling for network file systems)."""
+    """Start a recursive observer (inotify, or polling for network file systems).
+
+    ``deletions``: also report deleted files (copy mode forgets their versions).
+    """
     observer: BaseObserver = PollingObserver(timeout=poll_interval) if polling else Observer()
-    observer.schedule(Recorder(inbox), str(folder), recursive=True, event_filter=_WANTED)
+    wanted = [*_WANTED, FileDeletedEvent] if deletions else _WANTED
+    observer.schedule(Recorder(inbox), str(folder), recursive=True, event_filter=wanted)
     observer.daemon = True
     observer.start()
     return observer

@@ -168,12 +168,16 @@ class Service:
         self._started = time.monotonic()
         for engine in self.engines:  # spawn the worker processes before any thread
             engine.start()
+        for engine in self.engines:
+            if not engine.wait_ready(60):
+                self.log.warning("worker.slow_start", detail="a worker did not warm up in 60 s")
         self.pool.start()
         self._observer = start_observer(
             self.settings.incoming,
             self.inbox,
             polling=self.settings.polling,
             poll_interval=self.settings.poll_interval,
+            deletions=not self.settings.move,
         )
         self.watching.set()
         self._dispatcher.start()
