@@ -56,7 +56,7 @@ def check_each_instance_is_incoming_or_fully_repacked(
 
 
 def test_repeated_sigkill_during_ingest(tmp_path: Path) -> None:
-    planned = plan(patients=4, studies=2, series=5, instances=60)  # 2,400 instances
+    planned = plan(patients=4, studies=2, series=5, instances=100)  # 4,000 instances
     staging = tmp_path / "staging"
     write_workload(staging, planned)
     reference = tmp_path / "reference"
@@ -70,7 +70,7 @@ def test_repeated_sigkill_during_ingest(tmp_path: Path) -> None:
     for _ in range(40):
         running = Listener(service_root, "--settle", "0.3", "--workers", "2").start()
         try:
-            time.sleep(rng.uniform(0.05, 0.6))
+            time.sleep(rng.uniform(0.02, 0.3))
             running.kill()  # SIGKILL, at a random moment
         finally:
             running.kill()
@@ -78,7 +78,7 @@ def test_repeated_sigkill_during_ingest(tmp_path: Path) -> None:
         repacked = check_each_instance_is_incoming_or_fully_repacked(running, planned)
         if repacked == len(planned):
             break
-    assert kills >= 5, "the workload finished too fast to be interrupted"
+    assert kills >= 6, "the workload finished too fast to be interrupted"
     with listener(service_root, "--settle", "0.3") as final:
         final.wait_for(lambda: not final.incoming_files(), 120, "the rest of the workload")
         final.wait_for(lambda: final.count("housekeeping.swept") == 1, 30, "the temp sweep")
