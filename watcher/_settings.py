@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from repack import Layout, TemplateError, add_layout_arguments
+from repack import CliError, Layout, add_layout_arguments, layout_from_arguments
 
 from ._errors import ConfigError
 
@@ -223,18 +223,9 @@ def parse_settings(
                 f"{source}={text!r}: {error}", hint=f"fix {source} (see pypx-listener --help)"
             ) from error
     try:
-        layout = Layout.named(
-            arguments.layout,
-            root=arguments.root_template,
-            study=arguments.study_template,
-            series=arguments.series_template,
-            image=arguments.image_template,
-        )
-    except TemplateError as error:
-        raise ConfigError(
-            f"invalid template: {error}",
-            hint="fields look like %PatientID or %_pad|5,0_SeriesNumber",
-        ) from error
+        layout = layout_from_arguments(arguments)
+    except CliError as error:
+        raise ConfigError(str(error), hint=error.hint) from error
     for folder in ("incoming", "datadir", "logdir", "quarantine"):
         values[folder] = Path(os.path.abspath(values[folder]))
     return Settings(layout=layout, **values)
