@@ -117,10 +117,15 @@ class Service:
         return self.done_at[count - 1]
 
     def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """Peak resident memory of the service and its worker processes, summed."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        total = 0.0
+        for each in [str(pid), *children]:
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        return total
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -480,10 +485,11 @@ def run_parts(
             ],
         )
     if "e2e" in parts and shutil.which("storescp"):
+        ten = write_workload(work / "e2e-10", plan(1, 2, 5, 192, seed="E"), sources=sag)
         results["end_to_end"] = [
-            _measure("end to end, 192", lambda: end_to_end(work, sag, "sag-192"))
+            _measure("end to end, 192", lambda: end_to_end(work, sag, "sag-192")),
+            _measure("end to end, 1920", lambda: end_to_end(work, ten, "sag-x10")),
         ]
-        row = results["end_to_end"][0]
         _section(
             "End to end: storescu -> storescp (+ service) / storescp alone",
             [
@@ -492,6 +498,7 @@ def run_parts(
                     f"alone {row['storescp_alone_s']} s, with service "
                     f"{row['with_service_s']} s, ratio {row['ratio']}",
                 )
+                for row in results["end_to_end"]
             ],
         )
     if "latency" in parts:
