@@ -304,3 +304,23 @@ def test_help_documents_every_option_and_bad_settings_fail_clearly(tmp_path: Pat
     )
     assert overlapping.returncode == 2
     assert "overlap" in overlapping.stderr
+
+
+def test_old_empty_subfolders_are_removed_and_new_ones_kept(tmp_path: Path) -> None:
+    incoming = tmp_path / "incoming"
+    old = incoming / "anonymized_20260101_120000" / "nested"
+    old.mkdir(parents=True)
+    fresh = incoming / "anonymized_20261124_230000"
+    fresh.mkdir()
+    hidden = incoming / ".keep"
+    hidden.mkdir()
+    long_ago = time.time() - 3600
+    for folder in (old, old.parent, hidden):
+        os.utime(folder, (long_ago, long_ago))
+    args = ("--scan-interval", "0.3", "--empty-dir-age", "60")
+    with listener(tmp_path, *args) as running:
+        running.wait_for(lambda: not old.parent.exists(), 10, "the old empty folders to go")
+        time.sleep(0.6)  # two more scans
+        assert fresh.exists()  # storescp may be about to write into it
+        assert hidden.exists()
+        assert running.stop() == 0

@@ -282,10 +282,9 @@ class Service:
         root = self.settings.incoming
         top = top or root
         found = 0
-        now = time.time()
-        for folder, _folders, files in os.walk(top, topdown=False):
-            if any(_ignored(part) for part in Path(folder).relative_to(root).parts):
-                continue
+        folders_seen: list[tuple[str, bool, float]] = []
+        for folder, folders, files in os.walk(top):
+            folders[:] = [name for name in folders if not _ignored(name)]
             for name in files:
                 if _ignored(name):
                     continue
@@ -296,19 +295,25 @@ class Service:
                     continue
                 self.tracker.found(path, stat)
                 found += 1
-            if self.settings.move and Path(folder) != root and not files:
-                self._remove_if_old_and_empty(folder, now)
+            if self.settings.move and folder != str(root):
+                try:
+                    # Its age before this scan removed anything below it.
+                    folders_seen.append((folder, bool(files), os.stat(folder).st_mtime))
+                except OSError:
+                    continue
+        now = time.time()
+        for folder, had_files, mtime in reversed(folders_seen):  # deepest first
+            if not had_files and now - mtime >= self.settings.empty_dir_age:
+                self._remove_if_empty(folder)
         if self.metrics is not None:
             self.metrics.scanned(found)
         return found
 
-    def _remove_if_old_and_empty(self, folder: str, now: float) -> None:
+    def _remove_if_empty(self, folder: str) -> None:
         try:
-            if now - os.stat(folder).st_mtime < self.settings.empty_dir_age:
-                return
             os.rmdir(folder)
         except OSError:
-            return  # not empty, or gone: nothing to do
+            return  # not empty (a file arrived, or a subfolder stays), or gone
         self.log.debug("incoming.folder_removed", folder=folder)
 
     # -- workers -------------------------------------------------------------
