@@ -104,6 +104,9 @@ class Instance:
     #: The tags ``dataset`` holds when it is partial; None when it is complete.
     wanted: frozenset[int] | None = None
     _complete: list[Dataset] = field(default_factory=list, compare=False, repr=False)
+    _elements: dict[str, DataElement | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def complete_dataset(self) -> Dataset:
         """Every top-level element (read once, on first use, for a partial instance)."""
@@ -114,6 +117,11 @@ class Instance:
         return self._complete[0]
 
     def _element(self, keyword: str) -> DataElement | None:
+        """The converted element (looked up once per keyword), or None."""
+        try:
+            return self._elements[keyword]
+        except KeyError:
+            pass
         try:
             tag = _tag(keyword)
             holder = self.dataset if self.wanted is None or tag in self.wanted else None
@@ -123,8 +131,10 @@ class Instance:
         except RepackError:
             raise
         except Exception:
-            return None
-        return element if isinstance(element, DataElement) else None
+            element = None
+        found = element if isinstance(element, DataElement) else None
+        self._elements[keyword] = found
+        return found
 
     def text(self, keyword: str) -> str | None:
         """The element as path text, or ``None`` when absent or empty.

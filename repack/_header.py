@@ -109,18 +109,27 @@ class _Walker:
         self.count += 1
         if self.count > _MAX_ELEMENTS:
             raise _UnsureError("too many elements")
-        read = self.reader.read
+        reader = self.reader
+        offset = position - reader.start
+        window = reader.window
+        if offset < 0 or offset + 12 > len(window):  # refill the window from here
+            reader.read(position, min(12, reader.size - position))
+            offset, window = position - reader.start, reader.window
+            if offset + 8 > len(window):
+                raise _UnsureError("short element header")
         if self.implicit:
-            group, number, length = _TAG_LENGTH.unpack(read(position, 8))
+            group, number, length = _TAG_LENGTH.unpack_from(window, offset)
             return (group << 16) | number, None, length, position + 8
-        group, number, vr, length = _EXPLICIT_SHORT.unpack(read(position, 8))
+        group, number, vr, length = _EXPLICIT_SHORT.unpack_from(window, offset)
         tag = (group << 16) | number
         if group == 0xFFFE:  # items and delimiters have no VR
-            return tag, None, _LONG_LENGTH.unpack(read(position + 4, 4))[0], position + 8
+            return tag, None, _LONG_LENGTH.unpack_from(window, offset + 4)[0], position + 8
         if vr not in _KNOWN_VRS:
             raise _UnsureError("not a VR")
         if vr in _LONG_VRS:
-            return tag, vr, _LONG_LENGTH.unpack(read(position + 8, 4))[0], position + 12
+            if offset + 12 > len(window):
+                raise _UnsureError("short element header")
+            return tag, vr, _LONG_LENGTH.unpack_from(window, offset + 8)[0], position + 12
         return tag, vr, length, position + 8
 
     def skip_undefined(self, position: int, depth: int) -> int:
