@@ -14,6 +14,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from benchmarks.workload import synthetic_dataset
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_NAME = "FNNDSC-SAG-anon-3d6e850"
 
@@ -54,10 +56,8 @@ def px_output() -> Path:
 
 
 def make_dataset(**overrides: Any) -> Dataset:
-    """A small, valid MR instance; keyword overrides (``None`` deletes)."""
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = MRImageStorage
+    """A small, valid MR instance with known values; keyword overrides (``None`` deletes)."""
+    ds = synthetic_dataset()
     ds.SOPInstanceUID = generate_uid()
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
@@ -72,17 +72,7 @@ def make_dataset(**overrides: Any) -> Dataset:
     ds.SeriesDescription = "T1 axial"
     ds.SeriesNumber = 3
     ds.SeriesDate = "20240102"
-    ds.Modality = "MR"
     ds.InstanceNumber = 7
-    ds.Rows = 2
-    ds.Columns = 2
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = b"\x01\x00" * 4
     for keyword, value in overrides.items():
         if value is None:
             if keyword in ds:
