@@ -12,7 +12,7 @@ the README. Errors form one tree, rooted at :class:`RepackError` (see
 :mod:`repack._errors`).
 """
 
-from ._cli import CliError, add_layout_arguments, layout_from_arguments
+from ._cli import CliError, add_layout_arguments, layout_from_arguments, report_error
 from ._dicom import DEFER_BYTES, NOT_DEFINED, REQUIRED_KEYWORDS, Instance, read_instance
 from ._errors import (
     InvalidInstanceError,
@@ -71,6 +71,7 @@ __all__ = [
     "plan_placement",
     "read_instance",
     "repack_file",
+    "report_error",
     "safe_log_name",
     "sanitize_component",
     "seahash",

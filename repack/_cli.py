@@ -32,7 +32,13 @@ from ._repack import Repacker, RepackOutcome
 from ._store import TEMP_PREFIX
 from ._template import Layout, NamedLayout
 
-__all__ = ["CliError", "add_layout_arguments", "layout_from_arguments", "main"]
+__all__ = [
+    "CliError",
+    "add_layout_arguments",
+    "layout_from_arguments",
+    "main",
+    "report_error",
+]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -44,6 +50,13 @@ class CliError(Exception):
         super().__init__(message)
         self.hint = hint
         self.code = code
+
+
+def report_error(program: str, message: str, hint: str) -> None:
+    """Print a one-line reason, and a fix hint when there is one, on stderr."""
+    print(f"{program}: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"{program}: hint: {hint}", file=sys.stderr)
 
 
 def add_layout_arguments(
@@ -250,9 +263,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = run(argv)
     except CliError as error:
-        print(f"pypx-repack: error: {error}", file=sys.stderr)
-        if error.hint:
-            print(f"pypx-repack: hint: {error.hint}", file=sys.stderr)
+        report_error("pypx-repack", str(error), error.hint)
         code = error.code
     except KeyboardInterrupt:
         code = 130

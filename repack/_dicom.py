@@ -18,6 +18,7 @@ meta) must carry its pixel data.
 from __future__ import annotations
 
 import errno as errno_codes
+import functools
 import os
 import struct
 from collections.abc import Iterable
@@ -77,6 +78,12 @@ def _tag(keyword: str) -> int:
             raise KeyError(keyword)
         tag = _TAGS[keyword] = int(found)
     return tag
+
+
+@functools.lru_cache(maxsize=64)
+def _wanted_tags(keywords: tuple[str, ...]) -> frozenset[int]:
+    """The tags of ``keywords`` (the same few sets, for every file)."""
+    return frozenset(_tag(k) for k in keywords)
 
 
 def _is_empty(value: Any) -> bool:
@@ -288,7 +295,7 @@ def read_instance(path: str | os.PathLike[str], keywords: Iterable[str] | None =
             if fp.read(4) != b"DICM":
                 raise NotDicomError("no DICM marker at byte 128: not a DICOM Part 10 file")
             if keywords is not None:
-                wanted = frozenset(_tag(k) for k in keywords)
+                wanted = _wanted_tags(tuple(keywords))
                 partial = read_header(fp.fileno(), size, wanted)
                 if partial is not None:
                     return _checked(Instance(partial, size, stat, Path(path), wanted))

@@ -168,13 +168,15 @@ class Repacker:
         self._store = Store(self.logdir or self.datadir, fsync=fsync)
         # Everything the templates, the logs and the event read: the fast header
         # path reads just these (anything else is read when first asked for).
-        self._keywords = sorted(
-            self.layout.keywords.union(
-                PATIENT_FIELDS,
-                STUDY_FIELDS,
-                SERIES_FIELDS,
-                REQUIRED_KEYWORDS,
-                ("SOPInstanceUID", "SpecificCharacterSet", "Rows"),
+        self._keywords = tuple(
+            sorted(
+                self.layout.keywords.union(
+                    PATIENT_FIELDS,
+                    STUDY_FIELDS,
+                    SERIES_FIELDS,
+                    REQUIRED_KEYWORDS,
+                    ("SOPInstanceUID", "SpecificCharacterSet", "Rows"),
+                )
             )
         )
         self._written: set[Path] = set()

@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 
 from ._errors import SourceVanishedError, StorageError
+from ._logs import json_bytes
 from ._seahash import seahash
 
 __all__ = ["LOCK_DIR", "TEMP_PREFIX", "Store", "is_stale_temp", "sweep_stale_temps"]
@@ -286,7 +287,7 @@ class Store:
                 raise _storage_error(error, "read", path) from error
             new = update(current)
             if new is not None:
-                self.write_atomic(path, orjson.dumps(new, option=orjson.OPT_INDENT_2))
+                self.write_atomic(path, json_bytes(new))
 
     # -- data files ----------------------------------------------------------
 

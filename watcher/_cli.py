@@ -15,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from repack import configure_logging, get_logger
+from repack import configure_logging, get_logger, report_error
 
 from ._errors import ConfigError
 from ._service import Service
@@ -65,8 +65,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = run(argv)
     except ConfigError as error:
-        print(f"pypx-listener: error: {error}", file=sys.stderr)
-        if error.hint:
-            print(f"pypx-listener: hint: {error.hint}", file=sys.stderr)
+        report_error("pypx-listener", str(error), error.hint)
         code = error.exit_code
     sys.exit(code)

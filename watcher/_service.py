@@ -139,17 +139,14 @@ class Service:
         s = self.settings
         folders = {"incoming": s.incoming, "datadir": s.datadir, "logdir": s.logdir,
                    "quarantine": s.quarantine}  # fmt: skip
+        for other_name in ("datadir", "logdir", "quarantine"):
+            other = folders[other_name]
+            if _inside(s.incoming, other) or _inside(other, s.incoming):
+                raise ConfigError(
+                    f"--incoming {s.incoming} and --{other_name} {other} overlap",
+                    hint="use separate folders for incoming, data, log and quarantine",
+                )
         for name, folder in folders.items():
-            for other_name, other in folders.items():
-                if (
-                    name != other_name
-                    and name == "incoming"
-                    and (_inside(folder, other) or _inside(other, folder))
-                ):
-                    raise ConfigError(
-                        f"--{name} {folder} and --{other_name} {other} overlap",
-                        hint="use separate folders for incoming, data, log and quarantine",
-                    )
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 probe = folder / f"{TEMP_PREFIX}probe-{os.getpid()}"
@@ -387,7 +384,7 @@ class Service:
     def _quarantine_copy(self, source: Path, reason: str, message: str) -> Path:
         # Copy mode keeps every incoming file: quarantine a copy instead.
         copy = self.settings.quarantine / ".copy-staging" / source.name
-        Store(None).place(source, copy, link=False)
+        self.quarantine.store.place(source, copy, link=False)
         return self.quarantine.put(copy, reason, message, relative_to=copy.parent)
 
     def _retry(self, candidate: Candidate, message: str, *, errno_code: int | None = None) -> None:
