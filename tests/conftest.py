@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from benchmarks.workload import synthetic_dataset
+
+from .helpers import installed
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_NAME = "FNNDSC-SAG-anon-3d6e850"
@@ -111,10 +111,8 @@ def run_cli(
     *args: str | Path, check: bool = False, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """Run ``pypx-repack`` as a real process (the installed console script)."""
-    exe = shutil.which("pypx-repack")
-    command = [exe] if exe else [sys.executable, "-c", "from repack._cli import main; main()"]
     return subprocess.run(
-        [*command, *map(str, args)],
+        [installed("pypx-repack"), *map(str, args)],
         capture_output=True,
         text=True,
         check=check,

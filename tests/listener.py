@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +14,8 @@ from typing import Any
 
 import orjson
 import pytest
+
+from .helpers import installed
 
 
 class Listener:
@@ -27,10 +27,8 @@ class Listener:
         self.data = root / "data"
         self.log = root / "log"
         self.quarantine = root / "quarantine"
-        exe = shutil.which("pypx-listener")
-        command = [exe] if exe else [sys.executable, "-c", "from watcher._cli import main; main()"]
         self.command = [
-            *command,
+            installed("pypx-listener"),
             "--incoming", str(self.incoming),
             "--datadir", str(self.data),
             "--logdir", str(self.log),

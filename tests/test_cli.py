@@ -11,6 +11,7 @@ import pytest
 
 from .conftest import run_cli
 from .dcmtk import storescp, storescu, wait_for
+from .helpers import installed
 
 
 def test_one_shot_event_line_and_cleanup(
@@ -100,8 +101,7 @@ def test_drop_in_for_rx_repack_under_storescp_xcr(
     tmp_path: Path, example_files: list[Path]
 ) -> None:
     """The storescp command line rx-repack users have, with pypx-repack swapped in."""
-    exe = shutil.which("pypx-repack")
-    assert exe, "pypx-repack is not installed (pip install .)"
+    exe = installed("pypx-repack")
     data, log, events = tmp_path / "data", tmp_path / "log", tmp_path / "events.ndjson"
     handler = (
         f"{exe} --xcrdir #p --xcrfile #f --datadir {data} --logdir {log} --cleanup"

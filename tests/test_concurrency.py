@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -15,6 +14,7 @@ import pytest
 
 from benchmarks.workload import plan, write_workload
 
+from .helpers import installed
 from .listener import Listener
 
 pytestmark = pytest.mark.slow
@@ -55,8 +55,7 @@ def test_services_and_one_shots_together(tmp_path: Path) -> None:
     reader.start()
     args = ("--settle", "0.3", "--scan-interval", "1", "--workers", "2")
     services = [Listener(root, *args).start() for _ in range(3)]
-    exe = shutil.which("pypx-repack")
-    assert exe
+    exe = installed("pypx-repack")
     one_shot_events: list[dict[str, object]] = []
     try:
         pending = [p for p in files if p not in one_shot]

@@ -19,6 +19,7 @@ import yaml
 
 from .conftest import ROOT
 from .dcmtk import free_port, require_dcmtk, stop_group, storescu, wait_for
+from .helpers import installed
 from .listener import Listener, listener
 from .test_storage_faults import remount, small_filesystem
 
@@ -188,7 +189,7 @@ def test_compose_and_dockerfile_commands_work_as_written(
     )  # fmt: skip
     try:
         running = Listener(tmp_path, env=env)
-        running.command = [shutil.which(docker_cmd[0]) or docker_cmd[0]]  # exactly the CMD
+        running.command = [installed(docker_cmd[0]), *docker_cmd[1:]]  # exactly the CMD
         running.start()
         try:
             assert running.of("watcher.started")[0]["incoming"] == f"{tmp_path}/srv/incoming"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 from .conftest import ROOT
+from .helpers import installed
 
 
 @pytest.mark.parametrize(
@@ -21,8 +21,7 @@ from .conftest import ROOT
     ids=["ruff-check", "ruff-format", "mypy-strict"],
 )
 def test_static_checks(command: list[str]) -> None:
-    if shutil.which("ruff") is None and command[2] == "ruff":
-        pytest.fail("ruff is not installed (pip install -e '.[test]')")
+    installed(command[2])  # fails clearly when the test extra is missing
     result = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
     )

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from .dcmtk import storescp, storescu
+from .helpers import installed
 from .listener import Listener, listener
 
 FAST = ("--settle", "0.5", "--series-quiet", "1", "--scan-interval", "5")
@@ -250,7 +251,7 @@ def test_configured_from_the_environment_only(tmp_path: Path, example_files: lis
         "PYPX_LISTENER_LOG_FORMAT": "json",
     }
     process = subprocess.Popen(
-        [shutil.which("pypx-listener") or "pypx-listener"],
+        [installed("pypx-listener")],
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -279,7 +280,7 @@ def test_configured_from_the_environment_only(tmp_path: Path, example_files: lis
 
 
 def test_help_documents_every_option_and_bad_settings_fail_clearly(tmp_path: Path) -> None:
-    exe = shutil.which("pypx-listener") or "pypx-listener"
+    exe = installed("pypx-listener")
     shown = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=30, check=True)
     for option in ("--incoming", "--datadir", "--logdir", "--quarantine", "--workers", "--settle",
                    "--polling", "--mode", "--metrics-port", "PYPX_LISTENER_WORKERS"):  # fmt: skip
