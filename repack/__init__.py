@@ -12,13 +12,21 @@ the README. Errors form one tree, rooted at :class:`RepackError` (see
 :mod:`repack._errors`).
 """
 
-from ._cli import CliError, add_layout_arguments, layout_from_arguments, report_error
-from ._dicom import DEFER_BYTES, NOT_DEFINED, REQUIRED_KEYWORDS, Instance, read_instance
+from ._dicom import (
+    DEFER_BYTES,
+    MAX_HEADER_READS,
+    NOT_DEFINED,
+    REQUIRED_KEYWORDS,
+    Instance,
+    read_instance,
+    read_source,
+)
 from ._errors import (
     InvalidInstanceError,
     MalformedFileError,
     MissingRequiredTagError,
     NotDicomError,
+    NotRegularFileError,
     RepackError,
     SourceVanishedError,
     StorageError,
@@ -26,10 +34,12 @@ from ._errors import (
     TruncatedFileError,
 )
 from ._events import configure_logging, get_logger
-from ._logs import LogPaths, json_bytes
+from ._json import dumps, json_bytes, printable
+from ._logs import LogPaths
 from ._repack import MissingElement, Placement, Repacker, RepackOutcome, plan_placement, repack_file
 from ._sanitize import MAX_COMPONENT_BYTES, is_safe_name, safe_log_name, sanitize_component
 from ._seahash import seahash, seahash_hex
+from ._source import SourceFile, file_type, folder_beneath, open_beneath, open_path, open_root
 from ._store import LOCK_DIR, TEMP_PREFIX, Store, is_stale_temp, sweep_stale_temps
 from ._template import Layout, NamedLayout, Template, parse_template
 
@@ -37,10 +47,10 @@ __all__ = [
     "DEFER_BYTES",
     "LOCK_DIR",
     "MAX_COMPONENT_BYTES",
+    "MAX_HEADER_READS",
     "NOT_DEFINED",
     "REQUIRED_KEYWORDS",
     "TEMP_PREFIX",
-    "CliError",
     "Instance",
     "InvalidInstanceError",
     "Layout",
@@ -50,28 +60,35 @@ __all__ = [
     "MissingRequiredTagError",
     "NamedLayout",
     "NotDicomError",
+    "NotRegularFileError",
     "Placement",
     "RepackError",
     "RepackOutcome",
     "Repacker",
+    "SourceFile",
     "SourceVanishedError",
     "StorageError",
     "Store",
     "Template",
     "TemplateError",
     "TruncatedFileError",
-    "add_layout_arguments",
     "configure_logging",
+    "dumps",
+    "file_type",
+    "folder_beneath",
     "get_logger",
     "is_safe_name",
     "is_stale_temp",
     "json_bytes",
-    "layout_from_arguments",
+    "open_beneath",
+    "open_path",
+    "open_root",
     "parse_template",
     "plan_placement",
+    "printable",
     "read_instance",
+    "read_source",
     "repack_file",
-    "report_error",
     "safe_log_name",
     "sanitize_component",
     "seahash",

@@ -26,90 +26,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import NotDicomError, RepackError, TemplateError
+from ._arguments import (
+    CliError,
+    OneLineParser,
+    add_layout_arguments,
+    layout_from_arguments,
+    report_error,
+    version,
+)
+from ._errors import NotDicomError, NotRegularFileError, RepackError
 from ._events import configure_logging, get_logger
+from ._json import printable
 from ._repack import Repacker, RepackOutcome
+from ._source import open_beneath, open_root
 from ._store import TEMP_PREFIX
-from ._template import Layout, NamedLayout
 
-__all__ = [
-    "CliError",
-    "add_layout_arguments",
-    "layout_from_arguments",
-    "main",
-    "report_error",
-]
+__all__ = ["main", "run"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED = 0, 1
 
 
-class CliError(Exception):
-    """An error the user can fix: a message, a hint and an exit code."""
-
-    def __init__(self, message: str, *, hint: str = "", code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.hint = hint
-        self.code = code
-
-
-def report_error(program: str, message: str, hint: str) -> None:
-    """Print a one-line reason, and a fix hint when there is one, on stderr."""
-    print(f"{program}: error: {message}", file=sys.stderr)
-    if hint:
-        print(f"{program}: hint: {hint}", file=sys.stderr)
-
-
-def add_layout_arguments(
-    parser: argparse.ArgumentParser, env: dict[str, str] | None = None
-) -> None:
-    """Add ``--layout`` and px-repack's four template options to ``parser``.
-
-    ``env`` maps option destinations to defaults (the service reads them
-    from the environment).
-    """
-    env = env or {}
-    group = parser.add_argument_group("layout of the data tree")
-    group.add_argument(
-        "--layout",
-        default=env.get("layout", NamedLayout.RX_REPACK.value),
-        choices=[n.value for n in NamedLayout],
-        help="named layout (default: %(default)s; px-repack-3.10 has no hash in series folders)",
-    )
-    for option, alias, dest, what in (
-        ("--rootDirTemplate", None, "root_template", "patient folder"),
-        ("--studyDirTemplate", None, "study_template", "study folder"),
-        ("--seriesDirTemplate", None, "series_template", "series folder"),
-        ("--imageTemplate", "--imageFileTemplate", "image_template", "image file"),
-    ):
-        names = [option, alias] if alias else [option]
-        group.add_argument(
-            *names,
-            dest=dest,
-            default=env.get(dest),
-            metavar="TEMPLATE",
-            help=f"px-repack %%-template for the {what} (overrides the layout's)",
-        )
-
-
-def layout_from_arguments(arguments: argparse.Namespace) -> Layout:
-    """The validated :class:`Layout`, or a :class:`CliError` explaining the template."""
-    try:
-        return Layout.named(
-            arguments.layout,
-            root=arguments.root_template,
-            study=arguments.study_template,
-            series=arguments.series_template,
-            image=arguments.image_template,
-        )
-    except TemplateError as error:
-        raise CliError(
-            f"invalid template: {error}",
-            hint="fields look like %PatientID or %_pad|5,0_SeriesNumber; see --help",
-        ) from error
+def _jobs(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pypx-repack",
         description=(
             "Repack DICOM files into <datadir>/<patient>/<study>/<series>/<image>.dcm"
@@ -135,8 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-ndjson", action="store_true", help="print one JSON event line per file on stdout"
     )
-    parser.add_argument("-j", "--jobs", type=int, default=2, help="parallel workers in batch mode")
-    parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
+    parser.add_argument(
+        "-j", "--jobs", type=_jobs, default=2, help="parallel workers in batch mode (1 or more)"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     add_layout_arguments(parser)
     return parser
 
@@ -148,18 +95,26 @@ class _Summary:
     failed: int = 0
 
 
-def _walk(paths: Sequence[str], exclude: list[Path]) -> Iterator[Path]:
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            for folder, names, files in os.walk(path):
-                here = Path(folder).resolve()
-                names[:] = sorted(n for n in names if (here / n) not in exclude)
-                for name in sorted(files):
-                    if not name.startswith(TEMP_PREFIX):
-                        yield Path(folder) / name
-        else:
-            yield path
+@dataclass(frozen=True)
+class _Job:
+    """One file to repack: named by the user, or found below a folder's descriptor."""
+
+    path: Path
+    #: Found by a folder walk: skip what is not DICOM, open it beneath ``root``.
+    walked: bool = False
+    root: int = -1
+    relative: str = ""
+
+
+def _walk(given: Path, root: int, exclude: list[Path]) -> Iterator[_Job]:
+    """Every file below ``given`` (links to folders are not followed)."""
+    for folder, names, files in os.walk(given):
+        here = Path(folder)
+        names[:] = sorted(n for n in names if (here / n).resolve() not in exclude)
+        for name in sorted(files):
+            if not name.startswith(TEMP_PREFIX):
+                path = here / name
+                yield _Job(path, walked=True, root=root, relative=str(path.relative_to(given)))
 
 
 class _Progress:
@@ -183,51 +138,91 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _repack_one(repacker: Repacker, path: Path) -> tuple[Path, RepackOutcome | RepackError]:
+def _repack_one(repacker: Repacker, job: _Job) -> tuple[_Job, RepackOutcome | RepackError]:
     try:
-        return path, repacker.repack(path)
+        if not job.walked:
+            return job, repacker.repack(job.path)
+        with open_beneath(job.root, job.relative, shown_as=job.path) as source:
+            return job, repacker.repack_source(source)
     except RepackError as error:
-        return path, error
+        return job, error
 
 
 def _report(
-    path: Path, result: RepackOutcome | RepackError, arguments: argparse.Namespace, log: Any
+    job: _Job, result: RepackOutcome | RepackError, arguments: argparse.Namespace, log: Any
 ) -> str:
     """Log one file's result; return "repacked", "skipped" or "failed"."""
     if isinstance(result, RepackOutcome):
         if arguments.log_ndjson:
             log.info("repack.done", **result.event_fields())
         if arguments.verbosity >= 2:
-            print(f"{path} -> {result.dst}", file=sys.stderr)
+            print(f"{printable(str(job.path))} -> {result.dst}", file=sys.stderr)
         return "repacked"
-    kind = "skipped" if isinstance(result, NotDicomError) and arguments.paths else "failed"
+    # Inside a folder walk, what is not DICOM (or not a file) is passed over;
+    # a file named on the command line that cannot be repacked is a failure.
+    skip = job.walked and isinstance(result, NotDicomError | NotRegularFileError)
+    kind = "skipped" if skip else "failed"
     if arguments.log_ndjson:
         log.error(
-            "repack.skipped" if kind == "skipped" else "repack.failed",
-            src=str(path.absolute()),
+            "repack.skipped" if skip else "repack.failed",
+            src=str(job.path.absolute()),
             dst=None,
             error=str(result),
             reason=getattr(result, "reason", "storage"),
         )
-    if arguments.verbosity >= (2 if kind == "skipped" else 1):
-        print(f"pypx-repack: {path}: {result}", file=sys.stderr)
+    if arguments.verbosity >= (2 if skip else 1):
+        print(f"pypx-repack: {printable(str(job.path))}: {result}", file=sys.stderr)
     return kind
 
 
-def _files(arguments: argparse.Namespace) -> list[Path]:
+def _named_file(path: Path) -> _Job:
+    if not os.path.lexists(path):
+        raise CliError(f"no such file: {printable(str(path))}", hint="check the path")
+    return _Job(path)
+
+
+def _jobs_of(arguments: argparse.Namespace, roots: list[int]) -> list[_Job]:
+    """The files to repack; descriptors of walked folders are appended to ``roots``."""
+    given = [arguments.xcrdirfile is not None, arguments.xcrfile is not None, bool(arguments.paths)]
+    if sum(given) > 1:
+        raise CliError(
+            "give one of --xcrdir/--xcrfile, --xcrdirfile or PATHs, not several",
+            hint="storescp -xcr calls: --xcrdir #p --xcrfile #f",
+        )
+    if arguments.xcrdir is not None and arguments.xcrfile is None:
+        raise CliError(
+            "--xcrdir needs --xcrfile (the name of the file in that folder)",
+            hint="storescp -xcr calls: --xcrdir #p --xcrfile #f",
+        )
     if arguments.xcrdirfile:
-        return [Path(arguments.xcrdirfile)]
+        return [_named_file(Path(arguments.xcrdirfile))]
     if arguments.xcrfile:
-        return [Path(arguments.xcrdir or ".") / arguments.xcrfile]
-    if arguments.paths:
-        exclude = [Path(arguments.datadir).resolve()]
-        if arguments.logdir:
-            exclude.append(Path(arguments.logdir).resolve())
-        return list(_walk(arguments.paths, exclude))
-    raise CliError(
-        "nothing to repack",
-        hint="give --xcrdir DIR --xcrfile NAME (as storescp -xcr does) or one or more PATHs",
-    )
+        return [_named_file(Path(arguments.xcrdir or ".") / arguments.xcrfile)]
+    if not arguments.paths:
+        raise CliError(
+            "nothing to repack",
+            hint="give --xcrdir DIR --xcrfile NAME (as storescp -xcr does) or one or more PATHs",
+        )
+    exclude = [Path(arguments.datadir).resolve()]
+    if arguments.logdir:
+        exclude.append(Path(arguments.logdir).resolve())
+    jobs: list[_Job] = []
+    for text in arguments.paths:
+        path = Path(text)
+        if not path.is_dir():
+            jobs.append(_named_file(path))
+            continue
+        try:
+            root = open_root(path.resolve())
+        except OSError as error:
+            raise CliError(
+                f"cannot open the folder {printable(text)}: {error.strerror}",
+                hint="check its permissions",
+                code=EXIT_FAILED,
+            ) from error
+        roots.append(root)
+        jobs.extend(_walk(path, root, exclude))
+    return jobs
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -237,22 +232,27 @@ def run(argv: Sequence[str] | None = None) -> int:
     if arguments.log_ndjson:
         configure_logging(json=True)
     log = get_logger()
-    files = _files(arguments)
-    repacker = Repacker(arguments.datadir, arguments.logdir, layout, move=arguments.cleanup)
-    summary = _Summary()
-    started = time.perf_counter()
-    progress = _Progress(len(files))
-    with ThreadPoolExecutor(max_workers=max(1, arguments.jobs)) as pool:
-        for path, result in pool.map(lambda p: _repack_one(repacker, p), files):
-            kind = _report(path, result, arguments, log)
-            setattr(summary, kind, getattr(summary, kind) + 1)
-            progress.step()
-    progress.close()
+    roots: list[int] = []
+    try:
+        jobs = _jobs_of(arguments, roots)
+        repacker = Repacker(arguments.datadir, arguments.logdir, layout, move=arguments.cleanup)
+        summary = _Summary()
+        started = time.perf_counter()
+        progress = _Progress(len(jobs))
+        with ThreadPoolExecutor(max_workers=arguments.jobs) as pool:
+            for job, result in pool.map(lambda j: _repack_one(repacker, j), jobs):
+                kind = _report(job, result, arguments, log)
+                setattr(summary, kind, getattr(summary, kind) + 1)
+                progress.step()
+        progress.close()
+    finally:
+        for root in roots:
+            os.close(root)
     if arguments.paths and arguments.verbosity >= 1:
         elapsed = time.perf_counter() - started
         print(
-            f"pypx-repack: {summary.repacked} repacked, {summary.skipped} skipped (not DICOM),"
-            f" {summary.failed} failed in {elapsed:.1f} s",
+            f"pypx-repack: {summary.repacked} repacked, {summary.skipped} skipped (not DICOM"
+            f" or not a regular file), {summary.failed} failed in {elapsed:.1f} s",
             file=sys.stderr,
         )
     return EXIT_FAILED if summary.failed else EXIT_OK

@@ -17,45 +17,52 @@ meta) must carry its pixel data.
 
 from __future__ import annotations
 
+import dataclasses
 import errno as errno_codes
 import functools
 import os
 import struct
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol
 
 from pydicom import dcmread
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from ._errors import (
     MalformedFileError,
     MissingRequiredTagError,
     NotDicomError,
-    RepackError,
-    SourceVanishedError,
     StorageError,
     TruncatedFileError,
 )
 from ._header import read_header
+from ._source import SourceFile, open_path
 
 __all__ = [
     "DEFER_BYTES",
+    "MAX_HEADER_READS",
     "NOT_DEFINED",
     "REQUIRED_KEYWORDS",
     "Instance",
     "read_instance",
+    "read_source",
 ]
 
 #: Values longer than this are not read into memory (PixelData, overlays).
 DEFER_BYTES = 64 * 1024
+
+#: Reads of a header (about two per element) after which a file is refused.
+MAX_HEADER_READS = 1_000_000
 
 #: px's value for an element that is absent.
 NOT_DEFINED = "Not defined"
@@ -68,6 +75,12 @@ _DELIMITERS = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 _ROWS = 0x00280010
 _TAGS: dict[str, int] = {}
+
+
+class _Seekable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+    def tell(self) -> int: ...
 
 
 def _tag(keyword: str) -> int:
@@ -106,10 +119,12 @@ class Instance:
     dataset: Dataset
     size: int = 0
     stat: os.stat_result | None = None
-    #: The file it came from, for reading more than ``wanted`` later.
+    #: The file it came from (for messages).
     source: Path | None = None
     #: The tags ``dataset`` holds when it is partial; None when it is complete.
     wanted: frozenset[int] | None = None
+    #: Reads every top-level element, for a partial instance.
+    full_reader: Callable[[], Dataset] | None = field(default=None, compare=False, repr=False)
     _complete: list[Dataset] = field(default_factory=list, compare=False, repr=False)
     _elements: dict[str, DataElement | None] = field(
         default_factory=dict, compare=False, repr=False
@@ -117,10 +132,10 @@ class Instance:
 
     def complete_dataset(self) -> Dataset:
         """Every top-level element (read once, on first use, for a partial instance)."""
-        if self.wanted is None or self.source is None:
+        if self.wanted is None or self.full_reader is None:
             return self.dataset
         if not self._complete:
-            self._complete.append(read_instance(self.source).dataset)
+            self._complete.append(self.full_reader())
         return self._complete[0]
 
     def _element(self, keyword: str) -> DataElement | None:
@@ -129,15 +144,20 @@ class Instance:
             return self._elements[keyword]
         except KeyError:
             pass
+        tag = _tag(keyword)
+        holder = self.dataset if self.wanted is None or tag in self.wanted else None
+        if holder is None:
+            holder = self.complete_dataset()
+        raw = holder.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
+            # Deferred: no name or UID needs more than DEFER_BYTES, and loading
+            # gigabytes to find that out is what a hostile sender wants.
+            raise MalformedFileError(
+                f"{keyword} declares {raw.length:,} bytes: far too long for its value"
+            )
         try:
-            tag = _tag(keyword)
-            holder = self.dataset if self.wanted is None or tag in self.wanted else None
-            if holder is None:
-                holder = self.complete_dataset()
             element = holder.get(tag)
-        except RepackError:
-            raise
-        except Exception:
+        except Exception:  # an unconvertible value reads as absent
             element = None
         found = element if isinstance(element, DataElement) else None
         self._elements[keyword] = found
@@ -190,6 +210,12 @@ class Instance:
         for tag in list(dataset.keys()):
             if tag.is_private or int(tag) in _PIXEL_TAGS:
                 continue
+            raw = dataset.get_item(tag)
+            if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
+                keyword = keyword_for_tag(tag)
+                if keyword:  # too large to load for a table of text
+                    table[keyword] = f"<{raw.length} bytes, not read>"
+                continue
             try:
                 element = dataset[tag]
             except Exception:  # noqa: S112 - an undecodable element is left out
@@ -200,17 +226,43 @@ class Instance:
         return dict(sorted(table.items()))
 
 
+def _tag_24(tag: BaseTag) -> str:
+    """A tag as pydicom 2.4 printed it (px ran on it): ``(0040, 0007)``, not ``(0040,0007)``."""
+    return f"({tag.group:04X}, {tag.element:04X})"
+
+
+def _dump_item(item: Dataset, indent: int) -> str:
+    """pydicom's dump of one sequence item (``Dataset._pretty_str``), with 2.4's tags."""
+    lines = []
+    here, deeper = item.indent_chars * indent, item.indent_chars * (indent + 1)
+    for element in item:
+        if element.VR == "SQ":
+            lines.append(
+                f"{here}{_tag_24(element.tag)}  {element.name}  {len(element.value)} item(s) ---- "
+            )
+            for nested in element.value:
+                lines.append(_dump_item(nested, indent + 1))
+                lines.append(deeper + "---------")
+        else:
+            text = str(element)
+            lines.append(here + _tag_24(element.tag) + text[len(str(element.tag)) :])
+    return "\n".join(lines)
+
+
 def _px_string(element: DataElement) -> str:
+    """``str()`` of the value, as px (on pydicom 2.4) wrote it."""
     value = element.value
     if _is_empty(value):
         return ""
     try:
+        if isinstance(value, Sequence):  # items are joined with no separator, as pydicom does
+            return "[" + "".join(_dump_item(item, 0) for item in value) + "]"
         return str(value)
     except Exception:  # never let one odd value (or a deep sequence) stop the logs
         return f"<unprintable {type(value).__name__}>"
 
 
-def _check_complete(dataset: Dataset, fp: IO[bytes], size: int) -> str | None:
+def _check_complete(dataset: Dataset, fp: _Seekable, size: int) -> str | None:
     """Why the file is incomplete (None if complete); a corrupt header is malformed.
 
     Looking at the parsed elements converts raw values, which raises pydicom's
@@ -229,7 +281,7 @@ def _check_complete(dataset: Dataset, fp: IO[bytes], size: int) -> str | None:
         ) from error
 
 
-def _ends_complete(dataset: Dataset, fp: IO[bytes], size: int) -> str | None:
+def _ends_complete(dataset: Dataset, fp: _Seekable, size: int) -> str | None:
     """Why the file is incomplete, or ``None`` when it is complete.
 
     Judged by position, not by the order of the dataset's keys: where pydicom
@@ -266,69 +318,134 @@ def _is_image(dataset: Dataset) -> bool:
     return sop_class is not None and "Image Storage" in getattr(sop_class, "name", "")
 
 
-def _tail_is_delimiter(fp: IO[bytes], size: int) -> bool:
+def _tail_is_delimiter(fp: _Seekable, size: int) -> bool:
     if size < 8:
         return False
     fp.seek(size - 8)
     return fp.read(8) in _DELIMITERS
 
 
-def read_instance(path: str | os.PathLike[str], keywords: Iterable[str] | None = None) -> Instance:
-    """Read and check the header of the DICOM file at ``path``.
+class _WorkLimitError(Exception):
+    """The header takes more reads than any real instance needs."""
+
+
+class _BoundedFile:
+    """The file as pydicom reads it: through its own duplicate of the descriptor.
+
+    A duplicate, so that values pydicom defers stay readable for as long as
+    the dataset lives and can never come from another file that reuses the
+    descriptor's number. Each read is counted: a crafted file (gigabytes of
+    zeros after a ``DICM`` marker parse as millions of empty elements) is
+    refused after :data:`MAX_HEADER_READS` reads instead of keeping a worker
+    busy for half an hour. Having no ``name``, it is what pydicom reads
+    deferred values from, never a path opened again.
+    """
+
+    def __init__(self, descriptor: int) -> None:
+        self._file = open(os.dup(descriptor), "rb", buffering=16 * 1024)  # noqa: SIM115
+        # Closed when the dataset that reads deferred values through it goes.
+        weakref.finalize(self, self._file.close)
+        self.reads = 0
+
+    def read(self, size: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads > MAX_HEADER_READS:
+            raise _WorkLimitError
+        return self._file.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+
+def _read_full(source: SourceFile) -> Dataset:
+    """Every top-level element of ``source`` (large values deferred), checked complete."""
+    size = source.stat.st_size
+    fp = _BoundedFile(source.descriptor)
+    try:
+        dataset = dcmread(fp, defer_size=DEFER_BYTES)
+    except _WorkLimitError as error:
+        raise MalformedFileError(
+            f"the header needs more than {MAX_HEADER_READS:,} reads: not a DICOM header"
+        ) from error
+    except InvalidDicomError as error:
+        raise NotDicomError(f"not a DICOM file: {error}") from error
+    except (EOFError, struct.error, StopIteration) as error:
+        raise TruncatedFileError(f"the file ends inside its header ({error!s})") from error
+    except OSError as error:
+        if error.errno is not None:
+            raise StorageError(
+                f"cannot read {source.display()}: {error.strerror}", errno=error.errno
+            ) from error
+        # pydicom reports some format errors as a bare OSError.
+        raise MalformedFileError(f"cannot parse the DICOM structure: {error}") from error
+    except Exception as error:
+        raise MalformedFileError(
+            f"cannot parse the DICOM structure: {type(error).__name__}: {error}"
+        ) from error
+    try:
+        reason = _check_complete(dataset, fp, size)
+    except OSError as error:
+        raise StorageError(
+            f"cannot read {source.display()}: {error.strerror}", errno=error.errno
+        ) from error
+    if reason is not None:
+        raise TruncatedFileError(f"incomplete file ({size} bytes): {reason}")
+    return dataset
+
+
+def read_source(source: SourceFile, keywords: Iterable[str] | None = None) -> Instance:
+    """Read and check the header of an opened input file.
 
     With ``keywords``, only those elements are read up front (a fast path for
     the common encodings; see :mod:`repack._header`); any other element is
-    read from the file when first asked for.
+    read from the same descriptor when first asked for, while ``source`` is
+    open.
 
     Raises :class:`NotDicomError`, :class:`TruncatedFileError`,
     :class:`MalformedFileError` or :class:`MissingRequiredTagError` for a file
-    that can never be repacked, :class:`SourceVanishedError` or
-    :class:`StorageError` when the file could not be read.
+    that can never be repacked, :class:`StorageError` when it could not be
+    read.
     """
+    size = source.stat.st_size
+    if size < 132:
+        raise NotDicomError(f"{size} bytes: too short for a DICOM file")
     try:
-        with open(path, "rb") as fp:
-            stat = os.fstat(fp.fileno())
-            size = stat.st_size
-            if size < 132:
-                raise NotDicomError(f"{size} bytes: too short for a DICOM file")
-            fp.seek(128)
-            if fp.read(4) != b"DICM":
-                raise NotDicomError("no DICM marker at byte 128: not a DICOM Part 10 file")
-            if keywords is not None:
-                wanted = _wanted_tags(tuple(keywords))
-                partial = read_header(fp.fileno(), size, wanted)
-                if partial is not None:
-                    return _checked(Instance(partial, size, stat, Path(path), wanted))
-            fp.seek(0)
-            try:
-                dataset = dcmread(fp, defer_size=DEFER_BYTES)
-            except InvalidDicomError as error:
-                raise NotDicomError(f"not a DICOM file: {error}") from error
-            except (EOFError, struct.error, StopIteration) as error:
-                raise TruncatedFileError(f"the file ends inside its header ({error!s})") from error
-            except OSError as error:
-                if error.errno is not None:
-                    raise  # a real I/O error, translated below
-                # pydicom reports some format errors as a bare OSError.
-                raise MalformedFileError(f"cannot parse the DICOM structure: {error}") from error
-            except Exception as error:
-                raise MalformedFileError(
-                    f"cannot parse the DICOM structure: {type(error).__name__}: {error}"
-                ) from error
-            reason = _check_complete(dataset, fp, size)
-    except FileNotFoundError as error:
-        raise SourceVanishedError(
-            f"input file vanished: {error.strerror}", errno=error.errno
-        ) from error
-    except IsADirectoryError as error:
-        raise NotDicomError("a directory, not a file") from error
+        marker = os.pread(source.descriptor, 4, 128)
     except OSError as error:
-        if error.errno in (errno_codes.ENAMETOOLONG, errno_codes.ELOOP):
-            raise NotDicomError(f"cannot open: {error.strerror}") from error
-        raise StorageError(f"cannot read: {error.strerror or error}", errno=error.errno) from error
-    if reason is not None:
-        raise TruncatedFileError(f"incomplete file ({size} bytes): {reason}")
-    return _checked(Instance(dataset, size, stat, Path(path)))
+        if error.errno == errno_codes.EISDIR:
+            raise NotDicomError("a directory, not a file") from error
+        raise StorageError(
+            f"cannot read {source.display()}: {error.strerror}", errno=error.errno
+        ) from error
+    if marker != b"DICM":
+        raise NotDicomError("no DICM marker at byte 128: not a DICOM Part 10 file")
+    if keywords is not None:
+        wanted = _wanted_tags(tuple(keywords))
+        partial = read_header(source.descriptor, size, wanted, max_value=DEFER_BYTES)
+        if partial is not None:
+            return _checked(
+                Instance(
+                    partial, size, source.stat, source.path, wanted, lambda: _read_full(source)
+                )
+            )
+    return _checked(Instance(_read_full(source), size, source.stat, source.path))
+
+
+def read_instance(path: str | os.PathLike[str], keywords: Iterable[str] | None = None) -> Instance:
+    """Read and check the header of the DICOM file at ``path`` (a path a user gave).
+
+    The file itself must be a regular file (not a link); see
+    :func:`read_source` for the rest. An element not among ``keywords`` is
+    read from the file at ``path`` when first asked for.
+    """
+    with open_path(path) as source:
+        instance = read_source(source, keywords)
+    if instance.wanted is None:
+        return instance
+    return dataclasses.replace(instance, full_reader=lambda: read_instance(path).dataset)
 
 
 def _checked(instance: Instance) -> Instance:

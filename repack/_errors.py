@@ -11,6 +11,7 @@ writing), so callers never need to know which library failed::
     │   ├── NotDicomError         not a DICOM Part 10 file at all
     │   ├── TruncatedFileError    shorter than its own header says (cut mid-write)
     │   ├── MalformedFileError    DICOM, but its structure cannot be parsed
+    │   ├── NotRegularFileError   a link, FIFO, socket, device: never opened
     │   └── MissingRequiredTagError
     │                             no SOP, Study or Series Instance UID
     └── StorageError              the file system refused; may work later: retry
@@ -28,6 +29,7 @@ __all__ = [
     "MalformedFileError",
     "MissingRequiredTagError",
     "NotDicomError",
+    "NotRegularFileError",
     "RepackError",
     "SourceVanishedError",
     "StorageError",
@@ -67,6 +69,16 @@ class MalformedFileError(InvalidInstanceError):
     """The file claims to be DICOM but its structure cannot be parsed."""
 
     reason = "malformed"
+
+
+class NotRegularFileError(InvalidInstanceError):
+    """The name is a symbolic link, FIFO, socket or device: it is never read."""
+
+    reason = "not-a-regular-file"
+
+    def __init__(self, file_type: str) -> None:
+        self.file_type = file_type
+        super().__init__(f"not a regular file: a {file_type}")
 
 
 class MissingRequiredTagError(InvalidInstanceError):

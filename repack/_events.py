@@ -14,9 +14,10 @@ import logging
 import sys
 from typing import Any, BinaryIO, TextIO, cast
 
-import orjson
 import structlog
 from pydicom import config as pydicom_config
+
+from ._json import dumps
 
 __all__ = ["configure_logging", "get_logger"]
 
@@ -35,7 +36,8 @@ class _ToStructlog(logging.Handler):
 
 
 def _orjson_dumps(event: Any, **_: Any) -> bytes:
-    return orjson.dumps(event, default=str)
+    # Never fails: a non-UTF-8 file name is spelled with \xNN escapes.
+    return dumps(event, default=str)
 
 
 def configure_logging(

@@ -8,10 +8,15 @@ undefined-length sequences item by item, and keeps the raw bytes of the
 wanted elements only. pydicom then converts those same raw elements, so every
 value is exactly what a full ``dcmread`` gives.
 
-It never decides that a file is bad: on anything unusual (big endian,
-deflate, a short read, an odd VR, a file that does not end where its last
-element ends) it returns ``None`` and the caller falls back to the full
-pydicom read, which is the authority on errors.
+It decides that a file is bad in two cases only, both of which the full read
+would also reject, at far greater cost: a defined length that runs past the
+end of the file (:class:`~repack._errors.TruncatedFileError`: the file was
+cut, or lies), and a wanted value longer than ``max_value``
+(:class:`~repack._errors.MalformedFileError`: no name or UID is that long,
+and loading it is what a hostile sender wants). On anything else unusual
+(big endian, deflate, a short read, an odd VR, a file that does not end where
+its last element ends) it returns ``None`` and the caller falls back to the
+full pydicom read, which is the authority on errors.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
+
+from ._errors import MalformedFileError, TruncatedFileError
 
 __all__ = ["read_header"]
 
@@ -104,6 +111,12 @@ class _Walker:
         self.implicit = implicit
         self.count = 0
 
+    def past_end(self, tag: int, length: int, value: int) -> TruncatedFileError:
+        return TruncatedFileError(
+            f"incomplete file ({self.reader.size} bytes): element ({tag >> 16:04X},"
+            f"{tag & 0xFFFF:04X}) declares {length:,} bytes at offset {value:,}"
+        )
+
     def element(self, position: int) -> tuple[int, bytes | None, int, int]:
         """Parse one element header at ``position``: tag, VR, length, value offset."""
         self.count += 1
@@ -143,6 +156,8 @@ class _Walker:
             if tag != _ITEM:
                 raise _UnsureError("expected an item")
             if length != _UNDEFINED:
+                if value + length > self.reader.size:
+                    raise self.past_end(tag, length, value)
                 position = value + length
                 continue
             position = value  # an item of undefined length: elements up to its end
@@ -153,6 +168,8 @@ class _Walker:
                     break
                 if length == _UNDEFINED:
                     position = self.skip_undefined(value, depth + 1)
+                elif value + length > self.reader.size:
+                    raise self.past_end(tag, length, value)
                 else:
                     position = value + length
 
@@ -161,20 +178,24 @@ def _uid(raw: bytes) -> str:
     return raw.decode("ascii", "replace").rstrip("\x00 ")
 
 
-def read_header(descriptor: int, size: int, wanted: Iterable[int]) -> Dataset | None:
+def read_header(
+    descriptor: int, size: int, wanted: Iterable[int], *, max_value: int = 1 << 32
+) -> Dataset | None:
     """The wanted top-level elements of a complete file, or ``None`` if unsure.
 
     ``descriptor`` is an open file of ``size`` bytes whose DICM marker was
     checked. The dataset holds raw (unconverted) elements, in file order, and
-    its original encoding, like one from ``dcmread``.
+    its original encoding, like one from ``dcmread``. Raises
+    :class:`TruncatedFileError` for a value that runs past the end of the file
+    and :class:`MalformedFileError` for a wanted value over ``max_value`` bytes.
     """
     try:
-        return _read(_Reader(descriptor, size), size, frozenset(wanted))
+        return _read(_Reader(descriptor, size), size, frozenset(wanted), max_value)
     except (_UnsureError, struct.error, OSError, UnicodeError):
         return None
 
 
-def _read(reader: _Reader, size: int, wanted: frozenset[int]) -> Dataset | None:
+def _read(reader: _Reader, size: int, wanted: frozenset[int], max_value: int) -> Dataset | None:
     meta_walker = _Walker(reader, implicit=False)
     position = 132
     transfer_syntax = sop_class = ""
@@ -185,6 +206,8 @@ def _read(reader: _Reader, size: int, wanted: frozenset[int]) -> Dataset | None:
         tag, _, length, value = meta_walker.element(position)
         if length == _UNDEFINED:
             return None
+        if value + length > size:
+            raise meta_walker.past_end(tag, length, value)
         if tag == 0x00020010:
             transfer_syntax = _uid(reader.read(value, length))
         elif tag == 0x00020002:
@@ -207,7 +230,14 @@ def _read(reader: _Reader, size: int, wanted: frozenset[int]) -> Dataset | None:
                 return None
             position = walker.skip_undefined(value, 0)
         else:
+            if value + length > size:
+                raise walker.past_end(tag, length, value)
             if tag in wanted:
+                if length > max_value:
+                    raise MalformedFileError(
+                        f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {length:,}"
+                        " bytes: far too long for its value"
+                    )
                 raw_vr = vr.decode() if vr is not None else None
                 elements[BaseTag(tag)] = RawDataElement(
                     BaseTag(tag), raw_vr, length, reader.read(value, length), value, implicit, True

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ._dicom import Instance
 from ._sanitize import safe_log_name
 
@@ -33,7 +31,6 @@ __all__ = [
     "STUDY_FIELDS",
     "LogPaths",
     "image_document",
-    "json_bytes",
     "patient_document",
     "series_fields",
     "series_meta_document",
@@ -68,11 +65,6 @@ STAT_FIELDS = (
 # The longest suffix any log file name adds to a UID, so one UID maps to
 # one confined name in every file that uses it.
 _UID_SUFFIX = "-meta.json"
-
-
-def json_bytes(document: dict[str, Any]) -> bytes:
-    """Serialise a log document (indented, UTF-8, as pypx readers accept)."""
-    return orjson.dumps(document, option=orjson.OPT_INDENT_2)
 
 
 def _fields(instance: Instance, keywords: tuple[str, ...]) -> dict[str, str]:

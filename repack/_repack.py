@@ -21,23 +21,24 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._dicom import REQUIRED_KEYWORDS, Instance, read_instance
+from ._dicom import REQUIRED_KEYWORDS, Instance, read_source
+from ._json import json_bytes
 from ._logs import (
     PATIENT_FIELDS,
     SERIES_FIELDS,
     STUDY_FIELDS,
     LogPaths,
     image_document,
-    json_bytes,
     patient_document,
     series_meta_document,
     study_meta_document,
     study_series_document,
 )
+from ._source import SourceFile, open_path
 from ._store import Store
 from ._template import Layout
 
@@ -127,7 +128,6 @@ class RepackOutcome:
     source_removed: bool = False
     new_series: bool = False
     duration_ms: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def event_fields(self) -> dict[str, Any]:
         """The fields of the ``repack.done`` event line (rx-repack's keys)."""
@@ -189,20 +189,35 @@ class Repacker:
         self._written.add(path)
 
     def repack(self, src: str | os.PathLike[str]) -> RepackOutcome:
-        """Repack the file at ``src``; raise a :class:`RepackError` if it cannot be."""
+        """Repack the file at ``src`` (a path a user gave); raise a :class:`RepackError`.
+
+        The file itself must be a regular file, not a link. A service that
+        reads an untrusted folder opens its files with
+        :func:`repack.open_beneath` and calls :meth:`repack_source`.
+        """
+        with open_path(os.path.abspath(src)) as source:
+            return self.repack_source(source)
+
+    def repack_source(self, source: SourceFile) -> RepackOutcome:
+        """Repack an opened input file; raise a :class:`RepackError` if it cannot be."""
         started = time.perf_counter()
-        source = Path(os.path.abspath(src))
-        instance = read_instance(source, self._keywords)
+        instance = read_source(source, self._keywords)
         placement = plan_placement(instance, self.layout)
         series_dir = self.datadir / placement.series_path
         destination = series_dir / placement.image
+        generation = self._store.generation
         stat = self._store.place(source, destination, link=self.move)
         new_series = False
         if self.logdir is not None:
             new_series = self._write_logs(instance, placement, series_dir, destination, stat)
-        removed = self.move and self._store.remove_source(source, instance.stat)
+            if self._store.generation != generation:
+                # A folder was removed under us: what we remember writing may be gone.
+                self._written.clear()
+                self._studies.clear()
+                new_series = self._write_logs(instance, placement, series_dir, destination, stat)
+        removed = self.move and self._store.remove_source(source)
         return RepackOutcome(
-            src=source,
+            src=source.path,
             dst=destination,
             size=stat.st_size,
             patient_id=instance.px_value("PatientID"),
@@ -213,6 +228,41 @@ class Repacker:
             missing=placement.missing,
             source_removed=removed,
             new_series=new_series,
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    def rehearse(self, source: SourceFile) -> RepackOutcome:
+        """Everything :meth:`repack_source` does but writing: read, place, render the logs.
+
+        A fresh process spends its first repack importing and initialising
+        half of pydicom; a service rehearses once on a made-up instance to
+        take that pause before the first real file, with no folder touched.
+        """
+        started = time.perf_counter()
+        instance = read_source(source, self._keywords)
+        placement = plan_placement(instance, self.layout)
+        series_dir = self.datadir / placement.series_path
+        destination = series_dir / placement.image
+        if self.logdir is not None:
+            LogPaths.of(self.logdir, instance, placement.image)
+            for document in (
+                patient_document(instance, [instance.px_value("StudyInstanceUID")]),
+                study_meta_document(instance),
+                study_series_document(instance, str(series_dir)),
+                series_meta_document(instance),
+                image_document(instance, placement.image, source.stat, str(destination)),
+            ):
+                json_bytes(document)
+        return RepackOutcome(
+            src=source.path,
+            dst=destination,
+            size=source.stat.st_size,
+            patient_id=instance.px_value("PatientID"),
+            study_instance_uid=instance.px_value("StudyInstanceUID"),
+            series_instance_uid=instance.px_value("SeriesInstanceUID"),
+            sop_instance_uid=instance.px_value("SOPInstanceUID"),
+            series_dir=series_dir,
+            missing=placement.missing,
             duration_ms=(time.perf_counter() - started) * 1000,
         )
 

@@ -13,9 +13,18 @@
   locks belong to an open file and die with their process, so a writer that
   crashed can never leave a stale lock behind; threads lock too, because
   each acquisition opens its own file description.
-* **Placing data**: a hard link (same file system: no data is copied, and
-  the source stays in place until the logs are written), else a copy to a
-  temporary name that is synced before it is published.
+* **Placing data**: the opened input (a :class:`~repack._source.SourceFile`,
+  never a path) is hard-linked from ``/proc/self/fd`` (same file system: no
+  data is copied, and the source stays in place until the logs are
+  written), else copied from its descriptor to a temporary name that is
+  synced before it is published. An input whose inode has other names (a
+  hard link to a file outside the incoming folder) is always copied, so the
+  data tree never shares an inode with the outside; a copy never keeps
+  set-user-ID, set-group-ID or execute bits.
+* **Folders that vanish**: created folders are remembered; when one turns
+  out to be gone (someone removed the data or log tree), the memory is
+  dropped, the folder made again and the write tried once more, and
+  :attr:`Store.generation` moves on so that callers forget what they wrote.
 
 Every :class:`OSError` is translated here into
 :class:`~repack._errors.StorageError` (or
@@ -30,18 +39,18 @@ import fcntl
 import os
 import re
 import secrets
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from ._errors import SourceVanishedError, StorageError
-from ._logs import json_bytes
+from ._json import dumps, printable
 from ._seahash import seahash
+from ._source import SourceFile
 
 __all__ = ["LOCK_DIR", "TEMP_PREFIX", "Store", "is_stale_temp", "sweep_stale_temps"]
 
@@ -51,12 +60,16 @@ TEMP_PREFIX = ".pypx-tmp-"
 LOCK_DIR = ".locks"
 _LOCK_BUCKETS = 256
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP}
+_COPY_CHUNK = 1024 * 1024
+#: Permission bits a copy keeps: read and write, never set-ID or execute.
+_COPY_MODE_BITS = 0o666
+_T = TypeVar("_T")
 
 
 def _storage_error(error: OSError, action: str, path: Path | str) -> StorageError:
-    if isinstance(error, FileNotFoundError) and action == "read source":
-        return SourceVanishedError(f"{action} {path}: {error.strerror}", errno=error.errno)
-    return StorageError(f"cannot {action} {path}: {error.strerror or error}", errno=error.errno)
+    return StorageError(
+        f"cannot {action} {printable(str(path))}: {error.strerror or error}", errno=error.errno
+    )
 
 
 @contextlib.contextmanager
@@ -141,6 +154,9 @@ class Store:
         self._fsync = fsync
         self._made_dirs: set[Path] = set()
         self._unnamed = hasattr(os, "O_TMPFILE")
+        self._proc_links = os.path.isdir("/proc/self/fd")
+        #: Moves on whenever a remembered folder was found gone and made again.
+        self.generation = 0
 
     # -- directories ---------------------------------------------------------
 
@@ -154,12 +170,29 @@ class Store:
             self._made_dirs.clear()
         self._made_dirs.add(directory)
 
-    def _write_temp(self, directory: Path, data: bytes) -> Path:
+    def _in_folder(self, directory: Path, operation: Callable[[], _T]) -> _T:
+        """Run ``operation`` (which writes into ``directory``), making the folder again
+        once if it vanished since it was made."""
         self.ensure_dir(directory)
-        temp = _temp_name(directory)
         try:
+            return operation()
+        except FileNotFoundError:
+            if directory.is_dir():
+                raise
+        self._made_dirs.clear()
+        self.generation += 1
+        self.ensure_dir(directory)
+        return operation()
+
+    def _write_temp(self, directory: Path, data: bytes) -> Path:
+        temp = _temp_name(directory)
+
+        def write() -> None:
             with open(temp, "xb") as handle:
                 handle.write(data)
+
+        try:
+            self._in_folder(directory, write)
         except OSError as error:
             _unlink_quietly(temp)
             raise _storage_error(error, "write", temp) from error
@@ -176,11 +209,12 @@ class Store:
         if not self._unnamed:
             return None
         try:
-            descriptor = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o666)
+            descriptor = self._in_folder(
+                path.parent, lambda: os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o666)
+            )
         except OSError as error:
-            if error.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-                if error.errno != errno.ENOENT:
-                    self._unnamed = False
+            if error.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                self._unnamed = False
                 return None
             raise _storage_error(error, "write", path) from error
         try:
@@ -195,7 +229,7 @@ class Store:
         except FileExistsError:
             return False
         except OSError as error:
-            if error.errno == errno.ENOENT and not os.path.exists("/proc/self/fd"):
+            if error.errno == errno.ENOENT and not self._proc_links:
                 self._unnamed = False
                 return None
             raise _storage_error(error, "write", path) from error
@@ -211,12 +245,11 @@ class Store:
         named temporary file in ``temp_dir`` (same file system; by default the
         destination folder).
         """
-        self.ensure_dir(path.parent)
         if self._publish_unnamed(path, data):
             return
         temp = self._write_temp(temp_dir or path.parent, data)
         try:
-            os.replace(temp, path)
+            self._in_folder(path.parent, lambda: os.replace(temp, path))
         except OSError as error:
             _unlink_quietly(temp)
             raise _storage_error(error, "write", path) from error
@@ -225,7 +258,6 @@ class Store:
         """Create ``path`` with ``data`` unless it exists; True if this call created it."""
         if path.exists():
             return False
-        self.ensure_dir(path.parent)
         published = self._publish_unnamed(path, data)
         if published is not None:
             return published
@@ -287,37 +319,45 @@ class Store:
                 raise _storage_error(error, "read", path) from error
             new = update(current)
             if new is not None:
-                self.write_atomic(path, json_bytes(new))
+                self.write_atomic(path, dumps(new, indent=True))
 
     # -- data files ----------------------------------------------------------
 
-    def place(self, source: Path, destination: Path, *, link: bool) -> os.stat_result:
-        """Make ``destination`` a complete copy of ``source``, which stays put.
+    def place(self, source: SourceFile, destination: Path, *, link: bool) -> os.stat_result:
+        """Make ``destination`` a complete copy of the opened ``source``, which stays put.
 
-        With ``link``, a hard link when both are on one file system (only for
-        a source that is removed right after: storescp rewrites a re-sent
-        file in place, which would change a long-lived link too); otherwise,
-        or across file systems, a synced copy. Published atomically either
-        way. Returns the destination's stat.
+        With ``link``, a hard link to the opened inode when it is on the same
+        file system and has no other name (only for a source that is removed
+        right after: storescp rewrites a re-sent file in place, which would
+        change a long-lived link too); otherwise a copy, synced when the
+        source is about to go. Published atomically either way. Returns the
+        destination's stat.
         """
-        self.ensure_dir(destination.parent)
+        # Durable before its source may go; a kept source needs no sync.
+        sync = link and self._fsync
+        link = link and self._proc_links and not source.shared
         if link:
             # The common case, a new instance: link straight to the final name.
             try:
-                os.link(source, destination)
+                self._in_folder(destination.parent, lambda: self._link(source, destination))
             except FileExistsError:
                 pass  # sent again: replace it below
             except OSError as error:
                 if error.errno not in _NO_LINK:
-                    raise _storage_error(error, "link", destination) from error
+                    raise self._placing_error(error, source, destination) from error
+                link = False
             else:
                 with _translated("stat", destination):
                     return os.stat(destination)
         temp = _temp_name(destination.parent)
         try:
-            if not (link and self._link(source, temp)):
-                # Durable before its source may go; a kept source needs no sync.
-                self._copy(source, temp, sync=link and self._fsync)
+            try:
+                if link:
+                    self._in_folder(destination.parent, lambda: self._link(source, temp))
+                else:
+                    self._in_folder(destination.parent, lambda: self._copy(source, temp, sync=sync))
+            except OSError as error:
+                raise self._placing_error(error, source, temp) from error
             with _translated("write", destination):
                 os.replace(temp, destination)
                 return os.stat(destination)
@@ -325,51 +365,57 @@ class Store:
             _unlink_quietly(temp)
 
     @staticmethod
-    def _link(source: Path, temp: Path) -> bool:
-        """Hard-link ``source`` to ``temp``; False where links are impossible."""
-        try:
-            os.link(source, temp)
-        except FileNotFoundError as error:
-            raise _storage_error(error, "read source", source) from error
-        except OSError as error:
-            if error.errno in _NO_LINK:
-                return False
-            raise _storage_error(error, "link", temp) from error
-        return True
+    def _link(source: SourceFile, target: Path) -> None:
+        # A dir fd makes CPython call linkat(AT_SYMLINK_FOLLOW): the link is made
+        # to the opened inode, whatever its name has become meanwhile.
+        os.link(
+            f"/proc/self/fd/{source.descriptor}",
+            target,
+            src_dir_fd=source.descriptor,
+            follow_symlinks=True,
+        )
 
     @staticmethod
-    def _copy(source: Path, temp: Path, *, sync: bool) -> None:
+    def _copy(source: SourceFile, temp: Path, *, sync: bool) -> None:
+        """Copy the opened version of ``source`` (exactly its size) to ``temp``."""
+        size = source.stat.st_size
+        writer = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            with open(source, "rb") as reader, open(temp, "xb") as writer:
-                shutil.copyfileobj(reader, writer, 1024 * 1024)
-                if sync:
-                    writer.flush()
-                    os.fsync(writer.fileno())
-            shutil.copymode(source, temp)
-        except FileNotFoundError as error:
-            if not source.exists():
-                raise _storage_error(error, "read source", source) from error
-            raise _storage_error(error, "copy to", temp) from error
-        except OSError as error:
-            raise _storage_error(error, "copy to", temp) from error
+            offset = 0
+            while offset < size:
+                chunk = os.pread(source.descriptor, min(_COPY_CHUNK, size - offset), offset)
+                if not chunk:
+                    raise SourceVanishedError(
+                        f"{source.display()} shrank while it was copied", errno=errno.EIO
+                    )
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(writer, view) :]
+                offset += len(chunk)
+            os.fchmod(writer, source.stat.st_mode & _COPY_MODE_BITS)
+            if sync:
+                os.fsync(writer)
+        finally:
+            os.close(writer)
 
-    def remove_source(self, source: Path, expected: os.stat_result | None) -> bool:
-        """Remove ``source`` if it is still the version that was repacked.
+    @staticmethod
+    def _placing_error(error: OSError, source: SourceFile, target: Path) -> StorageError:
+        if error.errno == errno.ENOENT:
+            try:
+                gone = os.fstat(source.descriptor).st_nlink == 0
+            except OSError:
+                gone = True
+            if gone:  # linkat refuses an inode whose last name was removed
+                return SourceVanishedError(
+                    f"{source.display()} was removed while it was repacked", errno=error.errno
+                )
+        return _storage_error(error, "write", target)
+
+    @staticmethod
+    def remove_source(source: SourceFile) -> bool:
+        """Remove ``source``'s name if it still holds the version that was repacked.
 
         A file re-sent meanwhile (other inode, size or mtime) is left for its
-        own turn. Returns whether the file was removed.
+        own turn. Returns whether the name was removed.
         """
-        try:
-            current = os.stat(source)
-        except FileNotFoundError:
-            return False
-        except OSError as error:
-            raise _storage_error(error, "stat", source) from error
-        if expected is not None and (
-            (current.st_ino, current.st_size, current.st_mtime_ns)
-            != (expected.st_ino, expected.st_size, expected.st_mtime_ns)
-        ):
-            return False
-        with _translated("remove", source):
-            source.unlink(missing_ok=True)
-        return True
+        return source.remove()

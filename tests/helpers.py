@@ -9,12 +9,16 @@ missing install step.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-__all__ = ["installed"]
+__all__ = ["children", "get", "installed", "metric", "thread_count", "worker_processes"]
 
 BIN = Path(sys.executable).parent
 
@@ -25,3 +29,49 @@ def installed(name: str) -> str:
     if not path.exists():
         pytest.fail(f"{name} is not installed beside {sys.executable} (pip install -e '.[test]')")
     return str(path)
+
+
+def get(url: str, timeout: float = 5) -> tuple[int, str]:
+    """GET ``url`` (a loopback address); the status and the body, errors included."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample in a Prometheus text exposition."""
+    pattern = re.escape(name) + (re.escape("{" + labels + "}") if labels else "") + r" (\S+)"
+    match = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
+    assert match, f"{name}{labels} not in the metrics"
+    return float(match.group(1))
+
+
+def children(pid: int) -> list[int]:
+    """The direct child processes of ``pid``."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def worker_processes(pid: int) -> list[int]:
+    """The repack worker processes (multiprocessing children) of the service ``pid``."""
+    found = []
+    for child in children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"multiprocessing.spawn" in command and b"resource_tracker" not in command:
+            found.append(child)
+    return found
+
+
+def thread_count(pid: int) -> int:
+    """How many threads the process ``pid`` has."""
+    return len(os.listdir(f"/proc/{pid}/task"))

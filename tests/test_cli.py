@@ -88,7 +88,7 @@ def test_batch_reports_and_leaves_failures_untouched(
     result = run_cli("--datadir", tmp_path / "data", "--logdir", tmp_path / "log", "--cleanup",
                      tmp_path / "in")  # fmt: skip
     assert result.returncode == 1
-    assert "5 repacked, 1 skipped (not DICOM), 1 failed" in result.stderr
+    assert "5 repacked, 1 skipped (not DICOM or not a regular file), 1 failed" in result.stderr
     assert truncated.read_bytes() == example_files[5].read_bytes()[:5000]
     assert (folder / "README.txt").exists()
     assert len(list((tmp_path / "data").rglob("*.dcm"))) == 5

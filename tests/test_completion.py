@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from watcher import Candidate, CompletionTracker
+from watcher._completion import Candidate, CompletionTracker
 
 
 class FakeFiles:
@@ -130,7 +130,7 @@ def test_retry_counts_attempts_and_waits(disk: FakeFiles, tracker: CompletionTra
     disk.write("/in/a", 100)
     tracker.closed("/in/a")
     (candidate,) = tracker.take_ready(10)
-    tracker.retry(candidate, 5.0)
+    assert tracker.retry(candidate, 5.0, "disk full") == 1
     disk.now += 4
     assert tracker.take_ready(10) == []
     disk.now += 1

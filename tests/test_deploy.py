@@ -9,8 +9,6 @@ import shlex
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +17,9 @@ import yaml
 
 from .conftest import ROOT
 from .dcmtk import free_port, require_dcmtk, stop_group, storescu, wait_for
-from .helpers import installed
+from .helpers import get, installed, metric
 from .listener import Listener, listener
 from .test_storage_faults import remount, small_filesystem
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    pattern = re.escape(name) + (re.escape("{" + labels + "}") if labels else "") + r" (\S+)"
-    match = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
-    assert match, f"{name}{labels} not in the metrics"
-    return float(match.group(1))
 
 
 def test_metrics_during_an_ingest(tmp_path: Path, example_files: list[Path]) -> None:

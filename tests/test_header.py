@@ -91,13 +91,22 @@ def test_never_accepts_what_the_full_read_rejects(tmp_path: Path) -> None:
     base = _base_file(tmp_path)
     inputs = fuzz_inputs(base, _element_offsets(base, tmp_path), random.Random(11))[:6000]
     path = tmp_path / "fuzz"
-    accepted = 0
+    accepted = rejected = 0
+    reasons: set[str] = set()
     for data in inputs:
         if data[128:132] != b"DICM":
             continue  # read_instance checks the marker before the fast path
         path.write_bytes(data)
-        with open(path, "rb") as handle:
-            partial = read_header(handle.fileno(), len(data), frozenset({0x00100020}))
+        try:
+            with open(path, "rb") as handle:
+                partial = read_header(handle.fileno(), len(data), frozenset({0x00100020}))
+        except InvalidInstanceError as verdict:
+            # Its own verdicts (a value past the end) are the full read's too.
+            rejected += 1
+            reasons.add(verdict.reason)
+            with pytest.raises(InvalidInstanceError):
+                read_instance(path)
+            continue
         if partial is None:
             continue
         accepted += 1
@@ -107,3 +116,5 @@ def test_never_accepts_what_the_full_read_rejects(tmp_path: Path) -> None:
             if error.reason != "missing-required-tag":
                 pytest.fail(f"fast path accepted a file the full read calls {error.reason}")
     assert accepted > 100
+    assert rejected > 100
+    assert reasons == {"truncated"}

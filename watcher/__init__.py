@@ -14,39 +14,17 @@ Errors form one tree, rooted at :class:`WatcherError` (see
 :mod:`watcher._errors`).
 """
 
-from ._completion import Candidate, CompletionTracker, Signature, signature_of
-from ._errors import EXIT_CONFIG, EXIT_FOLDER, ConfigError, WatcherError
-from ._metrics import HealthServer, Metrics, Readiness
-from ._observer import Inbox, Recorder, start_observer
-from ._pool import WorkerPool
-from ._quarantine import Quarantine
-from ._service import Counts, Service
+from ._errors import EXIT_CONFIG, EXIT_STARTUP, ConfigError, WatcherError
+from ._service import Service
 from ._settings import ENV_PREFIX, Settings, parse_settings
-from ._supervisor import Extras, StorescpSupervisor, build_extras
 
 __all__ = [
     "ENV_PREFIX",
     "EXIT_CONFIG",
-    "EXIT_FOLDER",
-    "Candidate",
-    "CompletionTracker",
+    "EXIT_STARTUP",
     "ConfigError",
-    "Counts",
-    "Extras",
-    "HealthServer",
-    "Inbox",
-    "Metrics",
-    "Quarantine",
-    "Readiness",
-    "Recorder",
     "Service",
     "Settings",
-    "Signature",
-    "StorescpSupervisor",
     "WatcherError",
-    "WorkerPool",
-    "build_extras",
     "parse_settings",
-    "signature_of",
-    "start_observer",
 ]

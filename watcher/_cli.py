@@ -1,5 +1,10 @@
 """``pypx-listener``: run the service until SIGTERM or SIGINT.
 
+Everything that can fail at start (settings, folders, the metrics port, the
+worker processes, the inotify limits) is checked before ``watcher.started``
+is announced; a failure is one line, a ``hint:`` and exit status 2 (a
+setting) or 3 (a folder, port or worker).
+
 The first signal stops watching and lets the workers finish (or hand back)
 what they hold, within ``--stop-timeout``; the exit status is then 0. A
 second signal exits at once: every write is atomic and a source is only
@@ -15,26 +20,32 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from repack import configure_logging, get_logger, report_error
+from repack import configure_logging, get_logger
+from repack._arguments import report_error
 
+from ._engine import install_warning_collector
 from ._errors import ConfigError
 from ._service import Service
-from ._settings import Settings, parse_settings
+from ._settings import ENV_PREFIX, parse_settings, unknown_variables
+from ._supervisor import build_operations
 
 __all__ = ["main", "run"]
-
-
-def _configure(settings: Settings) -> None:
-    json = {"auto": None, "json": True, "console": False}[settings.log_format]
-    configure_logging(json=json, level=settings.log_level)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the service in the foreground; return the exit status."""
     settings = parse_settings(argv)
-    _configure(settings)
-    stop_requested = threading.Event()
+    json = {"auto": None, "json": True, "console": False}[settings.log_format]
+    configure_logging(json=json, level=settings.log_level)
+    install_warning_collector()
     log = get_logger()
+    for name in unknown_variables(os.environ):
+        log.warning(
+            "watcher.unknown_setting",
+            variable=name,
+            hint=f"no option is named so; see pypx-listener --help for the {ENV_PREFIX}* names",
+        )
+    stop_requested = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if stop_requested.is_set():
@@ -46,16 +57,16 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    from ._supervisor import build_extras  # noqa: PLC0415 - optional parts, imported late
-
-    extras = build_extras(settings)
-    service = Service(settings, metrics=extras.metrics)
-    service.start()
+    signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break must never end the service
+    operations = build_operations(settings)
+    service = Service(settings, metrics=operations.metrics)
+    service.start(announce=False)
     try:
-        extras.start(service)
+        operations.start(service)
+        service.announce()
         stop_requested.wait()
     finally:
-        extras.stop()
+        operations.stop()
         service.stop()
     return 0
 

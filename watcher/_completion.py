@@ -30,15 +30,23 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
+
+from repack import printable
 
 __all__ = ["Candidate", "CompletionTracker", "Signature", "signature_of"]
 
-#: A file version: inode, size and mtime in nanoseconds.
-Signature = tuple[int, int, int]
+
+class Signature(NamedTuple):
+    """A file version (of the name itself: a link is not followed)."""
+
+    inode: int
+    size: int
+    mtime_ns: int
 
 
 def signature_of(stat: os.stat_result) -> Signature:
-    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return Signature(stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -49,14 +57,29 @@ class Candidate:
     signature: Signature
     attempt: int = 0
 
+    @property
+    def shown(self) -> str:
+        """The path as printable text (undecodable name bytes spelled ``\\xNN``)."""
+        return printable(self.path)
+
+    @property
+    def mtime(self) -> float:
+        """The version's modification time, in seconds since the epoch."""
+        return self.signature.mtime_ns / 1e9
+
 
 @dataclass
 class _Pending:
     signature: Signature | None
     due: float
+    #: Wall-clock time the file was first seen (the age of the backlog).
+    since: float
     closed: bool = False
     attempt: int = 0
     in_flight: bool = False
+    #: The last failure, and how many attempts in a row failed that way.
+    failure: str = ""
+    repeats: int = 0
 
 
 class CompletionTracker:
@@ -69,7 +92,7 @@ class CompletionTracker:
         capacity: int = 20_000,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        stat: Callable[[str], os.stat_result] = os.stat,
+        stat: Callable[[str], os.stat_result] = os.lstat,
     ) -> None:
         self.settle = settle
         self.capacity = capacity
@@ -96,7 +119,7 @@ class CompletionTracker:
             if len(self._pending) >= self.capacity:
                 self.overflowed = True
                 return None
-            entry = self._pending[path] = _Pending(signature=None, due=0.0)
+            entry = self._pending[path] = _Pending(None, 0.0, self._wall_clock())
         return entry
 
     def changed(self, path: str) -> None:
@@ -184,16 +207,23 @@ class CompletionTracker:
             else:
                 self._done.pop(candidate.path, None)
 
-    def retry(self, candidate: Candidate, delay: float) -> None:
-        """Look at the file again in ``delay`` seconds (one more attempt)."""
+    def retry(self, candidate: Candidate, delay: float, failure: str) -> int:
+        """Look at the file again in ``delay`` seconds (one more attempt).
+
+        ``failure`` says how this attempt failed; returns how many attempts
+        in a row failed that same way.
+        """
         with self._lock:
             entry = self._pending.get(candidate.path)
             if entry is None:
-                return
+                return 1
             entry.in_flight = False
             entry.closed = True  # it was complete enough to try: no new settle
             entry.attempt = candidate.attempt + 1
+            entry.repeats = entry.repeats + 1 if entry.failure == failure else 1
+            entry.failure = failure
             self._schedule(candidate.path, entry, self._clock() + delay)
+            return entry.repeats
 
     def recheck(self, candidate: Candidate, delay: float) -> None:
         """Look again after ``delay`` without counting an attempt (a file still changing)."""
@@ -212,9 +242,16 @@ class CompletionTracker:
         with self._lock:
             return len(self._pending)
 
-    def is_known(self, path: str) -> bool:
+    def failing(self, repeats: int) -> int:
+        """How many files failed at least ``repeats`` times in a row the same way."""
         with self._lock:
-            return path in self._pending
+            return sum(1 for entry in self._pending.values() if entry.repeats >= repeats)
+
+    def oldest_age(self) -> float:
+        """Seconds since the longest-waiting known file was first seen (0 if none)."""
+        with self._lock:
+            oldest = min((entry.since for entry in self._pending.values()), default=None)
+        return 0.0 if oldest is None else max(0.0, self._wall_clock() - oldest)
 
     def clear_overflow(self) -> bool:
         """Return and reset :attr:`overflowed` (the caller rescans)."""

@@ -7,9 +7,24 @@ hands it one file at a time over a pipe; the child claims the file, repacks
 it and answers with a small :class:`Result`. Events, series tracking and
 metrics stay in the parent.
 
+Claiming a file (:func:`repack_claimed`), in this order:
+
+1. open it beneath the incoming folder's descriptor (:func:`repack.open_beneath`:
+   no link is followed, nothing but a regular file is opened);
+2. take an ``flock`` on it, so that several services on one folder repack
+   each instance once (the lock dies with its process);
+3. check that its name still holds that same version;
+4. check that no process holds it open for writing: a read lease
+   (``F_SETLEASE``) is refused while any writer has it open. This is the
+   proof a settled file needs when no close event was seen (a pause at an
+   element boundary looks like a complete file). Where leases are not
+   available (another owner without ``CAP_LEASE``, network file systems) the
+   settle period and the completeness check are all there is.
+
 A child ignores SIGINT and SIGTERM (the parent decides when to stop) and
 exits when its pipe closes, so it finishes the file it holds even if the
-parent is killed, and never outlives it by more than that file.
+parent is killed; the parent kills a child that overruns a stop deadline or
+stalls on one file.
 """
 
 from __future__ import annotations
@@ -17,131 +32,249 @@ from __future__ import annotations
 import contextlib
 import errno as errno_codes
 import fcntl
+import io
+import logging
 import multiprocessing
 import os
 import signal
-import tempfile
+import threading
 import time
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from multiprocessing.connection import Connection
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from repack import (
     InvalidInstanceError,
     Layout,
     Repacker,
+    SourceFile,
     SourceVanishedError,
     StorageError,
+    configure_logging,
+    open_beneath,
 )
 
-__all__ = ["Engine", "EngineConfig", "Result", "repack_claimed"]
+from ._incoming import Identity, IncomingRoot
+
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "Job",
+    "Outcome",
+    "Result",
+    "SeriesRef",
+    "install_warning_collector",
+    "repack_claimed",
+]
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     """What a worker needs to build its :class:`~repack.Repacker` (picklable)."""
 
+    incoming: str
     datadir: str
     logdir: str
     templates: tuple[str, str, str, str]
     layout_name: str
     move: bool
     fsync: bool
+    log_json: bool | None = None
+    log_level: str = "info"
 
     def repacker(self) -> Repacker:
         layout = Layout.from_sources(self.templates, self.layout_name)
         return Repacker(self.datadir, self.logdir, layout, move=self.move, fsync=self.fsync)
 
 
+class Outcome(StrEnum):
+    """What became of one file."""
+
+    DONE = "done"
+    #: Another service holds it, or it changed since it was seen: leave it.
+    UNCLAIMED = "unclaimed"
+    #: A process still has it open for writing: look again later.
+    BUSY = "busy"
+    VANISHED = "vanished"
+    #: It can never be repacked: quarantine it.
+    INVALID = "invalid"
+    #: The file system refused: retry with back-off.
+    STORAGE = "storage"
+    #: A bug, or the worker died: retry, then quarantine.
+    CRASHED = "crashed"
+
+
+class Job(NamedTuple):
+    """One file for a worker: its path below the incoming folder, and which folder."""
+
+    relative: str
+    root: Identity
+
+
+class SeriesRef(NamedTuple):
+    """The series (and instance) a repacked file belongs to."""
+
+    series_uid: str
+    folder: str
+    patient_id: str
+    study_uid: str
+    sop_uid: str
+
+
 @dataclass(frozen=True)
 class Result:
-    """The outcome of one file, as it crosses back to the parent.
+    """The outcome of one file, as it crosses back to the parent."""
 
-    ``kind`` is ``done``, ``unclaimed`` (another service holds it, or it
-    changed), ``vanished``, ``invalid``, ``storage`` or ``crashed``.
-    """
-
-    kind: str
+    outcome: Outcome
+    #: The ``repack.done`` event's fields.
     event: dict[str, Any] = field(default_factory=dict)
-    series: tuple[str, str, str, str] = ("", "", "", "")
+    series: SeriesRef | None = None
     size: int = 0
     seconds: float = 0.0
     reason: str = ""
     message: str = ""
     errno: int | None = None
+    #: pydicom's warnings about this file, each once.
+    warnings: tuple[str, ...] = ()
+
+
+# -- pydicom's warnings, per file -------------------------------------------
+
+_collecting = threading.local()
+
+
+class _PydicomLogHandler(logging.Handler):
+    """pydicom's log records: into the current file's list, else on to the root."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        bucket: list[str] | None = getattr(_collecting, "messages", None)
+        if bucket is None:
+            logging.getLogger().handle(record)
+        elif record.levelno >= logging.WARNING:
+            bucket.append(record.getMessage())
+
+
+def install_warning_collector() -> None:
+    """Route pydicom's warnings and log records into the file being repacked.
+
+    pydicom reports each problem twice (a log record and a warning with the
+    same text); collected per file and deduplicated, each becomes one
+    ``repack.warning`` event in the parent, the same in thread and process
+    mode. Outside a repack they go where they went before.
+    """
+    pydicom_logger = logging.getLogger("pydicom")
+    if not any(isinstance(h, _PydicomLogHandler) for h in pydicom_logger.handlers):
+        pydicom_logger.addHandler(_PydicomLogHandler())
+        pydicom_logger.propagate = False
+    previous = warnings.showwarning
+    if getattr(previous, "collects_per_file", False):
+        return
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        bucket: list[str] | None = getattr(_collecting, "messages", None)
+        if bucket is None:
+            previous(message, category, *args, **kwargs)
+        else:
+            bucket.append(str(message))
+
+    show.collects_per_file = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+    # A warning of the same place is shown each time: each file gets its own.
+    warnings.filterwarnings("always", category=UserWarning, module=r"pydicom(\.|$)")
 
 
 @contextlib.contextmanager
-def _claim(path: str) -> Iterator[bool]:
-    """Hold an exclusive flock on the incoming file while it is repacked.
-
-    Several services on one folder then repack each file once; the lock dies
-    with its process, so a crashed service never blocks a file.
-    """
+def _collected() -> Iterator[list[str]]:
+    messages: list[str] = []
+    _collecting.messages = messages
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        yield False
-        return
-    except OSError as error:
-        raise StorageError(f"cannot open {path}: {error.strerror}", errno=error.errno) from error
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno in (errno_codes.EWOULDBLOCK, errno_codes.EAGAIN):
-                yield False
-                return
-            raise StorageError(
-                f"cannot lock {path}: {error.strerror}", errno=error.errno
-            ) from error
-        try:
-            same = os.stat(path).st_ino == os.fstat(descriptor).st_ino
-        except FileNotFoundError:
-            same = False
-        yield same
+        yield messages
     finally:
-        os.close(descriptor)
+        _collecting.messages = None
 
 
-def repack_claimed(repacker: Repacker, path: str) -> Result:
-    """Claim and repack one file; never raises."""
-    started = time.perf_counter()
+# -- claiming and repacking one file -----------------------------------------
+
+
+def _being_written(descriptor: int) -> bool:
+    """Whether some process has the file open for writing (False when it cannot tell)."""
     try:
-        with _claim(path) as claimed:
-            if not claimed:
-                return Result("unclaimed")
-            outcome = repacker.repack(path)
+        fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as error:
+        # EAGAIN: a writer has it open. EACCES (someone else's file, no
+        # CAP_LEASE) or EINVAL (no leases here, e.g. NFS): cannot tell.
+        return error.errno == errno_codes.EAGAIN
+    fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
+
+
+def _claim(source: SourceFile) -> Outcome | None:
+    """Why this worker must not repack ``source`` now, or None when it may."""
+    try:
+        fcntl.flock(source.descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno_codes.EWOULDBLOCK, errno_codes.EAGAIN):
+            return Outcome.UNCLAIMED
+        raise StorageError(
+            f"cannot lock {source.display()}: {error.strerror}", errno=error.errno
+        ) from error
+    if not source.unchanged():
+        return Outcome.UNCLAIMED
+    if _being_written(source.descriptor):
+        return Outcome.BUSY
+    return None
+
+
+def repack_claimed(repacker: Repacker, root: int, relative: str, shown_as: Path) -> Result:
+    """Claim and repack the file ``relative`` below the folder ``root``; never raises."""
+    started = time.perf_counter()
+    with _collected() as warned:
+        result = _repack(repacker, root, relative, shown_as)
+    if result.outcome is Outcome.DONE:
+        result = replace(result, seconds=time.perf_counter() - started)
+    if warned:
+        result = replace(result, warnings=tuple(dict.fromkeys(warned)))
+    return result
+
+
+def _repack(repacker: Repacker, root: int, relative: str, shown_as: Path) -> Result:
+    try:
+        with open_beneath(root, relative, shown_as=shown_as) as source:
+            refused = _claim(source)
+            if refused is not None:
+                return Result(refused)
+            outcome = repacker.repack_source(source)
     except SourceVanishedError:
-        return Result("vanished")
+        return Result(Outcome.VANISHED)
     except InvalidInstanceError as error:
-        return Result("invalid", reason=error.reason, message=str(error))
+        return Result(Outcome.INVALID, reason=error.reason, message=str(error))
     except StorageError as error:
-        return Result("storage", message=str(error), errno=error.errno)
+        return Result(Outcome.STORAGE, message=str(error), errno=error.errno)
     except Exception as error:  # a bug must not kill the worker or lose the file
-        return Result("crashed", message=f"{type(error).__name__}: {error}")
+        return Result(Outcome.CRASHED, message=f"{type(error).__name__}: {error}")
     return Result(
-        "done",
+        Outcome.DONE,
         event=outcome.event_fields(),
-        series=(
+        series=SeriesRef(
             outcome.series_instance_uid,
             str(outcome.series_dir),
             outcome.patient_id,
             outcome.study_instance_uid,
+            outcome.sop_instance_uid,
         ),
         size=outcome.size,
-        seconds=time.perf_counter() - started,
     )
 
 
-def warm_up(config: EngineConfig) -> None:
-    """Repack one throwaway instance in a temporary folder.
+# -- warming up ---------------------------------------------------------------
 
-    The first repack in a fresh process imports and initialises what it
-    needs (pydicom's converters, character sets); doing it here keeps that
-    pause off the first real files.
-    """
+
+def _made_up_instance() -> bytes:
+    """A small valid instance, as bytes, to rehearse on."""
     from pydicom.dataset import Dataset, FileMetaDataset  # noqa: PLC0415 - warm-up only
     from pydicom.uid import (  # noqa: PLC0415
         UID,
@@ -149,39 +282,72 @@ def warm_up(config: EngineConfig) -> None:
         SecondaryCaptureImageStorage,
     )
 
-    with tempfile.TemporaryDirectory(prefix="pypx-warm-up-") as folder:
-        ds = Dataset()
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.SOPClassUID = SecondaryCaptureImageStorage
-        ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = UID("1.2.3.4")
-        ds.PatientID, ds.PatientName, ds.SeriesNumber, ds.InstanceNumber = "W", "Warm^Up", 1, 1
-        ds.Rows = ds.Columns = 1
-        ds.BitsAllocated, ds.SamplesPerPixel, ds.PixelData = 8, 1, b"\0\0"
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3.4")
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        source = os.path.join(folder, "warm-up.dcm")
-        ds.save_as(source, enforce_file_format=True)
-        layout = Layout.from_sources(config.templates, config.layout_name)
-        repacker = Repacker(os.path.join(folder, "data"), os.path.join(folder, "log"), layout)
-        repack_claimed(repacker, source)
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = UID("1.2.3.4")
+    ds.PatientID, ds.PatientName, ds.SeriesNumber, ds.InstanceNumber = "W", "Warm^Up", 1, 1
+    ds.Rows = ds.Columns = 1
+    ds.BitsAllocated, ds.SamplesPerPixel, ds.PixelData = 8, 1, b"\0\0"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3.4")
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def warm_up(repacker: Repacker) -> None:
+    """Rehearse one repack of a made-up instance held in memory (a ``memfd``).
+
+    The first repack in a fresh process imports and initialises what it
+    needs (pydicom's converters, character sets); doing it here keeps that
+    pause off the first real files, and writes nothing anywhere.
+    """
+    descriptor = os.memfd_create("pypx-warm-up", os.MFD_CLOEXEC)
+    try:
+        os.pwrite(descriptor, _made_up_instance(), 0)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with SourceFile.unnamed(Path("<warm-up>"), descriptor) as source:
+        repacker.rehearse(source)
+
+
+# -- engines ------------------------------------------------------------------
 
 
 def _child(connection: Connection, config: EngineConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    repacker = config.repacker()
-    warm_up(config)
-    connection.send("ready")
+    signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break must never kill a worker
+    try:
+        configure_logging(json=config.log_json, level=config.log_level)
+        install_warning_collector()
+        repacker = config.repacker()
+        root = IncomingRoot(Path(config.incoming))
+        root.open()
+        warm_up(repacker)
+    except Exception as error:  # reported once by the parent, which then exits
+        connection.send(("failed", f"{type(error).__name__}: {error}"))
+        return
+    connection.send(("ready", None))
     while True:
         try:
-            path = connection.recv()
+            job: Job | None = connection.recv()
         except (EOFError, OSError):
             return  # the parent is gone
-        if path is None:
+        if job is None:
             return
-        connection.send(repack_claimed(repacker, path))
+        connection.send(_run(repacker, root, job))
+
+
+def _run(repacker: Repacker, root: IncomingRoot, job: Job) -> Result:
+    descriptor = root.current(job.root)
+    if descriptor is None:  # the folder this file was seen in is no longer there
+        return Result(Outcome.VANISHED)
+    return repack_claimed(repacker, descriptor, job.relative, root.path / job.relative)
 
 
 class Engine:
@@ -191,6 +357,7 @@ class Engine:
         self.config = config
         self.use_process = process
         self._repacker = None if process else config.repacker()
+        self._root = None if process else IncomingRoot(Path(config.incoming))
         self._process: Any = None
         self._connection: Connection | None = None
 
@@ -206,37 +373,52 @@ class Engine:
         child.close()
         self._connection = parent
 
-    def wait_ready(self, timeout: float) -> bool:
-        """Wait until the worker has warmed up; False if it did not in time."""
+    def wait_ready(self, timeout: float) -> str | None:
+        """Wait until the worker has warmed up; the reason it could not, or None."""
         if self._connection is None:
-            if self._repacker is not None:
-                warm_up(self.config)
-            return True
+            if self._repacker is None or self._root is None:
+                return "the worker was not started"
+            try:
+                self._root.open()
+                warm_up(self._repacker)
+            except Exception as error:
+                return f"{type(error).__name__}: {error}"
+            return None
         try:
-            if self._connection.poll(timeout):
-                return bool(self._connection.recv() == "ready")
+            if not self._connection.poll(timeout):
+                return f"it did not warm up within {timeout:.0f} s"
+            state, detail = self._connection.recv()
         except (EOFError, OSError):
-            pass
-        return False
+            return "the worker process exited during its start"
+        return None if state == "ready" else str(detail)
 
-    def repack(self, path: str) -> Result:
-        if self._repacker is not None:
-            return repack_claimed(self._repacker, path)
+    def repack(self, job: Job) -> Result:
+        if self._repacker is not None and self._root is not None:
+            return _run(self._repacker, self._root, job)
         if self._connection is None:
             self.start()
-            self.wait_ready(60)
+            problem = self.wait_ready(60)
+            if problem is not None:
+                self._restart()
+                return Result(Outcome.CRASHED, message=f"worker process did not start: {problem}")
         assert self._connection is not None  # noqa: S101 - started just above
         try:
-            self._connection.send(path)
+            self._connection.send(job)
             result: Result = self._connection.recv()
         except (EOFError, OSError) as error:
             self._restart()
-            return Result("crashed", message=f"worker process died: {error or 'EOF'}")
+            return Result(Outcome.CRASHED, message=f"worker process died: {error or 'EOF'}")
         return result
 
     def _restart(self) -> None:
         self.stop(1.0)
         self._connection = None
+
+    def kill(self) -> None:
+        """Kill the worker process now (a stalled file, or a missed stop deadline)."""
+        process = self._process
+        if process is not None and process.is_alive():
+            process.kill()
 
     def stop(self, timeout: float) -> None:
         if self._connection is not None:
@@ -250,3 +432,5 @@ class Engine:
                 self._process.kill()
                 self._process.join(1.0)
             self._process = None
+        if self._root is not None:
+            self._root.close()

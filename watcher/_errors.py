@@ -13,12 +13,12 @@ Errors about single files never escape the service: they come from
 
 from __future__ import annotations
 
-__all__ = ["EXIT_CONFIG", "EXIT_FOLDER", "ConfigError", "WatcherError"]
+__all__ = ["EXIT_CONFIG", "EXIT_STARTUP", "ConfigError", "WatcherError"]
 
 #: Exit status for an invalid option, environment variable or template.
 EXIT_CONFIG = 2
-#: Exit status for a folder that cannot be created, read or written.
-EXIT_FOLDER = 3
+#: Exit status for a folder, port or worker that cannot be used at start.
+EXIT_STARTUP = 3
 
 
 class WatcherError(Exception):

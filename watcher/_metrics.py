@@ -1,9 +1,16 @@
 """Prometheus metrics and the health endpoints, served over HTTP.
 
 ``/metrics``  the Prometheus text format (prometheus-client, own registry);
-``/healthz``  200 while the service's threads are alive;
-``/readyz``   200 when watching, the folders are writable and (supervised
-              mode) storescp accepts connections; 503 with the reasons else.
+``/healthz``  200 while the service is alive: its threads run and no worker
+              is stuck on one file; 503 with the reasons else;
+``/readyz``   200 when watching the folder that is really there, the folders
+              are writable and (supervised mode) storescp accepts
+              connections; 503 with the reasons else.
+
+The server is reachable from outside the pod, so it is bounded: at most
+:data:`MAX_CONNECTIONS` connections are served at once (more are closed at
+once), and a connection that sends nothing is closed after
+:data:`READ_TIMEOUT` seconds.
 """
 
 from __future__ import annotations
@@ -12,7 +19,6 @@ import json
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,8 +29,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from repack import TEMP_PREFIX
 
-__all__ = ["HealthServer", "Metrics", "Readiness"]
+__all__ = ["MAX_CONNECTIONS", "READ_TIMEOUT", "HealthServer", "Metrics", "Readiness"]
 
+#: Connections served at once; more are closed without an answer.
+MAX_CONNECTIONS = 16
+#: Seconds a connection may take to send its request.
+READ_TIMEOUT = 5.0
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
@@ -60,6 +70,14 @@ class Metrics:
             "pypx_listener_queue_depth", "Files known and not yet repacked", registry=r
         )
         self._busy = Gauge("pypx_listener_workers_busy", "Workers repacking right now", registry=r)
+        self._failing = Gauge(
+            "pypx_listener_files_failing",
+            "Files whose last attempts all failed the same way (5 or more in a row)",
+            registry=r,
+        )
+        self._warnings = Counter(
+            "pypx_listener_dicom_warnings", "pydicom warnings about repacked files", registry=r
+        )
         self.oldest = Gauge(
             "pypx_listener_oldest_unprocessed_seconds",
             "Age of the oldest file waiting in the incoming folder",
@@ -86,36 +104,20 @@ class Metrics:
     def scanned(self, count: int) -> None:
         self._scanned.inc(count)
 
-    def gauges(self, *, queue_depth: int, busy: int) -> None:
+    def warned(self, count: int) -> None:
+        self._warnings.inc(count)
+
+    def gauges(self, *, queue_depth: int, busy: int, failing: int) -> None:
         self._queue.set(queue_depth)
         self._busy.set(busy)
+        self._failing.set(failing)
 
     def watch_oldest(self, oldest_age: Callable[[], float]) -> None:
-        """Compute the oldest-file gauge on each scrape."""
+        """Compute the oldest-file gauge on each scrape (from memory, no folder walk)."""
         self.oldest.set_function(oldest_age)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def oldest_file_age(folder: Path, limit: int = 50_000) -> float:
-    """Seconds since the oldest regular file below ``folder`` was modified (0 if none)."""
-    oldest = None
-    seen = 0
-    for directory, folders, files in os.walk(folder):
-        folders[:] = [f for f in folders if not f.startswith(".")]
-        for name in files:
-            if name.startswith((".", TEMP_PREFIX)):
-                continue
-            try:
-                mtime = os.stat(os.path.join(directory, name)).st_mtime
-            except OSError:
-                continue
-            oldest = mtime if oldest is None else min(oldest, mtime)
-            seen += 1
-            if seen >= limit:
-                break
-    return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
 
 class Readiness:
@@ -126,13 +128,15 @@ class Readiness:
         folders: dict[str, Path],
         watching: threading.Event,
         storescp_port: int | None = None,
+        service_problems: Callable[[], list[str]] = list,
     ) -> None:
         self.folders = folders
         self.watching = watching
         self.storescp_port = storescp_port
+        self.service_problems = service_problems
 
     def problems(self) -> list[str]:
-        found: list[str] = []
+        found: list[str] = list(self.service_problems())
         if not self.watching.is_set():
             found.append("not watching the incoming folder")
         for name, folder in self.folders.items():
@@ -150,8 +154,40 @@ class Readiness:
         return found
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, but never more than ``limit`` at once."""
+
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], limit: int
+    ) -> None:
+        self._slots = threading.BoundedSemaphore(limit)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the cap: closed at once
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class HealthServer:
-    """A small threaded HTTP server for /metrics, /healthz and /readyz."""
+    """A small, bounded HTTP server for /metrics, /healthz and /readyz.
+
+    Binds its port when constructed, so a port in use is found before the
+    service announces that it started.
+    """
 
     def __init__(
         self,
@@ -159,11 +195,16 @@ class HealthServer:
         port: int,
         metrics: Metrics,
         readiness: Readiness,
-        alive: Callable[[], bool],
+        alive: Callable[[], list[str]] = list,
+        *,
+        limit: int = MAX_CONNECTIONS,
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = read_timeout
+
             def do_GET(self) -> None:
                 outer.answer(self)
 
@@ -172,9 +213,9 @@ class HealthServer:
 
         self.metrics = metrics
         self.readiness = readiness
+        #: The reasons the service is not alive (empty when it is).
         self.alive = alive
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = _BoundedServer((host, port), Handler, limit)
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(
             target=self.server.serve_forever, name="metrics", daemon=True
@@ -185,9 +226,9 @@ class HealthServer:
         if path == "/metrics":
             body, status, kind = self.metrics.render(), 200, CONTENT_TYPE_LATEST
         elif path == "/healthz":
-            ok = self.alive()
-            body = json.dumps({"alive": ok}).encode()
-            status, kind = (200 if ok else 503), "application/json"
+            problems = self.alive()
+            body = json.dumps({"alive": not problems, "problems": problems}).encode()
+            status, kind = (503 if problems else 200), "application/json"
         elif path == "/readyz":
             problems = self.readiness.problems()
             body = json.dumps({"ready": not problems, "problems": problems}).encode()

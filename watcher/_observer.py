@@ -1,7 +1,7 @@
 """The watchdog side: an observer on the incoming folder and a recording handler.
 
 watchdog calls handlers on its single dispatch thread, so the handler only
-records ``(kind, path)`` into an :class:`Inbox` and returns. The inbox is
+records a :class:`Record` into an :class:`Inbox` and returns. The inbox is
 bounded: when it is full, events are dropped and the inbox says so, and the
 service rescans the folder (the files are on disk; nothing is lost).
 """
@@ -9,8 +9,11 @@ service rescans the folder (the files are on disk; nothing is lost).
 from __future__ import annotations
 
 import collections
+import os
 import threading
+from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -25,9 +28,27 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-__all__ = ["CHANGED", "CLOSED", "DELETED", "NEW_FOLDER", "Inbox", "Recorder", "start_observer"]
+__all__ = ["Inbox", "Record", "RecordKind", "Recorder", "start_observer"]
 
-CHANGED, CLOSED, DELETED, NEW_FOLDER = "changed", "closed", "deleted", "new-folder"
+
+class RecordKind(Enum):
+    """What happened to a path."""
+
+    #: Created or moved in from outside: wait for it to settle.
+    CHANGED = "changed"
+    #: Closed after writing, or renamed into place within the folder: complete.
+    CLOSED = "closed"
+    DELETED = "deleted"
+    #: A new subfolder: scan it (its watch may come too late for its first files).
+    NEW_FOLDER = "new-folder"
+
+
+class Record(NamedTuple):
+    """Something that happened to a path in the incoming folder."""
+
+    kind: RecordKind
+    path: str
+
 
 # Only what decides something is asked for. Opened and closed-without-write
 # come from every reader, this service included. Modified fires for every
@@ -44,20 +65,20 @@ _WANTED: list[type[FileSystemEvent]] = [
 
 
 class Inbox:
-    """A bounded, thread-safe list of ``(kind, path)`` records."""
+    """A bounded, thread-safe list of :class:`Record`."""
 
     def __init__(self, capacity: int) -> None:
-        self._records: collections.deque[tuple[str, str]] = collections.deque()
+        self._records: collections.deque[Record] = collections.deque()
         self._capacity = capacity
         self._condition = threading.Condition()
         self._overflowed = False
 
-    def put(self, kind: str, path: str) -> None:
+    def put(self, kind: RecordKind, path: str) -> None:
         with self._condition:
             if len(self._records) >= self._capacity:
                 self._overflowed = True
                 return
-            self._records.append((kind, path))
+            self._records.append(Record(kind, path))
             self._condition.notify()
 
     def wake(self) -> None:
@@ -65,7 +86,7 @@ class Inbox:
         with self._condition:
             self._condition.notify_all()
 
-    def take(self, timeout: float, limit: int = 10_000) -> tuple[list[tuple[str, str]], bool]:
+    def take(self, timeout: float, limit: int = 10_000) -> tuple[list[Record], bool]:
         """Wait up to ``timeout`` for records; return them and whether any were dropped."""
         with self._condition:
             if not self._records and timeout > 0:
@@ -76,6 +97,10 @@ class Inbox:
             return records, overflowed
 
 
+def _text(path: str | bytes) -> str:
+    return path if isinstance(path, str) else os.fsdecode(path)
+
+
 class Recorder(FileSystemEventHandler):
     """Translates watchdog events into inbox records; does nothing else."""
 
@@ -84,21 +109,21 @@ class Recorder(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         kind = event.event_type
-        path = str(event.src_path)
+        path = _text(event.src_path)
         if event.is_directory:
             if kind == "created":
-                self._inbox.put(NEW_FOLDER, path)
+                self._inbox.put(RecordKind.NEW_FOLDER, path)
         elif kind == "closed":
-            self._inbox.put(CLOSED, path)
+            self._inbox.put(RecordKind.CLOSED, path)
         elif kind == "moved":
             # Renamed into place within the folder: complete, by the atomic-rename
             # convention (a move from outside arrives as "created" and settles).
-            self._inbox.put(DELETED, path)
-            self._inbox.put(CLOSED, str(event.dest_path))
+            self._inbox.put(RecordKind.DELETED, path)
+            self._inbox.put(RecordKind.CLOSED, _text(event.dest_path))
         elif kind == "deleted":
-            self._inbox.put(DELETED, path)
-        elif kind in ("created", "modified"):
-            self._inbox.put(CHANGED, path)
+            self._inbox.put(RecordKind.DELETED, path)
+        elif kind == "created":
+            self._inbox.put(RecordKind.CHANGED, path)
 
 
 def start_observer(

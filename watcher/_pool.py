@@ -5,10 +5,15 @@ so a backlog stays on disk in the incoming folder, not in this queue. Stopping
 is explicit and bounded: queued jobs that no worker started are handed back
 (their files are still in the incoming folder), one sentinel per worker wakes
 each idle worker, and every join has a deadline.
+
+A worker survives whatever one job raises (``failed(index, job, error)`` is
+told), and the pool knows since when each worker holds its job, so health can
+tell a busy worker from a stuck one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -26,7 +31,7 @@ class WorkerPool(Generic[Job]):
 
     ``index`` tells a thread's jobs apart from the others' (each thread owns
     its own resources, such as a worker process); ``finish(index)`` runs as
-    the thread ends.
+    the thread ends; ``failed(index, job, error)`` when ``handle`` raised.
     """
 
     def __init__(
@@ -37,12 +42,17 @@ class WorkerPool(Generic[Job]):
         capacity: int,
         name: str = "repack-worker",
         finish: Callable[[int], None] | None = None,
+        failed: Callable[[int, Job, Exception], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._handle = handle
         self._finish = finish
+        self._failed = failed
+        self._clock = clock
         self._queue: queue.Queue[object] = queue.Queue(maxsize=capacity)
-        self._busy = 0
         self._busy_lock = threading.Lock()
+        #: Per worker: since when it holds its current job (None when idle).
+        self._busy_since: list[float | None] = [None] * workers
         self._threads = [
             threading.Thread(target=self._work, args=(index,), name=f"{name}-{index}", daemon=True)
             for index in range(workers)
@@ -65,7 +75,21 @@ class WorkerPool(Generic[Job]):
     def busy(self) -> int:
         """Jobs being handled right now."""
         with self._busy_lock:
-            return self._busy
+            return sum(since is not None for since in self._busy_since)
+
+    def stalled(self, after: float) -> list[int]:
+        """The workers that have held their current job for more than ``after`` seconds."""
+        now = self._clock()
+        with self._busy_lock:
+            return [
+                index
+                for index, since in enumerate(self._busy_since)
+                if since is not None and now - since > after
+            ]
+
+    def running(self) -> bool:
+        """Whether every worker thread is alive (before :meth:`stop`)."""
+        return self._started and all(thread.is_alive() for thread in self._threads)
 
     def submit(self, job: Job) -> bool:
         """Queue ``job`` if there is room; never blocks."""
@@ -82,12 +106,16 @@ class WorkerPool(Generic[Job]):
                 if job is _SENTINEL:
                     return
                 with self._busy_lock:
-                    self._busy += 1
+                    self._busy_since[index] = self._clock()
                 try:
                     self._handle(index, job)  # type: ignore[arg-type]
+                except Exception as error:  # one job never ends a worker
+                    if self._failed is not None:
+                        with contextlib.suppress(Exception):  # not even its report
+                            self._failed(index, job, error)  # type: ignore[arg-type]
                 finally:
                     with self._busy_lock:
-                        self._busy -= 1
+                        self._busy_since[index] = None
         finally:
             if self._finish is not None:
                 self._finish(index)

@@ -1,8 +1,22 @@
 """Setting aside files that can never be repacked, with a note saying why.
 
-Nothing is deleted: the file is moved to ``<quarantine>/<UTC time>-<name>``
-(a hard link then the removal of the source, or a synced copy across file
-systems) and a JSON note ``<same name>.json`` is written beside it, atomically.
+Nothing is lost. A regular file is moved to ``<quarantine>/<UTC time>-<random>-<name>``
+(a hard link to the opened inode then the removal of its name, or a synced
+copy when the inode has other names or lies on another file system) and a
+JSON note ``<same name>.json`` is written beside it, atomically. In copy mode
+the incoming file stays and the quarantine gets a copy.
+
+A name that is not a regular file (a symbolic link, FIFO, socket or device)
+is never opened and never placed in the quarantine, where a live FIFO or
+device would be a trap for whoever looks there: its note records its type,
+mode and, for a link, the target, and in move mode the name is removed from
+the incoming folder (the name only: a link's target, a device's driver are
+untouched). Files are reached through the incoming folder's descriptor only,
+as the workers reach them.
+
+Quarantine names are cut by bytes (names are bytes, and a multibyte name of
+fewer than 255 characters can be longer than 255 bytes), with a hash of the
+whole name so that two long names stay apart.
 """
 
 from __future__ import annotations
@@ -10,13 +24,44 @@ from __future__ import annotations
 import datetime
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from repack import Store, json_bytes
+from repack import (
+    NotRegularFileError,
+    SourceVanishedError,
+    StorageError,
+    Store,
+    file_type,
+    folder_beneath,
+    json_bytes,
+    open_beneath,
+    printable,
+    seahash,
+)
 
-__all__ = ["Quarantine"]
+__all__ = ["Quarantine", "quarantine_name"]
+
+_NAME_BYTES = 255 - len(".json")
+
+
+def quarantine_name(stamp: str, original: str) -> str:
+    """``<stamp>-<original>``, cut to fit one file name with ``.json`` added."""
+    prefix = f"{stamp}-".encode()
+    raw = os.fsencode(original)
+    room = _NAME_BYTES - len(prefix)
+    if len(raw) > room:
+        digest = b"-" + format(seahash(raw), "016x").encode()
+        head = raw[: room - len(digest)]
+        # Do not leave half a UTF-8 character at the cut.
+        while head and head[-1] & 0xC0 == 0x80:
+            head = head[:-1]
+        if head and head[-1] >= 0xC0:
+            head = head[:-1]
+        raw = head + digest
+    return os.fsdecode(prefix + raw)
 
 
 @dataclass(frozen=True)
@@ -26,25 +71,82 @@ class Quarantine:
     folder: Path
     store: Store
 
-    def put(self, source: Path, reason: str, error: str, *, relative_to: Path) -> Path:
-        """Move ``source`` here with a note; return its new path."""
+    def put(
+        self,
+        root: int,
+        relative: str,
+        *,
+        shown_as: Path,
+        reason: str,
+        error: str,
+        keep_source: bool = False,
+    ) -> Path:
+        """Set aside the file ``relative`` below the folder ``root``, with a note.
+
+        Returns the quarantined file, or the note alone for a name that is
+        not a regular file. Raises :class:`repack.SourceVanishedError` when it
+        is gone, :class:`repack.StorageError` when the quarantine cannot be
+        written (the file then stays where it is).
+        """
         now = datetime.datetime.now(datetime.UTC)
-        stamp = now.strftime("%Y%m%dT%H%M%S.%fZ")
-        name = f"{stamp}-{secrets.token_hex(3)}-{source.name}"[:240]
-        target = self.folder / name
-        expected = os.stat(source)
-        self.store.place(source, target, link=True)
+        stamp = f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{secrets.token_hex(3)}"
         note: dict[str, Any] = {
             "reason": reason,
             "error": error,
-            "src": str(source),
-            "relative_path": str(source.relative_to(relative_to))
-            if source.is_relative_to(relative_to)
-            else source.name,
-            "size": expected.st_size,
+            "src": printable(str(shown_as)),
+            "relative_path": printable(relative),
             "quarantined_at": now.isoformat().replace("+00:00", "Z"),
-            "file": name,
         }
-        self.store.write_atomic(self.folder / f"{name}.json", json_bytes(note))
-        self.store.remove_source(source, expected)
+        try:
+            source = open_beneath(root, relative, shown_as=shown_as)
+        except NotRegularFileError:
+            return self._record_special(root, relative, stamp, note, keep_source=keep_source)
+        with source:
+            name = quarantine_name(stamp, source.name)
+            target = self.folder / name
+            self.store.place(source, target, link=not keep_source)
+            note.update(size=source.stat.st_size, file=printable(name))
+            self.store.write_atomic(self.folder / f"{name}.json", json_bytes(note))
+            if not keep_source:
+                source.remove()
         return target
+
+    def _record_special(
+        self, root: int, relative: str, stamp: str, note: dict[str, Any], *, keep_source: bool
+    ) -> Path:
+        try:
+            folder, name = folder_beneath(root, relative)
+        except OSError as error:
+            raise SourceVanishedError(f"{note['src']}: gone", errno=error.errno) from error
+        try:
+            try:
+                found = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            except OSError as error:
+                raise SourceVanishedError(f"{note['src']}: gone", errno=error.errno) from error
+            if stat.S_ISREG(found.st_mode):
+                raise StorageError(f"{note['src']} became a regular file meanwhile: look again")
+            note.update(
+                type=file_type(found.st_mode),
+                mode=oct(stat.S_IMODE(found.st_mode)),
+                file=None,
+                name_removed=not keep_source,
+            )
+            if stat.S_ISLNK(found.st_mode):
+                note["link_target"] = printable(os.readlink(name, dir_fd=folder))
+            if stat.S_ISCHR(found.st_mode) or stat.S_ISBLK(found.st_mode):
+                note["device"] = [os.major(found.st_rdev), os.minor(found.st_rdev)]
+            note_path = self.folder / f"{quarantine_name(stamp, name)}.json"
+            self.store.write_atomic(note_path, json_bytes(note))
+            if not keep_source:
+                again = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                if (again.st_dev, again.st_ino) == (found.st_dev, found.st_ino):
+                    os.unlink(name, dir_fd=folder)
+        except FileNotFoundError as error:
+            raise SourceVanishedError(f"{note['src']}: gone", errno=error.errno) from error
+        except OSError as error:
+            raise StorageError(
+                f"cannot set aside {note['src']}: {error.strerror}", errno=error.errno
+            ) from error
+        finally:
+            os.close(folder)
+        return note_path

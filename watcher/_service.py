@@ -5,79 +5,47 @@ Threads, each stoppable:
 * the watchdog observer (its handler only records into the :class:`Inbox`);
 * one **dispatcher**: applies the records to the :class:`CompletionTracker`,
   hands ready files to the pool while it has room, rescans the folder at
-  start, periodically and after any dropped event, removes old empty
-  subfolders, and announces series that went quiet;
-* ``workers`` **repack workers** (:class:`WorkerPool`).
+  start, periodically and after any dropped event, and twice a second does
+  the housekeeping: notices a replaced incoming folder (and watches the new
+  one), kills a worker stuck on one file, announces series that went quiet,
+  updates the gauges;
+* ``workers`` **repack workers** (:class:`WorkerPool`), each driving one
+  :class:`~watcher._engine.Engine` (a child process by default), whose
+  results :class:`~watcher._outcomes.OutcomeRouter` acts on.
 
-Per file, a worker (a child process by default, see :mod:`watcher._engine`)
-first takes an ``flock`` on the incoming file (so several services on one
-folder repack each instance once; the lock dies with its process), then
-calls :meth:`repack.Repacker.repack`; the parent sorts the outcome:
-done; :class:`repack.InvalidInstanceError` -> quarantine once the file has
-not changed for ``quarantine_after`` seconds (a slow writer is never
-quarantined early); :class:`repack.StorageError` -> retry with exponential
-back-off, the file staying where it is; anything unexpected -> logged and
-retried, the worker survives.
+The service reaches files only through a descriptor of the incoming folder
+(:class:`~watcher._incoming.IncomingRoot`), never following a link.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from repack import (
-    TEMP_PREFIX,
-    StorageError,
-    Store,
-    get_logger,
-    sweep_stale_temps,
-)
+from repack import TEMP_PREFIX, Store, get_logger, sweep_stale_temps
 
 from ._completion import Candidate, CompletionTracker
-from ._engine import Engine, EngineConfig, Result
-from ._errors import EXIT_FOLDER, ConfigError
-from ._observer import CHANGED, CLOSED, DELETED, NEW_FOLDER, Inbox, start_observer
+from ._counts import Counts
+from ._engine import Engine, EngineConfig, Job, Outcome, Result
+from ._errors import EXIT_STARTUP, ConfigError
+from ._incoming import IncomingRoot, identity_of
+from ._metrics import Metrics
+from ._observer import Inbox, Record, RecordKind, start_observer
+from ._outcomes import REPEATS_BEFORE_ERROR, OutcomeRouter
 from ._pool import WorkerPool
 from ._quarantine import Quarantine
+from ._series import SeriesTracker
 from ._settings import Settings
 
-__all__ = ["Counts", "Service"]
+__all__ = ["Service"]
 
-
-@dataclass
-class Counts:
-    """What the service did since it started."""
-
-    repacked: int = 0
-    quarantined: int = 0
-    retried: int = 0
-    vanished: int = 0
-    series_completed: int = 0
-    handed_back: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + amount)
-
-    def as_dict(self) -> dict[str, int]:
-        with self._lock:
-            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
-
-@dataclass
-class _Series:
-    folder: str
-    patient_id: str
-    study_uid: str
-    first: float
-    last: float
-    instances: int = 0
+_HOUSEKEEPING_S = 0.5
 
 
 def _ignored(name: str) -> bool:
@@ -94,42 +62,67 @@ def _inside(path: Path, other: Path) -> bool:
     return path == other or path.is_relative_to(other)
 
 
+def _why_not_usable(folder: Path, error: OSError) -> str:
+    """A fix hint for a folder that cannot be created or written."""
+    parent = next((p for p in folder.parents if p.exists()), Path("/"))
+    if not os.access(parent, os.W_OK) or error.errno in (errno.EROFS, errno.EACCES):
+        return (
+            f"{parent} does not let uid {os.getuid()} create or write here"
+            f" ({error.strerror}): choose a folder on a writable file system, or fix its owner"
+        )
+    return f"create {folder} and make it writable for uid {os.getuid()}"
+
+
 class Service:
     """The pypx-listener service; :meth:`start`, then :meth:`stop`."""
 
-    def __init__(self, settings: Settings, *, metrics: Any = None) -> None:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.log = get_logger()
         self.counts = Counts()
         self.metrics = metrics
         config = EngineConfig(
+            str(settings.incoming),
             str(settings.datadir),
             str(settings.logdir),
             settings.layout.sources,
             settings.layout.name,
             settings.move,
             settings.fsync,
+            log_json={"auto": None, "json": True, "console": False}[settings.log_format],
+            log_level=settings.log_level,
         )
         self.engines = [
             Engine(config, process=settings.worker_mode == "process")
             for _ in range(settings.workers)
         ]
-        self.quarantine = Quarantine(settings.quarantine, Store(None, fsync=settings.fsync))
+        self.root = IncomingRoot(settings.incoming)
         self.tracker = CompletionTracker(settings.settle, capacity=settings.pending_limit)
+        self.series = SeriesTracker(settings.series_quiet)
         self.inbox = Inbox(capacity=max(10_000, settings.pending_limit))
+        self.router = OutcomeRouter(
+            settings,
+            tracker=self.tracker,
+            quarantine=Quarantine(settings.quarantine, Store(None, fsync=settings.fsync)),
+            root=self.root,
+            series=self.series,
+            counts=self.counts,
+            metrics=metrics,
+            log=self.log,
+        )
         self.pool: WorkerPool[Candidate] = WorkerPool(
             self._handle,
             workers=settings.workers,
             capacity=settings.queue_size,
             finish=lambda index: self.engines[index].stop(settings.stop_timeout),
+            failed=self._handler_failed,
         )
-        self._root = str(settings.incoming)
-        self._series: dict[str, _Series] = {}
-        self._series_lock = threading.Lock()
         self._stopping = threading.Event()
         self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
         self._observer: Any = None
         self._started = 0.0
+        self._incoming_problem: str | None = None
+        self._stall_reported: dict[int, float] = {}
         self.watching = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------
@@ -155,39 +148,103 @@ class Service:
             except OSError as error:
                 raise ConfigError(
                     f"--{name} {folder} is not usable: {error.strerror or error}",
-                    hint=f"create {folder} and make it writable for uid {os.getuid()}",
-                    exit_code=EXIT_FOLDER,
+                    hint=_why_not_usable(folder, error),
+                    exit_code=EXIT_STARTUP,
                 ) from error
+        try:
+            self.root.open()
+        except OSError as error:
+            raise ConfigError(
+                f"--incoming {s.incoming} cannot be opened as a folder: {error.strerror}",
+                hint="the incoming folder itself must be a real folder, not a symbolic link",
+                exit_code=EXIT_STARTUP,
+            ) from error
 
-    def start(self) -> None:
-        """Check the folders, then start the workers, the observer and the dispatcher."""
+    def start(self, *, announce: bool = True) -> None:
+        """Check the folders, start the workers, the observer and the dispatcher.
+
+        Everything that can fail at start fails here, as a
+        :class:`ConfigError`, before ``watcher.started`` is announced.
+        """
         self.check_folders()
         self._started = time.monotonic()
         for engine in self.engines:  # spawn the worker processes before any thread
             engine.start()
         for engine in self.engines:
-            if not engine.wait_ready(60):
-                self.log.warning("worker.slow_start", detail="a worker did not warm up in 60 s")
+            problem = engine.wait_ready(60)
+            if problem is not None:
+                self._stop_engines()
+                raise ConfigError(
+                    f"a repack worker could not start: {problem}",
+                    hint="check that the package is installed completely (pip install .)"
+                    " and that the folders are readable",
+                    exit_code=EXIT_STARTUP,
+                )
         self.pool.start()
-        self._observer = start_observer(
-            self.settings.incoming,
-            self.inbox,
-            polling=self.settings.polling,
-            poll_interval=self.settings.poll_interval,
-            deletions=not self.settings.move,
-        )
+        try:
+            self._observer = self._start_observer()
+        except ConfigError:
+            self.pool.stop(1.0)
+            self._stop_engines()
+            raise
         self.watching.set()
         self._dispatcher.start()
         threading.Thread(target=self._sweep, name="sweeper", daemon=True).start()
+        if announce:
+            self.announce()
+
+    def announce(self) -> None:
+        """Log ``watcher.started`` with the effective settings."""
         self.log.info("watcher.started", pid=os.getpid(), **self.settings.describe())
 
+    def _start_observer(self) -> Any:
+        try:
+            return start_observer(
+                self.settings.incoming,
+                self.inbox,
+                polling=self.settings.polling,
+                poll_interval=self.settings.poll_interval,
+                deletions=not self.settings.move,
+            )
+        except OSError as error:
+            raise ConfigError(
+                f"cannot watch {self.settings.incoming}: {error.strerror or error}",
+                hint="raise the inotify limits (sysctl fs.inotify.max_user_watches and"
+                " fs.inotify.max_user_instances), or use --polling",
+                exit_code=EXIT_STARTUP,
+            ) from error
+
+    def alive_problems(self) -> list[str]:
+        """Why the service is not alive (empty when it is): what ``/healthz`` reports."""
+        problems = []
+        if not self._dispatcher.is_alive():
+            problems.append("the dispatcher thread is not running")
+        if self._observer is None or not self._observer.is_alive():
+            problems.append("the folder observer is not running")
+        if not self.pool.running():
+            problems.append("a repack worker thread is not running")
+        for index in self.pool.stalled(self.settings.stall_timeout):
+            problems.append(
+                f"repack worker {index} has been on one file for more than"
+                f" {self.settings.stall_timeout:g} s"
+            )
+        return problems
+
     def alive(self) -> bool:
-        """Whether the dispatcher and the observer are running."""
-        observer_alive = self._observer is not None and self._observer.is_alive()
-        return self._dispatcher.is_alive() and observer_alive
+        return not self.alive_problems()
+
+    def ready_problems(self) -> list[str]:
+        """What keeps the service from being ready, beyond writable folders."""
+        return [self._incoming_problem] if self._incoming_problem else []
 
     def stop(self, timeout: float | None = None) -> dict[str, Any]:
-        """Stop watching, finish or hand back in-flight files; return the counts."""
+        """Stop watching, finish or hand back in-flight files; return the counts.
+
+        Returns within ``timeout`` (default ``--stop-timeout``): a worker
+        process still busy at the deadline is killed, which is safe (every
+        write is atomic, and a source is removed only after its copy and
+        logs exist).
+        """
         timeout = self.settings.stop_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         self._stopping.set()
@@ -199,8 +256,11 @@ class Service:
             self._dispatcher.join(max(0.1, deadline - time.monotonic()))
         handed_back, clean = self.pool.stop(max(0.1, deadline - time.monotonic()))
         self.counts.add("handed_back", handed_back)
+        if not clean:
+            self._stop_engines()
         if self._observer is not None:
             self._observer.join(max(0.1, deadline - time.monotonic()))
+        self.root.close()
         summary: dict[str, Any] = {
             **self.counts.as_dict(),
             "clean": clean,
@@ -208,6 +268,10 @@ class Service:
         }
         self.log.info("watcher.stopped", **summary)
         return summary
+
+    def _stop_engines(self) -> None:
+        for engine in self.engines:
+            engine.kill()
 
     def _sweep(self) -> None:
         """Remove temporary files that writers killed mid-write left behind."""
@@ -228,7 +292,7 @@ class Service:
         settings = self.settings
         self._scan()
         next_scan = time.monotonic() + settings.scan_interval
-        next_housekeeping = time.monotonic() + 0.5
+        next_housekeeping = time.monotonic() + _HOUSEKEEPING_S
         rescan = False
         while not self._stopping.is_set():
             now = time.monotonic()
@@ -237,8 +301,8 @@ class Service:
             if self.pool.free_slots() == 0:
                 wait = 0.02
             records, dropped = self.inbox.take(wait)
-            for kind, path in records:
-                self._record(kind, path)
+            for record in records:
+                self._record(record)
             if dropped or self.tracker.clear_overflow():
                 rescan = True
             if self._stopping.is_set():
@@ -257,47 +321,52 @@ class Service:
                 self._scan()
                 next_scan = time.monotonic() + settings.scan_interval
             if now >= next_housekeeping:
-                self._announce_quiet_series(now)
+                self._check_incoming()
+                self._check_stalls()
+                self._announce_quiet_series()
                 self._update_gauges()
-                next_housekeeping = now + 0.5
+                next_housekeeping = now + _HOUSEKEEPING_S
 
-    def _record(self, kind: str, path: str) -> None:
-        if _hidden(path, self._root):
+    def _record(self, record: Record) -> None:
+        kind, path = record
+        if _hidden(path, str(self.settings.incoming)):
             return
-        if kind == CLOSED:
+        if kind is RecordKind.CLOSED:
             self.tracker.closed(path)
-        elif kind == CHANGED:
+        elif kind is RecordKind.CHANGED:
             self.tracker.changed(path)
-        elif kind == DELETED:
+        elif kind is RecordKind.DELETED:
             self.tracker.deleted(path)
-        elif kind == NEW_FOLDER:
+        elif kind is RecordKind.NEW_FOLDER:
             # The watch on a new folder can come too late for its first files.
             self._scan(Path(path))
 
     def _scan(self, top: Path | None = None) -> int:
-        """Find files nobody announced; remove old empty subfolders (move mode)."""
+        """Find files nobody announced; remove old empty subfolders (move mode).
+
+        Walks by descriptor and never follows a link (a link, to a file or a
+        folder, is reported as a candidate of its own, and set aside).
+        """
         root = self.settings.incoming
-        top = top or root
         found = 0
         folders_seen: list[tuple[str, bool, float]] = []
-        for folder, folders, files in os.walk(top):
-            folders[:] = [name for name in folders if not _ignored(name)]
-            for name in files:
+        # Lazily: each folder's descriptor is valid only until the walk moves on.
+        for folder, folders, files, descriptor in os.fwalk(top or root, follow_symlinks=False):
+            links = [name for name in folders if self._is_link(name, descriptor)]
+            folders[:] = [n for n in folders if not _ignored(n) and n not in links]
+            for name in [*files, *links]:
                 if _ignored(name):
                     continue
-                path = os.path.join(folder, name)
                 try:
-                    stat = os.stat(path)
+                    found_stat = os.stat(name, dir_fd=descriptor, follow_symlinks=False)
                 except OSError:
                     continue
-                self.tracker.found(path, stat)
+                self.tracker.found(os.path.join(folder, name), found_stat)
                 found += 1
             if self.settings.move and folder != str(root):
-                try:
+                with contextlib.suppress(OSError):
                     # Its age before this scan removed anything below it.
-                    folders_seen.append((folder, bool(files), os.stat(folder).st_mtime))
-                except OSError:
-                    continue
+                    folders_seen.append((folder, bool(files), os.fstat(descriptor).st_mtime))
         now = time.time()
         for folder, had_files, mtime in reversed(folders_seen):  # deepest first
             if not had_files and now - mtime >= self.settings.empty_dir_age:
@@ -306,6 +375,13 @@ class Service:
             self.metrics.scanned(found)
         return found
 
+    @staticmethod
+    def _is_link(name: str, descriptor: int) -> bool:
+        try:
+            return stat.S_ISLNK(os.stat(name, dir_fd=descriptor, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+
     def _remove_if_empty(self, folder: str) -> None:
         try:
             os.rmdir(folder)
@@ -313,115 +389,73 @@ class Service:
             return  # not empty (a file arrived, or a subfolder stays), or gone
         self.log.debug("incoming.folder_removed", folder=folder)
 
-    # -- workers -------------------------------------------------------------
-
-    def _handle(self, index: int, candidate: Candidate) -> None:
-        result = self.engines[index].repack(candidate.path)
-        if result.kind == "done":
-            self._done(candidate, result)
-        elif result.kind in ("unclaimed", "vanished"):
-            if result.kind == "vanished":
-                self.counts.add("vanished")
-            self.tracker.finished(candidate, remember=False)
-        elif result.kind == "invalid":
-            self._invalid(candidate, result.reason, result.message)
-        elif result.kind == "storage":
-            self._retry(candidate, result.message, errno_code=result.errno)
-        else:
-            self.log.error("repack.crashed", src=candidate.path, error=result.message)
-            self._retry(candidate, result.message)
-
-    def _done(self, candidate: Candidate, result: Result) -> None:
-        self.tracker.finished(candidate, remember=not self.settings.move)
-        self.counts.add("repacked")
-        fields = dict(result.event)
-        if candidate.attempt:
-            fields["attempt"] = candidate.attempt
-        self.log.info("repack.done", **fields)
-        if self.metrics is not None:
-            self.metrics.repacked(result.seconds, result.size)
-        series_uid, folder, patient_id, study_uid = result.series
-        now = time.monotonic()
-        with self._series_lock:
-            series = self._series.get(series_uid)
-            if series is None:
-                series = self._series[series_uid] = _Series(folder, patient_id, study_uid, now, now)
-            series.instances += 1
-            series.last = now
-
-    def _invalid(self, candidate: Candidate, reason: str, message: str) -> None:
-        age = time.time() - candidate.signature[2] / 1e9
-        wait = self.settings.quarantine_after - age
-        if wait > 0:
-            # Maybe still being written (a slow or paused sender): look again.
-            self.log.debug("repack.incomplete", src=candidate.path, error=message, recheck_s=wait)
-            self.tracker.recheck(candidate, wait + 0.05)
-            return
-        source = Path(candidate.path)
-        try:
-            if self.settings.move:
-                target = self.quarantine.put(
-                    source, reason, message, relative_to=self.settings.incoming
-                )
-            else:
-                target = self._quarantine_copy(source, reason, message)
-        except (StorageError, OSError) as failure:
-            self._retry(candidate, f"cannot quarantine: {failure}")
-            return
-        self.tracker.finished(candidate, remember=not self.settings.move)
-        self.counts.add("quarantined")
-        if self.metrics is not None:
-            self.metrics.quarantined(reason)
-        self.log.error(
-            "repack.failed",
-            src=candidate.path,
-            dst=None,
-            error=message,
-            reason=reason,
-            quarantined=str(target),
-        )
-
-    def _quarantine_copy(self, source: Path, reason: str, message: str) -> Path:
-        # Copy mode keeps every incoming file: quarantine a copy instead.
-        copy = self.settings.quarantine / ".copy-staging" / source.name
-        self.quarantine.store.place(source, copy, link=False)
-        return self.quarantine.put(copy, reason, message, relative_to=copy.parent)
-
-    def _retry(self, candidate: Candidate, message: str, *, errno_code: int | None = None) -> None:
-        delay = min(self.settings.retry_max_delay, 0.5 * 2 ** min(candidate.attempt, 16))
-        self.tracker.retry(candidate, delay)
-        self.counts.add("retried")
-        if self.metrics is not None:
-            self.metrics.retried()
-        self.log.warning(
-            "repack.retry",
-            src=candidate.path,
-            error=message,
-            errno=errno.errorcode.get(errno_code or 0),
-            attempt=candidate.attempt + 1,
-            retry_in_s=delay,
-        )
-
     # -- housekeeping --------------------------------------------------------
 
-    def _announce_quiet_series(self, now: float) -> None:
-        quiet = self.settings.series_quiet
-        with self._series_lock:
-            done = [(uid, s) for uid, s in self._series.items() if now - s.last >= quiet]
-            for uid, _ in done:
-                del self._series[uid]
-        for uid, series in done:
+    def _check_incoming(self) -> None:
+        """Notice that the incoming folder was replaced or removed; watch the new one."""
+        incoming = self.settings.incoming
+        identity = identity_of(incoming)
+        if identity == self.root.identity:
+            self._incoming_problem = None
+            return
+        if identity is None and not os.path.lexists(incoming):
+            with contextlib.suppress(OSError):
+                incoming.mkdir(parents=True)  # storescp needs it to write into
+            identity = identity_of(incoming)
+        if identity is None:
+            problem = f"the incoming folder {incoming} is missing or not a folder"
+            if problem != self._incoming_problem:
+                self.log.error("watcher.incoming_lost", folder=str(incoming), error=problem)
+            self._incoming_problem = problem
+            return
+        before = self.root.identity
+        try:
+            self.root.open()
+            observer = self._start_observer()
+        except (OSError, ConfigError) as error:
+            self._incoming_problem = f"cannot watch the new incoming folder: {error}"
+            return
+        old, self._observer = self._observer, observer
+        if old is not None:
+            old.stop()
+        self._incoming_problem = None
+        self.log.warning(
+            "watcher.rearmed",
+            folder=str(incoming),
+            reason="the incoming folder was replaced",
+            old_inode=before[1],
+            new_inode=self.root.identity[1],
+        )
+        self._scan()
+
+    def _check_stalls(self) -> None:
+        """Kill a worker process that has held one file for too long (it is retried)."""
+        limit = self.settings.stall_timeout
+        stalled = set(self.pool.stalled(limit))
+        for index in stalled - set(self._stall_reported):
+            self.log.error(
+                "worker.stalled",
+                worker=index,
+                seconds=limit,
+                action="killed" if self.engines[index].use_process else "cannot stop a thread",
+            )
+            self.engines[index].kill()
+        self._stall_reported = {i: self._stall_reported.get(i, time.monotonic()) for i in stalled}
+
+    def _announce_quiet_series(self) -> None:
+        for series in self.series.take_quiet():
             self.counts.add("series_completed")
             if self.metrics is not None:
                 self.metrics.series_completed()
             self.log.info(
                 "series.complete",
-                SeriesInstanceUID=uid,
+                SeriesInstanceUID=series.series_uid,
                 StudyInstanceUID=series.study_uid,
                 PatientID=series.patient_id,
                 instances=series.instances,
+                resent=series.resends,
                 folder=series.folder,
-                receive_s=round(series.last - series.first, 3),
+                receive_s=series.receive_s,
             )
 
     def _update_gauges(self) -> None:
@@ -429,4 +463,20 @@ class Service:
             self.metrics.gauges(
                 queue_depth=self.pool.depth() + self.tracker.pending_count(),
                 busy=self.pool.busy(),
+                failing=self.tracker.failing(REPEATS_BEFORE_ERROR),
             )
+
+    # -- workers -------------------------------------------------------------
+
+    def _handle(self, index: int, candidate: Candidate) -> None:
+        job = Job(self.root.relative(candidate.path), self.root.identity)
+        result = self.engines[index].repack(job)
+        if self.metrics is not None and result.warnings:
+            self.metrics.warned(len(result.warnings))
+        self.router.route(candidate, result)
+
+    def _handler_failed(self, index: int, candidate: Candidate, error: Exception) -> None:
+        """A bug between the worker and the router: log it and retry the file."""
+        message = f"{type(error).__name__}: {error}"
+        self.log.error("worker.error", worker=index, src=candidate.shown, error=message)
+        self.router.route(candidate, Result(Outcome.CRASHED, message=message))

@@ -3,22 +3,35 @@
 Every option ``--some-option`` can also be set as ``PYPX_LISTENER_SOME_OPTION``
 so that a compose file or a Kubernetes manifest needs no command line. The
 defaults let the service start with no arguments in a working folder.
+
+A mistake is one line and a ``hint:``: an unknown option, a bad value (from
+the command line or the environment, named as given), a layout name that is
+not one. A ``PYPX_LISTENER_*`` variable that names no option (a typo) is
+reported by :func:`unknown_variables`, and warned about at start.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from repack import CliError, Layout, add_layout_arguments, layout_from_arguments
+from repack import Layout
+from repack._arguments import (
+    CliError,
+    OneLineParser,
+    add_layout_arguments,
+    layout_from_arguments,
+    version,
+)
 
 from ._errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "parse_settings"]
+__all__ = ["ENV_PREFIX", "Settings", "default_workers", "parse_settings", "unknown_variables"]
 
 ENV_PREFIX = "PYPX_LISTENER_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -34,9 +47,9 @@ class Settings:
     logdir: Path
     quarantine: Path
     layout: Layout
-    mode: str = "move"
+    mode: Literal["move", "copy"] = "move"
     workers: int = 2
-    worker_mode: str = "process"
+    worker_mode: Literal["process", "thread"] = "process"
     queue_size: int = 64
     settle: float = 1.0
     scan_interval: float = 30.0
@@ -47,10 +60,11 @@ class Settings:
     polling: bool = False
     poll_interval: float = 1.0
     stop_timeout: float = 10.0
+    stall_timeout: float = 300.0
     pending_limit: int = 20_000
     fsync: bool = True
-    log_format: str = "auto"
-    log_level: str = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a sidecar's metrics are scraped from outside
     storescp_port: int | None = None
@@ -67,6 +81,14 @@ class Settings:
         described["layout"] = self.layout.name
         described["templates"] = [t.source for t in self.layout.templates]
         return {k: str(v) if isinstance(v, Path) else v for k, v in described.items()}
+
+
+def default_workers() -> int:
+    """The number of cores this process may use (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -104,7 +126,7 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
     ("logdir", Path, "log", "pypx log folder (patientData, studyData, seriesData)"),
     ("quarantine", Path, "quarantine", "where files that can never be repacked go, with a note"),
     ("mode", str, "move", "move: the incoming folder is a spool; copy: keep incoming files"),
-    ("workers", _positive(int), "2", "repack workers"),
+    ("workers", _positive(int), str(default_workers()), "repack workers (default: usable cores)"),
     ("worker-mode", str, "process", "process: one process per worker (all cores); thread"),
     ("queue-size", _positive(int), "64", "files queued for the workers at most"),
     ("settle", _positive(float), "1.0", "seconds a file must stay unchanged without a close event"),
@@ -121,6 +143,12 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
     ("polling", _boolean, "false", "poll instead of inotify (NFS/SMB shares written elsewhere)"),
     ("poll-interval", _positive(float), "1.0", "seconds between polls in polling mode"),
     ("stop-timeout", _positive(float), "10", "seconds to finish in-flight files on SIGTERM"),
+    (
+        "stall-timeout",
+        _positive(float),
+        "300",
+        "seconds one file may hold a worker before health fails and the worker is restarted",
+    ),
     (
         "pending-limit",
         _positive(int),
@@ -155,8 +183,15 @@ def env_name(option: str) -> str:
     return ENV_PREFIX + option.upper().replace("-", "_")
 
 
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``PYPX_LISTENER_*`` variables that set nothing (typos), sorted."""
+    known = {env_name(option) for option, *_ in _OPTIONS}
+    known.update(ENV_PREFIX + name for name in _LAYOUT_ENV.values())
+    return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
+
+
 def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pypx-listener",
         description=(
             "Watch the folder an unmodified storescp writes into and repack every DICOM instance"
@@ -180,19 +215,20 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                 dest=option.replace("-", "_"),
                 action="store_const",
                 const="false",
-                help=argparse.SUPPRESS,
+                help=f"the opposite of --{option}",
             )
             continue
+        choices = _CHOICES.get(option)
         parser.add_argument(
             f"--{option}",
             default=None,
-            choices=_CHOICES.get(option),
+            metavar="|".join(choices) if choices else None,
             help=f"{help_text} [{variable}; default: {shown if shown is not None else 'off'}]",
         )
     layout_env = {dest: environ[ENV_PREFIX + name] for dest, name in _LAYOUT_ENV.items()
                   if ENV_PREFIX + name in environ}  # fmt: skip
     add_layout_arguments(parser, layout_env)
-    parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return parser
 
 
@@ -201,7 +237,10 @@ def parse_settings(
 ) -> Settings:
     """Build :class:`Settings` from ``argv`` and ``environ``; raise :class:`ConfigError`."""
     environ = os.environ if environ is None else environ
-    arguments = _parser(environ).parse_args(argv)
+    try:
+        arguments = _parser(environ).parse_args(argv)
+    except CliError as error:
+        raise ConfigError(str(error), hint=error.hint) from error
     values: dict[str, Any] = {}
     for option, kind, default, _ in _OPTIONS:
         variable = env_name(option)
@@ -222,8 +261,11 @@ def parse_settings(
             raise ConfigError(
                 f"{source}={text!r}: {error}", hint=f"fix {source} (see pypx-listener --help)"
             ) from error
+    given = sys.argv[1:] if argv is None else list(argv)
+    on_command_line = any(a == "--layout" or a.startswith("--layout=") for a in given)
+    layout_source = "--layout" if on_command_line else env_name("layout")
     try:
-        layout = layout_from_arguments(arguments)
+        layout = layout_from_arguments(arguments, layout_source=layout_source)
     except CliError as error:
         raise ConfigError(str(error), hint=error.hint) from error
     for folder in ("incoming", "datadir", "logdir", "quarantine"):

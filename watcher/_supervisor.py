@@ -1,4 +1,4 @@
-"""Optional parts of the service: a supervised storescp and the metrics server.
+"""The operational parts around the service: the metrics server and a supervised storescp.
 
 Supervised mode (``--storescp-port``) runs an *unmodified* dcmtk storescp as
 a child writing into the incoming folder, restarts it with back-off if it
@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING
 
 from repack import get_logger
 
-from ._errors import ConfigError
-from ._metrics import HealthServer, Metrics, Readiness, oldest_file_age
+from ._errors import EXIT_STARTUP, ConfigError
+from ._metrics import HealthServer, Metrics, Readiness
 from ._settings import Settings
 
 if TYPE_CHECKING:
     from ._service import Service
 
-__all__ = ["Extras", "StorescpSupervisor", "build_extras"]
+__all__ = ["Operations", "StorescpSupervisor", "build_operations"]
 
 
 class StorescpSupervisor:
@@ -117,8 +117,13 @@ class StorescpSupervisor:
 
 
 @dataclass
-class Extras:
-    """The optional parts, started after the service and stopped before it."""
+class Operations:
+    """The metrics server and the supervised storescp, as the settings ask for them.
+
+    Built (ports bound, storescp found) before the service starts, so their
+    start-up errors come before ``watcher.started``; started after the
+    service, stopped before it (no file arrives after it stopped watching).
+    """
 
     settings: Settings
     metrics: Metrics | None = None
@@ -126,29 +131,15 @@ class Extras:
     server: HealthServer | None = None
 
     def start(self, service: Service) -> None:
-        if self.storescp is not None:
-            self.storescp.start()
-        if self.metrics is not None and self.settings.metrics_port is not None:
-            incoming = self.settings.incoming
-            self.metrics.watch_oldest(lambda: oldest_file_age(incoming))
-            readiness = Readiness(
-                {
-                    "incoming": self.settings.incoming,
-                    "datadir": self.settings.datadir,
-                    "logdir": self.settings.logdir,
-                },
-                service.watching,
-                self.settings.storescp_port,
-            )
-            self.server = HealthServer(
-                self.settings.metrics_host,
-                self.settings.metrics_port,
-                self.metrics,
-                readiness,
-                service.alive,
-            )
+        if self.server is not None and self.metrics is not None:
+            self.metrics.watch_oldest(service.tracker.oldest_age)
+            self.server.alive = service.alive_problems
+            self.server.readiness.watching = service.watching
+            self.server.readiness.service_problems = service.ready_problems
             self.server.start()
             get_logger().info("metrics.serving", port=self.server.port)
+        if self.storescp is not None:
+            self.storescp.start()
 
     def stop(self) -> None:
         if self.storescp is not None:
@@ -157,8 +148,29 @@ class Extras:
             self.server.stop()
 
 
-def build_extras(settings: Settings) -> Extras:
-    """The optional parts the settings ask for (validated before anything starts)."""
+def build_operations(settings: Settings) -> Operations:
+    """The operational parts the settings ask for; raise :class:`ConfigError`."""
     metrics = Metrics() if settings.metrics_port is not None else None
     storescp = StorescpSupervisor(settings, metrics) if settings.storescp_port is not None else None
-    return Extras(settings, metrics, storescp)
+    server = None
+    if metrics is not None and settings.metrics_port is not None:
+        readiness = Readiness(
+            {
+                "incoming": settings.incoming,
+                "datadir": settings.datadir,
+                "logdir": settings.logdir,
+                "quarantine": settings.quarantine,
+            },
+            threading.Event(),
+            settings.storescp_port,
+        )
+        try:
+            server = HealthServer(settings.metrics_host, settings.metrics_port, metrics, readiness)
+        except OSError as error:
+            raise ConfigError(
+                f"--metrics-port {settings.metrics_port} on {settings.metrics_host} cannot be"
+                f" served: {error.strerror or error}",
+                hint="choose a free port (--metrics-port), or stop what listens on it",
+                exit_code=EXIT_STARTUP,
+            ) from error
+    return Operations(settings, metrics, storescp, server)

@@ -1,0 +1,314 @@
+"""Opening an input file without trusting the folder it lies in.
+
+The incoming folder is writable by whoever can reach storescp's host, so a
+path is only a hint: between the moment a file was seen and the moment it is
+repacked, any folder on its path may have been swapped for a symbolic link
+to somewhere else, and the name itself may be a link, a FIFO, a socket, a
+device or a hard link to an outside file. So an input is opened once, safely,
+and everything after goes through descriptors:
+
+* :func:`open_beneath` walks from a descriptor of the root folder one
+  component at a time with ``O_NOFOLLOW | O_DIRECTORY``; a component that is
+  a link, or ``..``, ends the walk (the file has left the folder);
+* the final name is ``lstat``-ed relative to its folder's descriptor and
+  opened only if it is a regular file, with ``O_NOFOLLOW | O_NONBLOCK`` (a
+  FIFO swapped in at that instant cannot block) and checked again with
+  ``fstat``; anything else raises :class:`NotRegularFileError`, so a FIFO or
+  device is never opened for reading;
+* the data is read with ``pread`` on the descriptor, linked into the data
+  tree from ``/proc/self/fd`` (the opened inode, never a path), or copied
+  from the descriptor when its link count says that another name shares it;
+* the name is removed relative to its folder's descriptor, and only while
+  it still names the same, unchanged inode and that folder is still the one
+  reached from the root.
+
+Every :class:`OSError` of these steps is translated here into the
+:mod:`repack._errors` tree.
+"""
+
+from __future__ import annotations
+
+import errno as errno_codes
+import os
+import stat as stat_module
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from ._errors import NotRegularFileError, SourceVanishedError, StorageError
+
+__all__ = [
+    "SourceFile",
+    "file_type",
+    "folder_beneath",
+    "open_beneath",
+    "open_path",
+    "open_root",
+    "relative_parts",
+]
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_GONE = (errno_codes.ENOENT, errno_codes.ENOTDIR, errno_codes.ELOOP)
+
+_TYPES = (
+    (stat_module.S_ISLNK, "symbolic link"),
+    (stat_module.S_ISFIFO, "FIFO"),
+    (stat_module.S_ISSOCK, "socket"),
+    (stat_module.S_ISCHR, "character device"),
+    (stat_module.S_ISBLK, "block device"),
+    (stat_module.S_ISDIR, "directory"),
+    (stat_module.S_ISREG, "regular file"),
+)
+
+
+def file_type(mode: int) -> str:
+    """A readable name for the type of a file (``"FIFO"``, ``"symbolic link"``...)."""
+    for test, name in _TYPES:
+        if test(mode):
+            return name
+    return "unknown file type"
+
+
+def _display(path: Path | str) -> str:
+    """``path`` as printable text (names are bytes; undecodable ones are escaped)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def relative_parts(relative: str | os.PathLike[str]) -> list[str]:
+    """The components of a path relative to a root; refuses ``..`` and absolute paths."""
+    text = os.fspath(relative)
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    if not parts or text.startswith("/") or ".." in parts:
+        raise SourceVanishedError(f"{_display(text)} is not a path inside the folder")
+    return parts
+
+
+@dataclass
+class SourceFile:
+    """An input file opened by :func:`open_beneath`: its descriptor and its folder's.
+
+    ``path`` is the path it was opened as (for messages and events only);
+    ``stat`` is its ``fstat`` when opened. Close it (or use it as a context
+    manager) when done.
+    """
+
+    path: Path
+    descriptor: int
+    folder: int
+    name: str
+    stat: os.stat_result
+    #: The root the walk started from, and the folder components below it.
+    root: int = -1
+    folders: tuple[str, ...] = ()
+    _owns_folder: bool = field(default=True, repr=False)
+    _closed: bool = field(default=False, repr=False)
+
+    @classmethod
+    def unnamed(cls, shown_as: Path, descriptor: int) -> SourceFile:
+        """An input that has no folder (a ``memfd``): it can be read, never removed.
+
+        Takes ownership of ``descriptor``.
+        """
+        return cls(shown_as, descriptor, -1, "", os.fstat(descriptor), _owns_folder=False)
+
+    @property
+    def shared(self) -> bool:
+        """Whether another name links the same inode (never publish it by a link)."""
+        return self.stat.st_nlink > 1
+
+    def display(self) -> str:
+        """The path as printable text (undecodable bytes escaped)."""
+        return _display(self.path)
+
+    def unchanged(self) -> bool:
+        """Whether the name still holds the very version that was opened."""
+        if self.folder < 0:
+            return False
+        try:
+            now = os.stat(self.name, dir_fd=self.folder, follow_symlinks=False)
+        except OSError:
+            return False
+        before = self.stat
+        return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (
+            before.st_dev,
+            before.st_ino,
+            before.st_size,
+            before.st_mtime_ns,
+        )
+
+    def _folder_is_current(self) -> bool:
+        """Whether the root still reaches this file's folder by the same components."""
+        if not self.folders or self.root < 0:
+            return True
+        try:
+            reached = _walk(self.root, self.folders)
+        except OSError:
+            return False
+        try:
+            now, then = os.fstat(reached), os.fstat(self.folder)
+        finally:
+            os.close(reached)
+        return (now.st_dev, now.st_ino) == (then.st_dev, then.st_ino)
+
+    def remove(self) -> bool:
+        """Remove the name if it still holds the opened, unchanged version.
+
+        A file sent again meanwhile (another inode, size or mtime), or a
+        folder moved away from under the root, is left alone. Returns
+        whether the name was removed.
+        """
+        if not (self.unchanged() and self._folder_is_current()):
+            return False
+        try:
+            os.unlink(self.name, dir_fd=self.folder)
+        except FileNotFoundError:
+            return False
+        except OSError as error:
+            raise StorageError(
+                f"cannot remove {self.display()}: {error.strerror}", errno=error.errno
+            ) from error
+        return True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        os.close(self.descriptor)
+        if self._owns_folder:
+            os.close(self.folder)
+
+    def __enter__(self) -> SourceFile:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _walk(root: int, folders: tuple[str, ...] | list[str]) -> int:
+    """A new descriptor of ``root/folders...``, never following a link (raises OSError)."""
+    current = os.dup(root)
+    try:
+        for name in folders:
+            following = os.open(name, _DIRECTORY_FLAGS, dir_fd=current)
+            os.close(current)
+            current = following
+    except BaseException:
+        os.close(current)
+        raise
+    return current
+
+
+def open_root(folder: str | os.PathLike[str]) -> int:
+    """A descriptor of ``folder`` itself (its last component must not be a link)."""
+    return os.open(folder, _DIRECTORY_FLAGS)
+
+
+def folder_beneath(root: int, relative: str | os.PathLike[str]) -> tuple[int, str]:
+    """A new descriptor of the folder of ``relative`` below ``root``, and the name in it.
+
+    Raises :class:`OSError` (``ELOOP``/``ENOTDIR`` when a folder on the way is
+    a link or not a folder) and :class:`SourceVanishedError` for a path that
+    does not stay inside.
+    """
+    *folders, name = relative_parts(relative)
+    return _walk(root, folders), name
+
+
+def open_beneath(root: int, relative: str | os.PathLike[str], *, shown_as: Path) -> SourceFile:
+    """Open the regular file ``relative`` below the folder ``root`` (a descriptor).
+
+    ``shown_as`` is the path used in messages. Raises
+    :class:`SourceVanishedError` when the name is gone or has left the folder
+    (a folder on its way became a link), :class:`NotRegularFileError` for
+    anything but a regular file, :class:`StorageError` when the system
+    refuses.
+    """
+    *folders, name = relative_parts(relative)
+    try:
+        folder = _walk(root, folders)
+    except OSError as error:
+        if error.errno in _GONE:
+            raise SourceVanishedError(
+                f"{_display(shown_as)}: a folder on its path is gone or is no longer a folder",
+                errno=error.errno,
+            ) from error
+        raise StorageError(
+            f"cannot open the folder of {_display(shown_as)}: {error.strerror}", errno=error.errno
+        ) from error
+    try:
+        source = _open_in(folder, name, shown_as)
+    except BaseException:
+        os.close(folder)
+        raise
+    source.root, source.folders = root, tuple(folders)
+    return source
+
+
+def open_path(path: str | os.PathLike[str]) -> SourceFile:
+    """Open the regular file at ``path``, a path given by a user.
+
+    The folders on the way are the user's to choose (links among them are
+    followed); the file itself must be a regular file, not a link.
+    """
+    path = Path(path)
+    try:
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno in _GONE:
+            raise SourceVanishedError(
+                f"{_display(path)}: no such file", errno=errno_codes.ENOENT
+            ) from error
+        raise StorageError(
+            f"cannot open the folder of {_display(path)}: {error.strerror}", errno=error.errno
+        ) from error
+    try:
+        return _open_in(folder, path.name, path)
+    except BaseException:
+        os.close(folder)
+        raise
+
+
+def _open_in(folder: int, name: str, shown_as: Path) -> SourceFile:
+    try:
+        before = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except OSError as error:
+        if error.errno in _GONE:
+            raise SourceVanishedError(
+                f"{_display(shown_as)}: no such file", errno=error.errno
+            ) from error
+        raise StorageError(
+            f"cannot stat {_display(shown_as)}: {error.strerror}", errno=error.errno
+        ) from error
+    if not stat_module.S_ISREG(before.st_mode):
+        raise NotRegularFileError(file_type(before.st_mode))
+    try:
+        descriptor = os.open(name, _FILE_FLAGS, dir_fd=folder)
+    except OSError as error:
+        if error.errno == errno_codes.ELOOP:  # swapped for a link since the lstat
+            raise NotRegularFileError("symbolic link") from error
+        if error.errno in _GONE:
+            raise SourceVanishedError(
+                f"{_display(shown_as)}: no such file", errno=error.errno
+            ) from error
+        raise StorageError(
+            f"cannot open {_display(shown_as)}: {error.strerror}", errno=error.errno
+        ) from error
+    try:
+        opened = os.fstat(descriptor)
+    except OSError as error:
+        os.close(descriptor)
+        raise StorageError(
+            f"cannot stat {_display(shown_as)}: {error.strerror}", errno=error.errno
+        ) from error
+    if not stat_module.S_ISREG(opened.st_mode) or opened.st_ino != before.st_ino:
+        os.close(descriptor)
+        if not stat_module.S_ISREG(opened.st_mode):
+            raise NotRegularFileError(file_type(opened.st_mode))
+        raise SourceVanishedError(f"{_display(shown_as)}: replaced while it was opened")
+    return SourceFile(shown_as, descriptor, folder, name, opened)

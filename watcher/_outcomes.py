@@ -1,0 +1,182 @@
+"""What the service does with each worker's :class:`~watcher._engine.Result`.
+
+=========  ==============================================================
+outcome    action
+=========  ==============================================================
+done       ``repack.done``; the series is told; copy mode remembers the version
+unclaimed  forgotten (another service has it, or it changed: a new event comes)
+busy       looked at again after the settle period (a writer still has it open)
+vanished   forgotten
+invalid    quarantined, once it has not changed for ``quarantine_after``
+           seconds (a slow or paused sender is never cut off; a name that is
+           not a regular file cannot be "still written" and goes at once)
+storage    retried with exponential back-off, the file staying where it is
+crashed    retried; after :data:`CRASHES_BEFORE_QUARANTINE` crashes on the same
+           file (a file that kills or stalls its worker), quarantined
+=========  ==============================================================
+
+A retry that failed the same way :data:`REPEATS_BEFORE_ERROR` times in a
+row says so once at error level (``repack.stuck``) and is counted in the
+``files_failing`` gauge until it succeeds or goes away.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from pathlib import Path
+from typing import Any
+
+from repack import NotRegularFileError, SourceVanishedError, StorageError
+
+from ._completion import Candidate, CompletionTracker
+from ._counts import Counts
+from ._engine import Outcome, Result
+from ._incoming import IncomingRoot
+from ._metrics import Metrics
+from ._quarantine import Quarantine
+from ._series import SeriesTracker
+from ._settings import Settings
+
+__all__ = ["CRASHES_BEFORE_QUARANTINE", "REPEATS_BEFORE_ERROR", "OutcomeRouter"]
+
+#: Same failure this many times in a row: an error event and the failing gauge.
+REPEATS_BEFORE_ERROR = 5
+#: A file on which the worker crashed (or stalled) this often is quarantined.
+CRASHES_BEFORE_QUARANTINE = 3
+_CRASHED_KEY = "crashed"
+
+
+class OutcomeRouter:
+    """Routes each result to its action; called on the worker threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tracker: CompletionTracker,
+        quarantine: Quarantine,
+        root: IncomingRoot,
+        series: SeriesTracker,
+        counts: Counts,
+        metrics: Metrics | None,
+        log: Any,
+    ) -> None:
+        self.settings = settings
+        self.tracker = tracker
+        self.quarantine = quarantine
+        self.root = root
+        self.series = series
+        self.counts = counts
+        self.metrics = metrics
+        self.log = log
+
+    def route(self, candidate: Candidate, result: Result) -> None:
+        outcome = result.outcome
+        for warning in result.warnings:
+            self.log.warning("repack.warning", src=candidate.shown, warning=warning)
+        if outcome is Outcome.DONE:
+            self._done(candidate, result)
+        elif outcome is Outcome.BUSY:
+            self.log.debug("repack.busy", src=candidate.shown)
+            self.tracker.recheck(candidate, self.settings.settle)
+        elif outcome in (Outcome.UNCLAIMED, Outcome.VANISHED):
+            if outcome is Outcome.VANISHED:
+                self.counts.add("vanished")
+            self.tracker.finished(candidate, remember=False)
+        elif outcome is Outcome.INVALID:
+            self._invalid(candidate, result.reason, result.message)
+        elif outcome is Outcome.STORAGE:
+            self._retry(candidate, result.message, result.errno)
+        else:
+            self.log.error("repack.crashed", src=candidate.shown, error=result.message)
+            repeats = self._retry(candidate, result.message, None, key=_CRASHED_KEY)
+            if repeats >= CRASHES_BEFORE_QUARANTINE:
+                self._quarantine(
+                    candidate, "repack-crashed", f"crashed {repeats} times: {result.message}"
+                )
+
+    def _done(self, candidate: Candidate, result: Result) -> None:
+        self.tracker.finished(candidate, remember=not self.settings.move)
+        self.counts.add("repacked")
+        fields = dict(result.event)
+        if candidate.attempt:
+            fields["attempt"] = candidate.attempt
+        self.log.info("repack.done", **fields)
+        if self.metrics is not None:
+            self.metrics.repacked(result.seconds, result.size)
+        if result.series is not None:
+            ref = result.series
+            self.series.add(
+                ref.series_uid,
+                ref.sop_uid,
+                folder=ref.folder,
+                patient_id=ref.patient_id,
+                study_uid=ref.study_uid,
+            )
+
+    def _invalid(self, candidate: Candidate, reason: str, message: str) -> None:
+        if reason != NotRegularFileError.reason:
+            age = time.time() - candidate.mtime
+            wait = self.settings.quarantine_after - age
+            if wait > 0:
+                # Maybe still being written (a slow or paused sender): look again.
+                self.log.debug(
+                    "repack.incomplete", src=candidate.shown, error=message, recheck_s=wait
+                )
+                self.tracker.recheck(candidate, wait + 0.05)
+                return
+        self._quarantine(candidate, reason, message)
+
+    def _quarantine(self, candidate: Candidate, reason: str, message: str) -> None:
+        relative = self.root.relative(candidate.path)
+        try:
+            target = self.quarantine.put(
+                self.root.descriptor,
+                relative,
+                shown_as=Path(candidate.path),
+                reason=reason,
+                error=message,
+                keep_source=not self.settings.move,
+            )
+        except SourceVanishedError:
+            self.counts.add("vanished")
+            self.tracker.finished(candidate, remember=False)
+            return
+        except StorageError as failure:
+            self._retry(candidate, f"cannot quarantine: {failure}", failure.errno)
+            return
+        self.tracker.finished(candidate, remember=not self.settings.move)
+        self.counts.add("quarantined")
+        if self.metrics is not None:
+            self.metrics.quarantined(reason)
+        self.log.error(
+            "repack.failed",
+            src=candidate.shown,
+            dst=None,
+            error=message,
+            reason=reason,
+            quarantined=str(target),
+        )
+
+    def _retry(
+        self, candidate: Candidate, message: str, errno_code: int | None, *, key: str = ""
+    ) -> int:
+        """Schedule another attempt; return how often it failed this way in a row."""
+        delay = min(self.settings.retry_max_delay, 0.5 * 2 ** min(candidate.attempt, 16))
+        repeats = self.tracker.retry(candidate, delay, key or f"{message}|{errno_code}")
+        self.counts.add("retried")
+        if self.metrics is not None:
+            self.metrics.retried()
+        fields: dict[str, Any] = {
+            "src": candidate.shown,
+            "error": message,
+            "errno": errno.errorcode.get(errno_code or 0),
+            "attempt": candidate.attempt + 1,
+            "retry_in_s": delay,
+        }
+        if repeats == REPEATS_BEFORE_ERROR:
+            self.log.error("repack.stuck", repeated=repeats, **fields)
+        else:
+            self.log.warning("repack.retry", repeated=repeats, **fields)
+        return repeats

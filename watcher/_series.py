@@ -1,0 +1,92 @@
+"""Series bookkeeping: which series are being received, and which went quiet.
+
+A PACS pushes a series as a burst of instances; nothing in DICOM says "the
+series is complete". A series is announced as complete (``series.complete``)
+once no new instance of it arrived for ``quiet`` seconds. Instances are
+counted by SOPInstanceUID, so an instance sent twice counts once, and the
+resends are reported apart.
+
+The clock is injected, so the rule is tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["QuietSeries", "SeriesTracker"]
+
+
+@dataclass
+class _Series:
+    folder: str
+    patient_id: str
+    study_uid: str
+    first: float
+    last: float
+    instances: set[str] = field(default_factory=set)
+    resends: int = 0
+
+
+@dataclass(frozen=True)
+class QuietSeries:
+    """A series that received no new instance for the quiet period."""
+
+    series_uid: str
+    study_uid: str
+    patient_id: str
+    folder: str
+    instances: int
+    resends: int
+    receive_s: float
+
+
+class SeriesTracker:
+    """Series seen since they last went quiet; thread-safe."""
+
+    def __init__(self, quiet: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.quiet = quiet
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._series: dict[str, _Series] = {}
+
+    def add(
+        self, series_uid: str, sop_uid: str, *, folder: str, patient_id: str, study_uid: str
+    ) -> None:
+        """An instance of ``series_uid`` was repacked."""
+        now = self._clock()
+        with self._lock:
+            series = self._series.get(series_uid)
+            if series is None:
+                series = self._series[series_uid] = _Series(folder, patient_id, study_uid, now, now)
+            if sop_uid in series.instances:
+                series.resends += 1
+            else:
+                series.instances.add(sop_uid)
+            series.last = now
+
+    def take_quiet(self) -> list[QuietSeries]:
+        """The series that went quiet (each returned once, then forgotten)."""
+        now = self._clock()
+        with self._lock:
+            quiet = [uid for uid, s in self._series.items() if now - s.last >= self.quiet]
+            taken = [(uid, self._series.pop(uid)) for uid in quiet]
+        return [
+            QuietSeries(
+                series_uid=uid,
+                study_uid=s.study_uid,
+                patient_id=s.patient_id,
+                folder=s.folder,
+                instances=len(s.instances),
+                resends=s.resends,
+                receive_s=round(s.last - s.first, 3),
+            )
+            for uid, s in taken
+        ]
+
+    def active(self) -> int:
+        """How many series are being received."""
+        with self._lock:
+            return len(self._series)
