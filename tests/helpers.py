@@ -9,16 +9,29 @@ missing install step.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-__all__ = ["children", "get", "installed", "metric", "thread_count", "worker_processes"]
+__all__ = [
+    "children",
+    "fill",
+    "get",
+    "installed",
+    "metric",
+    "remount",
+    "small_filesystem",
+    "thread_count",
+    "worker_processes",
+]
 
 BIN = Path(sys.executable).parent
 
@@ -75,3 +88,44 @@ def worker_processes(pid: int) -> list[int]:
 def thread_count(pid: int) -> int:
     """How many threads the process ``pid`` has."""
     return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@contextlib.contextmanager
+def small_filesystem(mountpoint: Path, size: str = "4m") -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted at ``mountpoint`` (needs root), unmounted after."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    if mounted.returncode != 0:
+        message = f"cannot mount a tmpfs here: {mounted.stderr.strip()}"
+        if os.environ.get("CI") and os.geteuid() == 0:
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False, timeout=30)
+
+
+def remount(mountpoint: Path, mode: str) -> None:
+    """Remount ``mountpoint`` ``ro`` or ``rw``."""
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True, timeout=30)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the file system of ``folder`` to the last byte."""
+    filler = folder / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for chunk in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(descriptor, b"\0" * chunk)
+    finally:
+        os.close(descriptor)
+    return filler

@@ -17,9 +17,8 @@ import yaml
 
 from .conftest import ROOT
 from .dcmtk import free_port, require_dcmtk, stop_group, storescu, wait_for
-from .helpers import get, installed, metric
+from .helpers import get, installed, metric, remount, small_filesystem
 from .listener import Listener, listener
-from .test_storage_faults import remount, small_filesystem
 
 
 def test_metrics_during_an_ingest(tmp_path: Path, example_files: list[Path]) -> None:

@@ -2,58 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from .helpers import fill, remount, small_filesystem
 from .listener import listener
 from .trees import temp_files
 
 pytestmark = pytest.mark.slow
-
-
-@contextlib.contextmanager
-def small_filesystem(mountpoint: Path, size: str = "4m") -> Iterator[Path]:
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
-    if mounted.returncode != 0:
-        message = f"cannot mount a tmpfs here: {mounted.stderr.strip()}"
-        if os.environ.get("CI") and os.geteuid() == 0:
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False, timeout=30)
-
-
-def remount(mountpoint: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], check=True, timeout=30)
-
-
-def fill(folder: Path) -> Path:
-    """Fill the file system of ``folder`` to the last byte."""
-    filler = folder / "filler"
-    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        for chunk in (65536, 4096, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(descriptor, b"\0" * chunk)
-    finally:
-        os.close(descriptor)
-    return filler
 
 
 def test_full_disk_keeps_files_and_retries_until_space_returns(

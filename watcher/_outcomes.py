@@ -44,7 +44,6 @@ __all__ = ["CRASHES_BEFORE_QUARANTINE", "REPEATS_BEFORE_ERROR", "OutcomeRouter"]
 REPEATS_BEFORE_ERROR = 5
 #: A file on which the worker crashed (or stalled) this often is quarantined.
 CRASHES_BEFORE_QUARANTINE = 3
-_CRASHED_KEY = "crashed"
 
 
 class OutcomeRouter:
@@ -87,10 +86,10 @@ class OutcomeRouter:
         elif outcome is Outcome.INVALID:
             self._invalid(candidate, result.reason, result.message)
         elif outcome is Outcome.STORAGE:
-            self._retry(candidate, result.message, result.errno)
+            self._retry(candidate, result.message, result.errno, key=f"storage:{result.errno}")
         else:
             self.log.error("repack.crashed", src=candidate.shown, error=result.message)
-            repeats = self._retry(candidate, result.message, None, key=_CRASHED_KEY)
+            repeats = self._retry(candidate, result.message, None, key="crashed")
             if repeats >= CRASHES_BEFORE_QUARANTINE:
                 self._quarantine(
                     candidate, "repack-crashed", f"crashed {repeats} times: {result.message}"
@@ -144,7 +143,12 @@ class OutcomeRouter:
             self.tracker.finished(candidate, remember=False)
             return
         except StorageError as failure:
-            self._retry(candidate, f"cannot quarantine: {failure}", failure.errno)
+            self._retry(
+                candidate,
+                f"cannot quarantine: {failure}",
+                failure.errno,
+                key=f"quarantine:{failure.errno}",
+            )
             return
         self.tracker.finished(candidate, remember=not self.settings.move)
         self.counts.add("quarantined")
@@ -160,11 +164,15 @@ class OutcomeRouter:
         )
 
     def _retry(
-        self, candidate: Candidate, message: str, errno_code: int | None, *, key: str = ""
+        self, candidate: Candidate, message: str, errno_code: int | None, *, key: str
     ) -> int:
-        """Schedule another attempt; return how often it failed this way in a row."""
+        """Schedule another attempt; return how often it failed this way in a row.
+
+        ``key`` names the way it failed (what was attempted and the errno; not
+        the message, which names temporary files).
+        """
         delay = min(self.settings.retry_max_delay, 0.5 * 2 ** min(candidate.attempt, 16))
-        repeats = self.tracker.retry(candidate, delay, key or f"{message}|{errno_code}")
+        repeats = self.tracker.retry(candidate, delay, key)
         self.counts.add("retried")
         if self.metrics is not None:
             self.metrics.retried()

@@ -1,0 +1,239 @@
+"""The watcher's parts in process, without a running service: fast, and no sleeping."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from repack import Store, dumps, json_bytes, open_root
+from watcher import ConfigError, parse_settings
+from watcher._completion import CompletionTracker
+from watcher._metrics import HealthServer, Metrics, Readiness
+from watcher._pool import WorkerPool
+from watcher._quarantine import Quarantine, quarantine_name
+from watcher._series import SeriesTracker
+from watcher._settings import default_workers, unknown_variables
+
+from .conftest import write_dicom
+from .helpers import get
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- series ---------------------------------------------------------------------
+
+
+def test_a_series_goes_quiet_and_counts_each_instance_once() -> None:
+    clock = Clock()
+    series = SeriesTracker(30, clock=clock)
+    for sop in ("1", "2", "3", "2"):  # "2" is sent again
+        series.add("S", sop, folder="/data/x", patient_id="P", study_uid="T")
+        clock.now += 1
+    assert series.take_quiet() == []
+    clock.now += 28
+    assert series.take_quiet() == []  # 29 s after the last: not yet
+    clock.now += 1
+    (quiet,) = series.take_quiet()
+    assert (quiet.instances, quiet.resends, quiet.receive_s) == (3, 1, 3.0)
+    assert series.take_quiet() == []  # announced once
+    assert series.active() == 0
+
+
+# -- completion -----------------------------------------------------------------
+
+
+def test_the_oldest_waiting_file_is_known_without_looking_at_the_folder(tmp_path: Path) -> None:
+    wall = Clock(5000.0)
+    tracker = CompletionTracker(1.0, clock=Clock(), wall_clock=wall)
+    assert tracker.oldest_age() == 0.0
+    tracker.changed(str(tmp_path / "a"))
+    wall.now += 10
+    tracker.changed(str(tmp_path / "b"))
+    wall.now += 5
+    assert tracker.oldest_age() == 15.0
+
+
+def test_a_scrape_walks_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tracker = CompletionTracker(1.0)
+    tracker.changed(str(tmp_path / "waiting"))
+    metrics = Metrics()
+    metrics.watch_oldest(tracker.oldest_age)
+    server = HealthServer("127.0.0.1", 0, metrics, Readiness({}, threading.Event()))
+    server.start()
+    try:
+
+        def refuse(*_: object, **__: object) -> None:
+            raise AssertionError("a scrape listed a folder")
+
+        for name in ("scandir", "listdir", "walk", "fwalk"):
+            monkeypatch.setattr(os, name, refuse)
+        status, text = get(f"http://127.0.0.1:{server.port}/metrics")
+    finally:
+        monkeypatch.undo()
+        server.stop()
+    assert status == 200
+    assert "pypx_listener_oldest_unprocessed_seconds" in text
+
+
+# -- pool -----------------------------------------------------------------------
+
+
+def test_a_job_that_raises_never_ends_its_worker() -> None:
+    done: list[int] = []
+    failed: list[tuple[int, Exception]] = []
+    finished = threading.Event()
+
+    def handle(_index: int, job: int) -> None:
+        if job == 0:
+            raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
+        done.append(job)
+        if len(done) == 3:
+            finished.set()
+
+    pool: WorkerPool[int] = WorkerPool(
+        handle, workers=1, capacity=8, failed=lambda _i, job, error: failed.append((job, error))
+    )
+    pool.start()
+    for job in range(4):
+        assert pool.submit(job)
+    assert finished.wait(10)
+    assert pool.running()
+    handed_back, clean = pool.stop(5)
+    assert (handed_back, clean) == (0, True)
+    assert done == [1, 2, 3]
+    assert [job for job, _ in failed] == [0]
+
+
+def test_stop_hands_back_what_no_worker_started_and_knows_a_stuck_worker() -> None:
+    release = threading.Event()
+    started = threading.Event()
+    clock = Clock()
+
+    def handle(_index: int, _job: int) -> None:
+        started.set()
+        release.wait(10)
+
+    pool: WorkerPool[int] = WorkerPool(handle, workers=1, capacity=8, clock=clock)
+    pool.start()
+    for job in range(5):
+        pool.submit(job)
+    assert started.wait(10)
+    clock.now += 61
+    assert pool.stalled(60) == [0]
+    assert pool.stalled(62) == []
+    handed_back, clean = pool.stop(0.2)  # the worker holds its job past the deadline
+    assert (handed_back, clean) == (4, False)
+    release.set()
+
+
+# -- quarantine -----------------------------------------------------------------
+
+
+def test_quarantine_names_are_cut_by_bytes_and_stay_apart() -> None:
+    long_a, long_b = "é" * 200 + "a.txt", "é" * 200 + "b.txt"
+    name_a, name_b = quarantine_name("STAMP", long_a), quarantine_name("STAMP", long_b)
+    assert name_a != name_b
+    for name in (name_a, name_b):
+        assert len(os.fsencode(name + ".json")) <= 255
+        name.encode("utf-8")  # never half a character at the cut
+    assert quarantine_name("STAMP", "short.txt") == "STAMP-short.txt"
+
+
+@pytest.mark.parametrize("keep_source", [False, True], ids=["move", "copy"])
+def test_quarantine_moves_or_copies_a_file_and_notes_a_fifo(
+    tmp_path: Path, keep_source: bool
+) -> None:
+    incoming, folder = tmp_path / "in", tmp_path / "q"
+    incoming.mkdir()
+    folder.mkdir()
+    (incoming / "junk").write_bytes(b"junk")
+    os.mkfifo(incoming / "pipe")
+    quarantine = Quarantine(folder, Store(None))
+    root = open_root(incoming)
+    try:
+        kept = quarantine.put(root, "junk", shown_as=incoming / "junk", reason="not-dicom",
+                              error="no DICM", keep_source=keep_source)  # fmt: skip
+        note_path = quarantine.put(root, "pipe", shown_as=incoming / "pipe",
+                                   reason="not-a-regular-file", error="a FIFO",
+                                   keep_source=keep_source)  # fmt: skip
+    finally:
+        os.close(root)
+    assert kept.read_bytes() == b"junk"
+    assert (incoming / "junk").exists() is keep_source
+    assert os.path.lexists(incoming / "pipe") is keep_source
+    note = json.loads(note_path.read_bytes())
+    assert (note["type"], note["file"], note["name_removed"]) == ("FIFO", None, not keep_source)
+    assert sorted(p.name.endswith(".json") for p in folder.iterdir()) == [False, True, True]
+
+
+# -- settings -------------------------------------------------------------------
+
+
+def test_settings_come_from_the_command_line_then_the_environment_then_defaults(
+    tmp_path: Path,
+) -> None:
+    environ = {"PYPX_LISTENER_SETTLE": "2.5", "PYPX_LISTENER_WORKERS": "3"}
+    settings = parse_settings(["--workers", "1", "--incoming", str(tmp_path)], environ)
+    assert (settings.workers, settings.settle, settings.mode) == (1, 2.5, "move")
+    assert settings.incoming == tmp_path
+    assert parse_settings([], {}).workers == default_workers()
+    assert parse_settings(["--no-fsync"], {}).fsync is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message", "hint"),
+    [
+        (["--bogus"], {}, "unrecognized arguments: --bogus", "pypx-listener --help"),
+        (["--layout", "weird"], {}, "--layout='weird' is not a layout name", "rx-repack"),
+        ([], {"PYPX_LISTENER_LAYOUT": "weird"}, "PYPX_LISTENER_LAYOUT='weird'", "rx-repack"),
+        (["--mode", "mirror"], {}, "--mode='mirror' is not one of move, copy", "--mode"),
+        ([], {"PYPX_LISTENER_WORKERS": "many"}, "PYPX_LISTENER_WORKERS='many'", "fix"),
+        (["--fsync", "false"], {}, "unrecognized arguments: false", "--help"),
+    ],
+)
+def test_a_bad_setting_is_one_message_and_a_hint(
+    argv: list[str], environ: dict[str, str], message: str, hint: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(argv, environ)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+    assert hint in raised.value.hint
+
+
+def test_unknown_variables_are_found() -> None:
+    environ = {"PYPX_LISTENER_SETTLE": "1", "PYPX_LISTENER_SETLE": "1", "HOME": "/root",
+               "PYPX_LISTENER_SERIES_TEMPLATE": "%SeriesNumber"}  # fmt: skip
+    assert unknown_variables(environ) == ["PYPX_LISTENER_SETLE"]
+
+
+# -- JSON -----------------------------------------------------------------------
+
+
+def test_json_is_ascii_and_never_fails_on_a_non_utf8_name(tmp_path: Path) -> None:
+    document = {
+        "PatientName": "Müller^Zoë 山田",
+        "emoji": "🙂",
+        "src": os.fsdecode(b"/in/\xff.dcm"),
+    }
+    data = dumps(document)
+    assert data.isascii()
+    parsed = json.loads(data)
+    assert parsed["PatientName"] == "Müller^Zoë 山田"
+    assert parsed["emoji"] == "🙂"
+    assert parsed["src"] == "/in/\\xff.dcm"
+    assert json.loads(json_bytes(document)) == parsed
+    path = write_dicom(tmp_path / "x.dcm")
+    assert path.exists()
