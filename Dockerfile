@@ -33,8 +33,10 @@ ENV PYTHONUNBUFFERED=1 \
 VOLUME ["/srv/incoming", "/srv/data", "/srv/log", "/srv/quarantine"]
 EXPOSE 9100 11113
 # Exec form: the service is PID 1 and receives docker stop's SIGTERM itself.
+# One check for whichever program runs: /healthz for pypx-listener, the DICOM
+# port for storescp (it reads what PID 1 is).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PYPX_LISTENER_METRICS_PORT', '9100') + '/healthz', timeout=4)"]
+    CMD ["pypx-healthcheck"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT []
 CMD ["pypx-listener"]

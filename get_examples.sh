@@ -6,52 +6,113 @@
 #   DIR/pypx/                             a venv with pypx==3.10.16 and pydicom<3
 #   DIR/px-repack-output/{data,log}       what the real px-repack makes of them
 #
+#   ./get_examples.sh [DIR] [--instances-only]
+#
 # The instances come from ../shared/examples when that folder exists beside
-# this checkout, else from the FNNDSC/SAG-anon repository on GitHub. Every step
-# is skipped when its result is already there, so running it twice is cheap.
+# this checkout, else from the FNNDSC/SAG-anon repository on GitHub.
+# --instances-only stops after the instances (no px-repack reference).
+#
+# Every step builds in a fresh temporary folder, checks its result, and only
+# then moves it into place, so a failed or interrupted run leaves nothing
+# half-done behind, and the next run starts that step again. A step whose
+# result is already there is skipped, so running it twice is cheap.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-dir="${1:-$here/examples}"
 name="FNNDSC-SAG-anon-3d6e850"
-shared="$here/../shared/examples/$name"
+commit="3d6e850"
+expected=192
 python="${PYTHON:-python3}"
+dir="$here/examples"
+instances_only=0
+for argument in "$@"; do
+    case "$argument" in
+        --instances-only) instances_only=1 ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) echo "get_examples: unknown option $argument (see --help)" >&2; exit 2 ;;
+        *) dir="$argument" ;;
+    esac
+done
+shared="$here/../shared/examples/$name"
+
+fail() {  # one line saying what went wrong, one saying what to do
+    echo "get_examples: error: $1" >&2
+    echo "get_examples: hint: $2" >&2
+    exit 1
+}
 
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 cd "$dir"
+rm -rf ./.get-examples-*  # what an interrupted run left behind
 
-if [ ! -d "$name" ]; then
+count_instances() {  # instances directly in folder $1 (no deeper)
+    find "$1" -mindepth 1 -maxdepth 1 -type f -name '*.dcm' | wc -l
+}
+
+if [ ! -d "$name" ] || [ "$(count_instances "$name")" -ne "$expected" ]; then
+    work="$(mktemp -d "$dir/.get-examples-XXXXXX")"
     if [ -d "$shared" ]; then
         echo "get_examples: copying $name from $shared"
-        cp -R "$shared" "$name.partial"
+        cp -R "$shared/." "$work/"
     else
         echo "get_examples: downloading $name from github.com/FNNDSC/SAG-anon"
-        mkdir -p "$name.partial"
-        curl -fsSL "https://github.com/FNNDSC/SAG-anon/tarball/3d6e850" \
-            | tar -xz -C "$name.partial" --strip-components=1
+        if ! curl -fsSL --connect-timeout 20 --max-time 600 \
+                "https://github.com/FNNDSC/SAG-anon/tarball/$commit" -o "$work/set.tar.gz" 2>/dev/null \
+            || ! tar -xzf "$work/set.tar.gz" -C "$work" --strip-components=1 2>/dev/null; then
+            rm -rf "$work"
+            fail "cannot download the example set from github.com/FNNDSC/SAG-anon (offline?)" \
+                 "put its $expected .dcm files (commit $commit) in $dir/$name/ by hand, or in ../shared/examples/$name/ beside this checkout, then run me again"
+        fi
+        rm -f "$work/set.tar.gz"
+        # The repository may keep the files one level down: bring them up.
+        if [ "$(count_instances "$work")" -eq 0 ]; then
+            find "$work" -mindepth 2 -type f -name '*.dcm' -exec mv -t "$work" {} +
+        fi
     fi
-    chmod -R a-w "$name.partial"/*
-    mv "$name.partial" "$name"
+    found="$(count_instances "$work")"
+    if [ "$found" -ne "$expected" ]; then
+        rm -rf "$work"
+        fail "expected $expected instances, found $found in what was fetched" \
+             "put the $expected .dcm files of FNNDSC/SAG-anon (commit $commit) in $dir/$name/ by hand"
+    fi
+    chmod -R a-w "$work"/*.dcm
+    rm -rf "$name"
+    mv "$work" "$name"
 fi
-count="$(find "$name" -type f -name '*.dcm' | wc -l)"
-if [ "$count" -ne 192 ]; then
-    echo "get_examples: expected 192 instances in $dir/$name, found $count" >&2
-    exit 1
-fi
+echo "get_examples: $expected instances in $dir/$name"
+[ "$instances_only" -eq 1 ] && exit 0
 
-if [ ! -x pypx/bin/px-repack ]; then
+if [ ! -x pypx/bin/px-repack ] || ! pypx/bin/python -c 'import pypx, pydicom' 2>/dev/null; then
     echo "get_examples: installing pypx==3.10.16 (with pydicom<3: pypx packs nothing with pydicom 3)"
-    "$python" -m venv pypx
-    pypx/bin/pip install --quiet --disable-pip-version-check 'pypx==3.10.16' 'pydicom<3'
+    # A venv only works where it was made: built in place, from scratch, and
+    # removed again unless pypx imports from it.
+    rm -rf pypx
+    if ! "$python" -m venv pypx \
+        || ! pypx/bin/pip install --quiet --disable-pip-version-check 'pypx==3.10.16' 'pydicom<3' \
+        || ! pypx/bin/python -c 'import pypx, pydicom' 2>/dev/null; then
+        rm -rf pypx
+        fail "cannot install pypx==3.10.16 from PyPI" \
+             "check that $python has venv (apt-get install python3-venv) and that PyPI is reachable"
+    fi
 fi
 
 if [ ! -f px-repack-output/.complete ]; then
     echo "get_examples: running the real px-repack into $dir/px-repack-output"
+    work="$(mktemp -d "$dir/.get-examples-XXXXXX")"
+    # px-repack stores the data dir as typed: relative, as the parity tests expect.
+    mkdir "$work/px-repack-output"
+    (cd "$work" && "$dir/pypx/bin/px-repack" --xcrdir "$dir/$name" --parseAllFilesWithSubStr , \
+        --datadir px-repack-output/data --logdir px-repack-output/log --verbosity 0)
+    packed="$(find "$work/px-repack-output/data" -type f -name '*.dcm' 2>/dev/null | wc -l)"
+    if [ "$packed" -ne "$expected" ]; then
+        rm -rf "$work"
+        fail "px-repack packed $packed of $expected instances" \
+             "remove $dir/pypx and run me again (pypx needs pydicom<3)"
+    fi
     rm -rf px-repack-output
-    pypx/bin/px-repack --xcrdir "./$name" --parseAllFilesWithSubStr , \
-        --datadir px-repack-output/data --logdir px-repack-output/log \
-        --verbosity 0
+    mv "$work/px-repack-output" px-repack-output
     touch px-repack-output/.complete
+    rm -rf "$work"
 fi
 echo "get_examples: ready in $dir"

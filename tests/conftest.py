@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from benchmarks.workload import synthetic_dataset
 
 from .helpers import installed
+from .listener import STARTED
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_NAME = "FNNDSC-SAG-anon-3d6e850"
@@ -31,6 +32,14 @@ def _need(path: Path, what: str) -> Path:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def stop_every_listener() -> Iterator[None]:
+    """Whatever the outcome of a test, no service it started outlives it."""
+    yield
+    while STARTED:
+        STARTED.pop().kill()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,9 @@ import pytest
 
 from .helpers import installed
 
+#: Every listener a test started; the ``stop_every_listener`` fixture stops them.
+STARTED: list[Listener] = []
+
 
 class Listener:
     """A running ``pypx-listener`` whose JSON event lines are collected."""
@@ -51,13 +54,18 @@ class Listener:
             env=self.env,
             start_new_session=True,
         )
+        STARTED.append(self)
         self._readers = [
             threading.Thread(target=self._read, daemon=True),
             threading.Thread(target=self._read_stderr, daemon=True),
         ]
         for reader in self._readers:
             reader.start()
-        self.wait_for(lambda: self.count("watcher.started") == 1, 20, "watcher.started")
+        try:
+            self.wait_for(lambda: self.count("watcher.started") == 1, 30, "watcher.started")
+        except BaseException:
+            self.kill()  # a service that did not start never outlives its test
+            raise
         return self
 
     def _read(self) -> None:

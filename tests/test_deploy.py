@@ -8,7 +8,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +160,10 @@ def test_compose_and_dockerfile_commands_work_as_written(
     scp_command = [_remap(part, tmp_path, ports) for part in scp["command"]]
     scp_env = {k: str(v) for k, v in scp["environment"].items()}
     sidecar = services["pypx-listener"]
+    # One image, built once: the storescp service builds it, the sidecar uses it.
+    assert [name for name, service in services.items() if "build" in service] == ["storescp"]
+    assert scp["image"] == sidecar["image"]
+    assert sidecar["pull_policy"] == "never"
     docker_cmd, docker_env, health = _dockerfile()
     assert sidecar["command"] == docker_cmd  # the compose sidecar runs the image's CMD
     env = {**docker_env, **{k: str(v) for k, v in sidecar["environment"].items()}}
@@ -175,13 +178,21 @@ def test_compose_and_dockerfile_commands_work_as_written(
         running.start()
         try:
             assert running.of("watcher.started")[0]["incoming"] == f"{tmp_path}/srv/incoming"
-            health_command = [_remap(p, tmp_path, ports) for p in health]
+            # The image's one HEALTHCHECK, as written, for each program the image runs
+            # (--pid: here the program is not PID 1, as it is in its container).
+            assert health == ["pypx-healthcheck"]
             health_env = {**os.environ, **env}
-            wait_for(lambda: subprocess.run(health_command, env=health_env, check=False,
-                                            capture_output=True).returncode == 0,
-                     20, "the HEALTHCHECK command to pass")  # fmt: skip
+
+            def healthy(pid: int) -> bool:
+                command = [installed(health[0]), *health[1:], "--pid", str(pid)]
+                checked = subprocess.run(command, env=health_env, check=False,
+                                         capture_output=True, text=True, timeout=30)  # fmt: skip
+                return checked.returncode == 0
+
+            assert running.process is not None
+            wait_for(lambda: healthy(running.process.pid), 20, "the sidecar's HEALTHCHECK")
             wait_for(lambda: _storescp_processes(int(dicom_port)) != [], 10, "storescp")
-            time.sleep(0.3)
+            wait_for(lambda: healthy(storescp_process.pid), 20, "storescp's HEALTHCHECK")
             storescu(int(dicom_port), example_files[:40])
             running.wait_for(lambda: running.count("repack.done") == 40, 60, "40 repack.done")
             assert running.stop() == 0
@@ -189,6 +200,7 @@ def test_compose_and_dockerfile_commands_work_as_written(
             running.kill()
     finally:
         stop_group(storescp_process)
+    assert not healthy(storescp_process.pid)  # gone: unhealthy
     assert len(list((tmp_path / "srv" / "data").rglob("*.dcm"))) == 40
 
 

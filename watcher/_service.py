@@ -62,13 +62,53 @@ def _inside(path: Path, other: Path) -> bool:
     return path == other or path.is_relative_to(other)
 
 
+_PSEUDO_FILE_SYSTEMS = frozenset(
+    {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "securityfs",
+     "tracefs", "configfs", "fusectl", "pstore", "bpf", "mqueue", "hugetlbfs"}
+)  # fmt: skip
+
+
+def _mount_of(path: Path) -> tuple[str, str, bool]:
+    """The mount point holding ``path``, its file system type, and whether it is read-only."""
+    best = ("/", "", False)
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return best
+    target = str(path)
+    for line in lines:
+        fields = line.split()
+        if " - " not in line or len(fields) < 6:
+            continue
+        mountpoint = fields[4].replace("\\040", " ")
+        inside = target == mountpoint or target.startswith(mountpoint.rstrip("/") + "/")
+        if inside and len(mountpoint) >= len(best[0]):
+            fstype = line.split(" - ", 1)[1].split()[0]
+            best = (mountpoint, fstype, "ro" in fields[5].split(","))
+    return best
+
+
 def _why_not_usable(folder: Path, error: OSError) -> str:
-    """A fix hint for a folder that cannot be created or written."""
+    """A hint that says why ``folder`` cannot be created or written, and what to do."""
     parent = next((p for p in folder.parents if p.exists()), Path("/"))
-    if not os.access(parent, os.W_OK) or error.errno in (errno.EROFS, errno.EACCES):
+    existing = folder if folder.exists() else parent
+    mountpoint, fstype, read_only = _mount_of(existing)
+    if fstype in _PSEUDO_FILE_SYSTEMS:
         return (
-            f"{parent} does not let uid {os.getuid()} create or write here"
-            f" ({error.strerror}): choose a folder on a writable file system, or fix its owner"
+            f"{existing} is on the {fstype} pseudo file system ({mountpoint}), which holds no"
+            " ordinary folders: choose a folder on a real file system"
+        )
+    if read_only or error.errno == errno.EROFS:
+        return f"{mountpoint} is mounted read-only: choose a writable folder, or remount it"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        try:
+            info = existing.stat()
+            owner = f" (owner uid {info.st_uid}, mode {oct(info.st_mode & 0o7777)})"
+        except OSError:
+            owner = ""
+        return (
+            f"uid {os.getuid()} may not write in {existing}{owner}: fix its owner or"
+            " mode, or choose another folder"
         )
     return f"create {folder} and make it writable for uid {os.getuid()}"
 

@@ -1,0 +1,98 @@
+"""``pypx-healthcheck``: the container's HEALTHCHECK, for whichever program the image runs.
+
+One image runs either ``pypx-listener`` or an unmodified ``storescp``, and
+Docker runs one HEALTHCHECK command for both. So the command asks what the
+container's main process is (PID 1, or ``--pid``) and checks that:
+
+* ``pypx-listener``: ``GET /healthz`` on its metrics port (``--metrics-port``
+  on its command line, else ``PYPX_LISTENER_METRICS_PORT``); without a metrics
+  port, that the process is alive;
+* ``storescp``: that its port (the last argument) accepts a connection;
+* anything else: nothing to check.
+
+Exit status 0 when healthy, 1 when not (Docker's convention), with one line
+saying what was checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["check", "main"]
+
+_TIMEOUT = 4.0
+
+
+def _command_line(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    return [os.fsdecode(part) for part in raw.split(b"\0") if part]
+
+
+def _option(arguments: list[str], name: str) -> str | None:
+    for index, argument in enumerate(arguments):
+        if argument == name and index + 1 < len(arguments):
+            return arguments[index + 1]
+        if argument.startswith(name + "="):
+            return argument.split("=", 1)[1]
+    return None
+
+
+def _check_listener(arguments: list[str]) -> tuple[bool, str]:
+    port = _option(arguments, "--metrics-port") or os.environ.get("PYPX_LISTENER_METRICS_PORT")
+    if not port or port in ("0", "off", "none"):
+        return True, "pypx-listener is running (no metrics port to ask)"
+    url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=_TIMEOUT) as response:
+            return response.status == 200, f"{url}: {response.status}"
+    except urllib.error.HTTPError as error:
+        return False, f"{url}: {error.code} {error.read().decode(errors='replace')}"
+    except OSError as error:
+        return False, f"{url}: {error}"
+
+
+def _check_storescp(arguments: list[str]) -> tuple[bool, str]:
+    ports = [a for a in arguments[1:] if a.isdigit()]
+    if not ports:
+        return False, "storescp has no port on its command line"
+    try:
+        with socket.create_connection(("127.0.0.1", int(ports[-1])), timeout=_TIMEOUT):
+            return True, f"storescp accepts connections on port {ports[-1]}"
+    except OSError as error:
+        return False, f"storescp on port {ports[-1]}: {error}"
+
+
+def check(pid: int) -> tuple[bool, str]:
+    """Whether the program running as ``pid`` is healthy, and what was checked."""
+    try:
+        arguments = _command_line(pid)
+    except OSError:
+        return False, f"no process {pid}"
+    names = [Path(a).name for a in arguments[:2]]
+    if "pypx-listener" in names:
+        return _check_listener(arguments)
+    if names and names[0] == "storescp":
+        return _check_storescp(arguments)
+    return True, f"nothing to check for {' '.join(arguments[:1]) or 'process ' + str(pid)}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point of ``pypx-healthcheck``."""
+    parser = argparse.ArgumentParser(
+        prog="pypx-healthcheck",
+        description="Check the container's main program: pypx-listener or storescp.",
+    )
+    parser.add_argument(
+        "--pid", type=int, default=1, help="the process to check (default: 1, the container's)"
+    )
+    arguments = parser.parse_args(argv)
+    healthy, detail = check(arguments.pid)
+    print(f"pypx-healthcheck: {'healthy' if healthy else 'unhealthy'}: {detail}")
+    sys.exit(0 if healthy else 1)
