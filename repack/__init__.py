@@ -7,20 +7,18 @@ Usable on its own, without the watcher service::
     outcome = repacker.repack("/incoming/MR.1.2.3")
     print(outcome.dst)
 
+A service reading a folder others can write into opens each file beneath a
+descriptor of that folder (:func:`open_root`, :func:`open_beneath`) and calls
+:meth:`Repacker.repack_source`, so that no link is ever followed.
+
 The output contract (paths, log files, events, bad input) is described in
 the README. Errors form one tree, rooted at :class:`RepackError` (see
 :mod:`repack._errors`).
 """
 
-from ._dicom import (
-    DEFER_BYTES,
-    MAX_HEADER_READS,
-    NOT_DEFINED,
-    REQUIRED_KEYWORDS,
-    Instance,
-    read_instance,
-    read_source,
-)
+from importlib import metadata as _metadata
+
+from ._dicom import NOT_DEFINED, REQUIRED_KEYWORDS, Instance, read_instance, read_source
 from ._errors import (
     InvalidInstanceError,
     MalformedFileError,
@@ -35,26 +33,21 @@ from ._errors import (
 )
 from ._events import configure_logging, get_logger
 from ._json import dumps, json_bytes, printable
-from ._logs import LogPaths
 from ._repack import MissingElement, Placement, Repacker, RepackOutcome, plan_placement, repack_file
-from ._sanitize import MAX_COMPONENT_BYTES, is_safe_name, safe_log_name, sanitize_component
-from ._seahash import seahash, seahash_hex
+from ._sanitize import sanitize_component
+from ._seahash import seahash_hex
 from ._source import SourceFile, file_type, folder_beneath, open_beneath, open_path, open_root
-from ._store import LOCK_DIR, TEMP_PREFIX, Store, is_stale_temp, sweep_stale_temps
+from ._store import LOCK_DIR, TEMP_PREFIX, Store, sweep_stale_temps
 from ._template import Layout, NamedLayout, Template, parse_template
 
 __all__ = [
-    "DEFER_BYTES",
     "LOCK_DIR",
-    "MAX_COMPONENT_BYTES",
-    "MAX_HEADER_READS",
     "NOT_DEFINED",
     "REQUIRED_KEYWORDS",
     "TEMP_PREFIX",
     "Instance",
     "InvalidInstanceError",
     "Layout",
-    "LogPaths",
     "MalformedFileError",
     "MissingElement",
     "MissingRequiredTagError",
@@ -77,8 +70,6 @@ __all__ = [
     "file_type",
     "folder_beneath",
     "get_logger",
-    "is_safe_name",
-    "is_stale_temp",
     "json_bytes",
     "open_beneath",
     "open_path",
@@ -89,11 +80,12 @@ __all__ = [
     "read_instance",
     "read_source",
     "repack_file",
-    "safe_log_name",
     "sanitize_component",
-    "seahash",
     "seahash_hex",
     "sweep_stale_temps",
 ]
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("pypx-listener")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

@@ -47,6 +47,7 @@ from ._errors import (
 )
 from ._header import read_header
 from ._source import SourceFile, open_path
+from ._tags import PIXEL_TAGS, ROWS, UNDEFINED_LENGTH, must_have_pixels
 
 __all__ = [
     "DEFER_BYTES",
@@ -70,10 +71,7 @@ NOT_DEFINED = "Not defined"
 #: Without these, an instance cannot be placed without colliding with others.
 REQUIRED_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
-_UNDEFINED_LENGTH = 0xFFFF_FFFF
 _DELIMITERS = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")
-_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
-_ROWS = 0x00280010
 _TAGS: dict[str, int] = {}
 
 
@@ -208,7 +206,7 @@ class Instance:
         table: dict[str, str] = {}
         dataset = self.complete_dataset()
         for tag in list(dataset.keys()):
-            if tag.is_private or int(tag) in _PIXEL_TAGS:
+            if tag.is_private or int(tag) in PIXEL_TAGS:
                 continue
             raw = dataset.get_item(tag)
             if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
@@ -295,7 +293,7 @@ def _ends_complete(dataset: Dataset, fp: _Seekable, size: int) -> str | None:
         return "no data elements after the file meta header"
     raw = [e for e in elements.values() if isinstance(e, RawDataElement)]
     furthest = max(raw, key=lambda e: e.value_tell, default=None)
-    if furthest is not None and furthest.length != _UNDEFINED_LENGTH:
+    if furthest is not None and furthest.length != UNDEFINED_LENGTH:
         if furthest.value is not None and len(furthest.value) < furthest.length:
             return "the file ends inside its last value"
         trailing = size - furthest.value_tell - furthest.length
@@ -305,17 +303,15 @@ def _ends_complete(dataset: Dataset, fp: _Seekable, size: int) -> str | None:
             return f"{trailing} trailing byte(s) after the last element"
     elif not _tail_is_delimiter(fp, size):
         return "undefined-length value not closed"
-    if _is_image(dataset) and not _PIXEL_TAGS.intersection(elements):
+    if _is_image(dataset) and not PIXEL_TAGS.intersection(elements):
         return "an image without pixel data"
     return None
 
 
 def _is_image(dataset: Dataset) -> bool:
     """Whether the instance must carry pixel data (an image storage class)."""
-    if _ROWS in dataset._dict:
-        return True
     sop_class = dataset.file_meta.get("MediaStorageSOPClassUID")
-    return sop_class is not None and "Image Storage" in getattr(sop_class, "name", "")
+    return must_have_pixels(ROWS in dataset._dict, str(sop_class) if sop_class else None)
 
 
 def _tail_is_delimiter(fp: _Seekable, size: int) -> bool:

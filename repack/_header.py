@@ -29,13 +29,12 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
-from pydicom.uid import UID
 
 from ._errors import MalformedFileError, TruncatedFileError
+from ._tags import PIXEL_TAGS, ROWS, UNDEFINED_LENGTH, must_have_pixels
 
 __all__ = ["read_header"]
 
-_UNDEFINED = 0xFFFF_FFFF
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
                        b"UR", b"UT", b"UV"})  # fmt: skip
 _KNOWN_VRS = _LONG_VRS | frozenset(
@@ -65,8 +64,6 @@ _KNOWN_VRS = _LONG_VRS | frozenset(
     ]
 )
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
-_ROWS = 0x00280010
 _IMPLICIT = "1.2.840.10008.1.2"
 _EXPLICIT_BIG = "1.2.840.10008.1.2.2"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -155,7 +152,7 @@ class _Walker:
                 return value
             if tag != _ITEM:
                 raise _UnsureError("expected an item")
-            if length != _UNDEFINED:
+            if length != UNDEFINED_LENGTH:
                 if value + length > self.reader.size:
                     raise self.past_end(tag, length, value)
                 position = value + length
@@ -166,7 +163,7 @@ class _Walker:
                 if tag == _ITEM_END:
                     position = value
                     break
-                if length == _UNDEFINED:
+                if length == UNDEFINED_LENGTH:
                     position = self.skip_undefined(value, depth + 1)
                 elif value + length > self.reader.size:
                     raise self.past_end(tag, length, value)
@@ -204,7 +201,7 @@ def _read(reader: _Reader, size: int, wanted: frozenset[int], max_value: int) ->
         if group != 0x0002:
             break
         tag, _, length, value = meta_walker.element(position)
-        if length == _UNDEFINED:
+        if length == UNDEFINED_LENGTH:
             return None
         if value + length > size:
             raise meta_walker.past_end(tag, length, value)
@@ -223,10 +220,10 @@ def _read(reader: _Reader, size: int, wanted: frozenset[int], max_value: int) ->
         tag, vr, length, value = walker.element(position)
         if tag >> 16 == 0xFFFE or tag >> 16 == 0x0002:
             return None
-        if length == _UNDEFINED:
-            if tag in wanted and tag not in _PIXEL_TAGS:
+        if length == UNDEFINED_LENGTH:
+            if tag in wanted and tag not in PIXEL_TAGS:
                 return None
-            if implicit and tag not in _PIXEL_TAGS and dictionary_vr(tag) != "SQ":
+            if implicit and tag not in PIXEL_TAGS and dictionary_vr(tag) != "SQ":
                 return None
             position = walker.skip_undefined(value, 0)
         else:
@@ -243,12 +240,11 @@ def _read(reader: _Reader, size: int, wanted: frozenset[int], max_value: int) ->
                     BaseTag(tag), raw_vr, length, reader.read(value, length), value, implicit, True
                 )
             position = value + length
-        seen_pixels = seen_pixels or tag in _PIXEL_TAGS
-        seen_rows = seen_rows or tag == _ROWS
+        seen_pixels = seen_pixels or tag in PIXEL_TAGS
+        seen_rows = seen_rows or tag == ROWS
     if position != size:
         return None
-    image = seen_rows or "Image Storage" in getattr(UID(sop_class), "name", "")
-    if image and not seen_pixels:
+    if must_have_pixels(seen_rows, sop_class or None) and not seen_pixels:
         return None
     dataset = Dataset(elements)
     dataset.set_original_encoding(implicit, True, None)

@@ -22,7 +22,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
-from repack import MAX_COMPONENT_BYTES, InvalidInstanceError, Repacker, RepackOutcome, read_instance
+from repack import InvalidInstanceError, Repacker, RepackOutcome, read_instance
+from repack._sanitize import MAX_COMPONENT_BYTES
 
 from .conftest import make_dataset, write_dicom
 

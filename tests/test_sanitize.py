@@ -9,15 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from repack import (
-    MAX_COMPONENT_BYTES,
-    Layout,
-    is_safe_name,
-    plan_placement,
-    safe_log_name,
-    sanitize_component,
-)
+from repack import Layout, plan_placement, sanitize_component
 from repack._dicom import Instance
+from repack._sanitize import MAX_COMPONENT_BYTES, is_safe_name, safe_log_name
 
 from .conftest import make_dataset
 

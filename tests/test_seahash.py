@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from repack import seahash, seahash_hex
+from repack import seahash_hex
+from repack._seahash import seahash
 
 
 def test_contract_check_value() -> None:

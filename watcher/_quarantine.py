@@ -22,6 +22,7 @@ whole name so that two long names stay apart.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import secrets
 import stat
@@ -39,7 +40,6 @@ from repack import (
     json_bytes,
     open_beneath,
     printable,
-    seahash,
 )
 
 __all__ = ["Quarantine", "quarantine_name"]
@@ -53,7 +53,7 @@ def quarantine_name(stamp: str, original: str) -> str:
     raw = os.fsencode(original)
     room = _NAME_BYTES - len(prefix)
     if len(raw) > room:
-        digest = b"-" + format(seahash(raw), "016x").encode()
+        digest = b"-" + hashlib.blake2b(raw, digest_size=8).hexdigest().encode()
         head = raw[: room - len(digest)]
         # Do not leave half a UTF-8 character at the cut.
         while head and head[-1] & 0xC0 == 0x80:

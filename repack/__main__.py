@@ -1,0 +1,5 @@
+"""``python -m repack``: the same as the ``pypx-repack`` command."""
+
+from ._cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""The public surface of both packages: what a user of the library may call.
+
+A name added to or removed from ``__all__`` is a decision, not an accident:
+this test changes with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+
+from .helpers import installed
+
+SURFACES = {
+    "repack": {
+        "LOCK_DIR", "NOT_DEFINED", "REQUIRED_KEYWORDS", "TEMP_PREFIX",
+        # reading and repacking
+        "Instance", "read_instance", "read_source", "Repacker", "RepackOutcome", "repack_file",
+        "MissingElement", "Placement", "plan_placement",
+        # opening untrusted inputs
+        "SourceFile", "open_root", "open_beneath", "open_path", "folder_beneath", "file_type",
+        # layouts
+        "Layout", "NamedLayout", "Template", "parse_template", "sanitize_component",
+        "seahash_hex",
+        # writing
+        "Store", "sweep_stale_temps", "json_bytes", "dumps", "printable",
+        # events
+        "configure_logging", "get_logger",
+        # errors
+        "RepackError", "TemplateError", "InvalidInstanceError", "NotDicomError",
+        "TruncatedFileError", "MalformedFileError", "NotRegularFileError",
+        "MissingRequiredTagError", "StorageError", "SourceVanishedError",
+    },
+    "watcher": {
+        "ENV_PREFIX", "EXIT_CONFIG", "EXIT_STARTUP", "ConfigError", "Service", "Settings",
+        "WatcherError", "parse_settings",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("package", sorted(SURFACES))
+def test_the_public_surface_is_what_it_is_meant_to_be(package: str) -> None:
+    module = importlib.import_module(package)
+    assert set(module.__all__) == SURFACES[package]
+    assert len(module.__all__) == len(set(module.__all__))
+    for name in module.__all__:
+        member = getattr(module, name)
+        if inspect.isclass(member) or inspect.isfunction(member):
+            # Defined in this package's private modules, re-exported here.
+            assert member.__module__.startswith(f"{package}._"), (name, member.__module__)
+
+
+def test_one_version_from_the_package_metadata() -> None:
+    import repack  # noqa: PLC0415
+
+    version = metadata.version("pypx-listener")
+    assert repack.__version__ == version
+    for command in ("pypx-repack", "pypx-listener"):
+        shown = subprocess.run([installed(command), "--version"], capture_output=True,
+                               text=True, timeout=60, check=True)  # fmt: skip
+        assert shown.stdout.split() == [command, version]
+
+
+@pytest.mark.parametrize("package", ["repack", "watcher"])
+def test_each_package_runs_with_python_m(package: str) -> None:
+    shown = subprocess.run([sys.executable, "-m", package, "--help"], capture_output=True,
+                           text=True, timeout=60, check=False)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "usage:" in shown.stdout
