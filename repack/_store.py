@@ -177,8 +177,8 @@ class Store:
         try:
             return operation()
         except FileNotFoundError:
-            if directory.is_dir():
-                raise
+            # Gone (another writer may have made it again already): once more.
+            pass
         self._made_dirs.clear()
         self.generation += 1
         self.ensure_dir(directory)
@@ -288,9 +288,10 @@ class Store:
             return
         bucket = seahash(key.encode("utf-8", "surrogatepass")) % _LOCK_BUCKETS
         lock_path = self._lock_root / f"{bucket:02x}.lock"
-        self.ensure_dir(self._lock_root)
         with _translated("lock", lock_path):
-            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            descriptor = self._in_folder(
+                self._lock_root, lambda: os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            )
         try:
             with _translated("lock", lock_path):
                 fcntl.flock(descriptor, fcntl.LOCK_EX)
