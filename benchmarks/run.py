@@ -7,9 +7,15 @@ machine, on loopback, in a scratch folder (``--work``, default a temporary
 folder on the same file system as the checkout). Needs ``./get_examples.sh``
 (the SAG-anon set and the real px-repack) and dcmtk for the storescp parts.
 
-1. service throughput: instances/s from the moment files become visible in
-   the incoming folder to the last ``repack.done`` (logs on, move mode), for
-   the 192 SAG-anon files and 9,600 copies of them with fresh UIDs;
+1. service throughput and CPU: instances/s from the moment files become
+   visible in the incoming folder to the last ``repack.done`` (logs on, move
+   mode), for the 192 SAG-anon files and 9,600 copies of them with fresh
+   UIDs; and the CPU time per instance of the whole process tree (the
+   service and its workers, user and sys apart, from
+   ``getrusage(RUSAGE_CHILDREN)``, with the cost of a start and stop with no
+   files subtracted). CPU time is the figure to steer by: rates on a shared
+   2-core machine swing by 2x between runs, CPU per instance far less;
+   ``Repacker.repack`` alone, in this process, is measured the same way;
 2. end to end: storescu -> storescp with the service running, divided by the
    same send into storescp alone (``TCP_NODELAY=1`` on both);
 3. latency: file close to ``repack.done`` at a steady 500 files/s;
@@ -26,9 +32,9 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,21 +47,30 @@ from typing import Any
 
 import orjson
 
-from .workload import plan, write_workload
+from repack import Repacker
+from tests.dcmtk import free_port, send, start_storescp, stop_group
+from tests.workload import plan, write_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = Path(os.environ.get("PYPX_EXAMPLES", ROOT / "examples"))
 SAG = EXAMPLES / "FNNDSC-SAG-anon-3d6e850"
 PX_REPACK = EXAMPLES / "pypx" / "bin" / "px-repack"
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 def _exe(name: str) -> list[str]:
-    found = shutil.which(name)
-    if found:
-        return [found]
-    module = {"pypx-listener": "watcher._cli", "pypx-repack": "repack._cli"}[name]
-    return [sys.executable, "-c", f"from {module} import main; main()"]
+    """An installed command, found beside this interpreter (never on PATH)."""
+    return [str(Path(sys.executable).parent / name)]
+
+
+class Cpu:
+    """CPU time (user, sys) of the children this process waited for, between two points."""
+
+    def __init__(self) -> None:
+        self.start = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    def seconds(self) -> tuple[float, float]:
+        now = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return now.ru_utime - self.start.ru_utime, now.ru_stime - self.start.ru_stime
 
 
 class Service:
@@ -116,16 +131,16 @@ class Service:
             time.sleep(0.002)
         return self.done_at[count - 1]
 
-    def peak_rss_mb(self) -> float:
+    def peak_rss_mb(self) -> dict[str, Any]:
         """Peak resident memory of the service and its worker processes, summed."""
         pid = self.process.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        total = 0.0
-        for each in [str(pid), *children]:
-            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+        each = []
+        for process in [str(pid), *children]:
+            for line in Path(f"/proc/{process}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    total += int(line.split()[1]) / 1024
-        return total
+                    each.append(round(int(line.split()[1]) / 1024, 1))
+        return {"total": sum(each), "each": each}
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -137,14 +152,31 @@ class Service:
         self._reader.join(10)
 
 
-def service_throughput(work: Path, files: list[Path], label: str) -> dict[str, Any]:
+def startup_cpu(work: Path, rounds: int = 3) -> tuple[float, float]:
+    """CPU (user, sys) of starting and stopping the service with nothing to do (median)."""
+    users, systems = [], []
+    for round_ in range(rounds):
+        cpu = Cpu()
+        Service(work / f"startup-{round_}").stop()
+        user, system = cpu.seconds()
+        users.append(user)
+        systems.append(system)
+        shutil.rmtree(work / f"startup-{round_}", ignore_errors=True)
+    return statistics.median(users), statistics.median(systems)
+
+
+def service_throughput(
+    work: Path, files: list[Path], label: str, startup: tuple[float, float] = (0.0, 0.0)
+) -> dict[str, Any]:
     """Files appear in the incoming folder all at once (renamed in from outside).
 
     A file renamed in from outside is announced as "created" and waits for
     the settle period (--settle 0.2 here), which bounds the figure for small
-    workloads; storescp's own files are announced by their close.
+    workloads; storescp's own files are announced by their close. The steady
+    rate runs from the first to the last ``repack.done``.
     """
     root = work / f"service-{label}"
+    cpu = Cpu()
     service = Service(root)
     try:
         started = time.perf_counter()
@@ -153,104 +185,93 @@ def service_throughput(work: Path, files: list[Path], label: str) -> dict[str, A
         visible = time.perf_counter() - started
         finished = service.wait_done(len(files))
         seconds = finished - started
-        result = {
-            "workload": label,
-            "instances": len(files),
-            "seconds": round(seconds, 3),
-            "instances_per_s": round(len(files) / seconds, 1),
-            "visible_after_s": round(visible, 3),
-            "peak_rss_mb": round(service.peak_rss_mb(), 1),
-        }
+        steady = finished - service.done_at[0]
+        peak = service.peak_rss_mb()
     finally:
         service.stop()
+    user, system = cpu.seconds()
+    user, system = max(0.0, user - startup[0]), max(0.0, system - startup[1])
+    result = {
+        "workload": label,
+        "instances": len(files),
+        "seconds": round(seconds, 3),
+        "instances_per_s": round(len(files) / seconds, 1),
+        "steady_instances_per_s": round((len(files) - 1) / steady, 1) if steady > 0 else None,
+        "visible_after_s": round(visible, 3),
+        "cpu_ms_per_instance": round((user + system) * 1000 / len(files), 3),
+        "user_ms_per_instance": round(user * 1000 / len(files), 3),
+        "sys_ms_per_instance": round(system * 1000 / len(files), 3),
+        "peak_rss_mb": round(peak["total"], 1),
+        "peak_rss_by_process_mb": peak["each"],
+    }
     shutil.rmtree(root, ignore_errors=True)
     return result
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _storescp(folder: Path, port: int) -> subprocess.Popen[bytes]:
-    folder.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        ["storescp", "-od", str(folder), str(port)],
-        env=DCMTK_ENV,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process
-        time.sleep(0.02)
-    raise RuntimeError("storescp did not listen")
-
-
-def _storescu(port: int, files: list[Path]) -> float:
+def _send(port: int, files: list[Path]) -> float:
     started = time.perf_counter()
-    subprocess.run(
-        [
-            "storescu",
-            "-aec",
-            "ANY",
-            "-to",
-            "30",
-            "-ta",
-            "30",
-            "-td",
-            "120",
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        env=DCMTK_ENV,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=1800,
-    )
+    send(port, files, timeout=1800)
     return time.perf_counter() - started
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(10)
 
 
 def end_to_end(work: Path, files: list[Path], label: str, rounds: int = 3) -> dict[str, Any]:
     alone, together = [], []
     for round_ in range(rounds):
-        port = _free_port()
-        scp = _storescp(work / f"alone-{round_}", port)
+        port = free_port()
+        scp = start_storescp(work / f"alone-{round_}", port=port)
         try:
-            alone.append(_storescu(port, files))
+            alone.append(_send(port, files))
         finally:
-            _stop(scp)
+            stop_group(scp)
         shutil.rmtree(work / f"alone-{round_}", ignore_errors=True)
         root = work / f"e2e-{round_}"
         service = Service(root)
-        port = _free_port()
-        scp = _storescp(service.incoming, port)
+        port = free_port()
+        scp = start_storescp(service.incoming, port=port)
         try:
             started = time.perf_counter()
-            _storescu(port, files)
+            send(port, files, timeout=1800)
             together.append(service.wait_done(len(files)) - started)
         finally:
-            _stop(scp)
+            stop_group(scp)
             service.stop()
         shutil.rmtree(root, ignore_errors=True)
     best_alone, best_together = statistics.median(alone), statistics.median(together)
     return {
         "workload": label,
         "instances": len(files),
+        "rounds": rounds,
         "storescp_alone_s": round(best_alone, 3),
         "with_service_s": round(best_together, 3),
         "ratio": round(best_together / best_alone, 3),
+        "ratios_each_round": [round(t / a, 3) for t, a in zip(together, alone, strict=True)],
+    }
+
+
+def repack_alone(work: Path, files: list[Path]) -> dict[str, Any]:
+    """``Repacker.repack`` in this process, one thread, no service: CPU per instance."""
+    repacker = Repacker(work / "alone-data", work / "alone-log", move=True)
+    staged = []
+    for index, path in enumerate(files):
+        target = work / "alone-in" / f"{index}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+        staged.append(target)
+    repacker.repack(staged[0])  # warm, as the service's workers are
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    for path in staged[1:]:
+        repacker.repack(path)
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    count = len(staged) - 1
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    return {
+        "instances": count,
+        "cpu_ms_per_instance": round((user + system) * 1000 / count, 3),
+        "user_ms_per_instance": round(user * 1000 / count, 3),
+        "sys_ms_per_instance": round(system * 1000 / count, 3),
+        "wall_ms_per_instance": round(seconds * 1000 / count, 3),
     }
 
 
@@ -412,7 +433,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller workloads (a smoke run)")
     parser.add_argument("--scale", action="store_true", help="also 100,000 small instances")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="subset: service e2e latency growth peers"
+        "--only", nargs="*", default=None, help="subset: service alone e2e latency growth peers"
+    )
+    parser.add_argument(
+        "--runs", type=int, default=3, help="service runs on the big workload (the spread)"
     )
     parser.add_argument("--work", type=Path, default=None, help="scratch folder")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -420,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     if not SAG.exists():
         sys.exit(f"benchmark: {SAG} not found: run ./get_examples.sh first")
     sag = sorted(SAG.glob("*.dcm"))
-    parts = set(arguments.only or ["service", "e2e", "latency", "growth", "peers"])
+    parts = set(arguments.only or ["service", "alone", "e2e", "latency", "growth", "peers"])
     copies = 10 if arguments.quick else 50
     results: dict[str, Any] = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -459,29 +483,55 @@ def run_parts(
     arguments: argparse.Namespace,
 ) -> None:
     if "service" in parts:
+        startup = _measure("start-up cost", lambda: startup_cpu(work))
+        results["startup_cpu_s"] = {"user": round(startup[0], 3), "sys": round(startup[1], 3)}
         staged = work / "sag"
         shutil.copytree(SAG, staged)
-        small = _measure(
-            "service, 192 SAG-anon",
-            lambda: service_throughput(work, sorted(staged.glob("*.dcm")), "sag-192"),
-        )
-        big_files = write_workload(
-            work / "big", plan(5, 2, copies // 10, 192, seed="B"), sources=sag
-        )
-        big = _measure(
-            f"service, {len(big_files)}",
-            lambda: service_throughput(work, big_files, f"sag-x{copies}"),
-        )
-        results["service"] = [small, big]
+        rows = [
+            _measure(
+                "service, 192 SAG-anon",
+                lambda: service_throughput(work, sorted(staged.glob("*.dcm")), "sag-192", startup),
+            )
+        ]
+        for run in range(arguments.runs):
+            big_files = write_workload(
+                work / "big", plan(5, 2, copies // 10, 192, seed=f"B{run}"), sources=sag
+            )
+            rows.append(
+                _measure(
+                    f"service, {len(big_files)} (run {run + 1} of {arguments.runs})",
+                    lambda f=big_files, r=run: service_throughput(
+                        work, f, f"sag-x{copies}-run{r + 1}", startup
+                    ),
+                )
+            )
+            shutil.rmtree(work / "big", ignore_errors=True)
+        results["service"] = rows
         _section(
-            "Service throughput (files visible -> last repack.done; logs on; move)",
+            "Service (files visible -> last repack.done; logs on; move; start-up CPU subtracted)",
             [
                 (
                     r["workload"],
-                    f"{r['instances']} in {r['seconds']} s = "
-                    f"{r['instances_per_s']} instances/s, peak RSS {r['peak_rss_mb']} MB",
+                    f"{r['instances']} in {r['seconds']} s = {r['instances_per_s']}/s"
+                    f" (steady {r['steady_instances_per_s']}/s); CPU {r['cpu_ms_per_instance']}"
+                    f" ms/instance (user {r['user_ms_per_instance']}, sys"
+                    f" {r['sys_ms_per_instance']}); peak RSS {r['peak_rss_mb']} MB"
+                    f" {r['peak_rss_by_process_mb']}",
                 )
-                for r in results["service"]
+                for r in rows
+            ],
+        )
+    if "alone" in parts:
+        row = _measure("Repacker.repack alone", lambda: repack_alone(work, sag * 5))
+        results["repack_alone"] = row
+        _section(
+            "Repacker.repack alone (one thread, in process, 960 SAG-anon instances)",
+            [
+                (
+                    "CPU per instance",
+                    f"{row['cpu_ms_per_instance']} ms (user {row['user_ms_per_instance']},"
+                    f" sys {row['sys_ms_per_instance']}), wall {row['wall_ms_per_instance']} ms",
+                )
             ],
         )
     if "e2e" in parts and shutil.which("storescp"):
@@ -490,6 +540,11 @@ def run_parts(
             _measure("end to end, 192", lambda: end_to_end(work, sag, "sag-192")),
             _measure("end to end, 1920", lambda: end_to_end(work, ten, "sag-x10")),
         ]
+        if arguments.scale:
+            fifty = write_workload(work / "e2e-50", plan(5, 2, 5, 192, seed="F"), sources=sag)
+            results["end_to_end"].append(
+                _measure("end to end, 9600", lambda: end_to_end(work, fifty, "sag-x50", 1))
+            )
         _section(
             "End to end: storescu -> storescp (+ service) / storescp alone",
             [
@@ -541,7 +596,7 @@ def run_parts(
         )
     if "peers" in parts:
         results["peers"] = _measure("peers", lambda: peers(work, 5 if arguments.quick else 20))
-        service_rate = results.get("service", [{}, {}])[-1].get("instances_per_s")
+        service_rate = results.get("service", [{}])[-1].get("instances_per_s")
         rows = []
         for name, row in results["peers"].items():
             ratio = (

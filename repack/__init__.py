@@ -31,7 +31,7 @@ from ._errors import (
     TemplateError,
     TruncatedFileError,
 )
-from ._events import configure_logging, get_logger
+from ._events import configure_logging, get_logger, line_renderer, line_writer
 from ._json import dumps, json_bytes, printable
 from ._repack import MissingElement, Placement, Repacker, RepackOutcome, plan_placement, repack_file
 from ._sanitize import sanitize_component
@@ -71,6 +71,8 @@ __all__ = [
     "folder_beneath",
     "get_logger",
     "json_bytes",
+    "line_renderer",
+    "line_writer",
     "open_beneath",
     "open_path",
     "open_root",

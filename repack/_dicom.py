@@ -20,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 import errno as errno_codes
 import functools
+import logging
 import os
 import struct
+import threading
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -55,6 +57,7 @@ __all__ = [
     "NOT_DEFINED",
     "REQUIRED_KEYWORDS",
     "Instance",
+    "ValueCache",
     "read_instance",
     "read_source",
 ]
@@ -97,6 +100,76 @@ def _wanted_tags(keywords: tuple[str, ...]) -> frozenset[int]:
     return frozenset(_tag(k) for k in keywords)
 
 
+class _WarningCounter(logging.Filter):
+    """Counts pydicom's warnings per thread (they are also passed on, untouched)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.local.count = getattr(self.local, "count", 0) + 1
+        return True
+
+    def count(self) -> int:
+        return int(getattr(self.local, "count", 0))
+
+
+_PYDICOM_WARNINGS = _WarningCounter()
+logging.getLogger("pydicom").addFilter(_PYDICOM_WARNINGS)
+_MISSING = object()
+
+
+class ValueCache:
+    """Converted elements, by what they were converted from.
+
+    pydicom turns a raw element (its tag, VR, bytes and the character set)
+    into a value, and the same input always gives the same value. Most of the
+    twenty or so elements a repack reads are the same bytes in every instance
+    of a series (names, dates, descriptions), so a long-running worker
+    converts each distinct one once. A conversion that made pydicom warn is
+    not kept, so every file still reports its own warnings. Bounded: emptied
+    when it holds :attr:`limit` entries. Thread-safe (a race converts twice).
+    """
+
+    def __init__(self, limit: int = 8192) -> None:
+        self.limit = limit
+        self._entries: dict[tuple[Any, ...], DataElement | None] = {}
+
+    def element(self, holder: Dataset, tag: int, raw: RawDataElement) -> DataElement | None:
+        key = (tag, raw.VR, raw.value, raw.is_implicit_VR, raw.is_little_endian, _charset(holder))
+        found = self._entries.get(key, _MISSING)
+        if found is not _MISSING:
+            return found  # type: ignore[return-value]
+        warned = _PYDICOM_WARNINGS.count()
+        element = _convert(holder, tag)
+        if _PYDICOM_WARNINGS.count() == warned:
+            if len(self._entries) >= self.limit:
+                self._entries.clear()
+            self._entries[key] = element
+        return element
+
+
+def _charset(holder: Dataset) -> object:
+    """What decides how text is decoded: SpecificCharacterSet, raw or converted."""
+    charset = holder.get_item(0x00080005)
+    if isinstance(charset, RawDataElement):
+        return ("raw", charset.value)
+    if isinstance(charset, DataElement):
+        value = charset.value
+        return ("value", tuple(value) if isinstance(value, MultiValue | list) else value)
+    return None
+
+
+def _convert(holder: Dataset, tag: int) -> DataElement | None:
+    """The converted element, or None when it is absent or cannot be converted."""
+    try:
+        element = holder.get(tag)
+    except Exception:  # an unconvertible value reads as absent
+        return None
+    return element if isinstance(element, DataElement) else None
+
+
 def _is_empty(value: Any) -> bool:
     if value is None:
         return True
@@ -123,6 +196,8 @@ class Instance:
     wanted: frozenset[int] | None = None
     #: Reads every top-level element, for a partial instance.
     full_reader: Callable[[], Dataset] | None = field(default=None, compare=False, repr=False)
+    #: Converted values shared with other instances (a worker's), if any.
+    cache: ValueCache | None = field(default=None, compare=False, repr=False)
     _complete: list[Dataset] = field(default_factory=list, compare=False, repr=False)
     _elements: dict[str, DataElement | None] = field(
         default_factory=dict, compare=False, repr=False
@@ -147,17 +222,18 @@ class Instance:
         if holder is None:
             holder = self.complete_dataset()
         raw = holder.get_item(tag)
-        if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
-            # Deferred: no name or UID needs more than DEFER_BYTES, and loading
-            # gigabytes to find that out is what a hostile sender wants.
-            raise MalformedFileError(
-                f"{keyword} declares {raw.length:,} bytes: far too long for its value"
-            )
-        try:
-            element = holder.get(tag)
-        except Exception:  # an unconvertible value reads as absent
-            element = None
-        found = element if isinstance(element, DataElement) else None
+        if isinstance(raw, RawDataElement):
+            if raw.value is None and raw.length:
+                # Deferred: no name or UID needs more than DEFER_BYTES, and loading
+                # gigabytes to find that out is what a hostile sender wants.
+                raise MalformedFileError(
+                    f"{keyword} declares {raw.length:,} bytes: far too long for its value"
+                )
+            if self.cache is not None:
+                found = self.cache.element(holder, tag, raw)
+                self._elements[keyword] = found
+                return found
+        found = _convert(holder, tag)
         self._elements[keyword] = found
         return found
 
@@ -392,7 +468,9 @@ def _read_full(source: SourceFile) -> Dataset:
     return dataset
 
 
-def read_source(source: SourceFile, keywords: Iterable[str] | None = None) -> Instance:
+def read_source(
+    source: SourceFile, keywords: Iterable[str] | None = None, cache: ValueCache | None = None
+) -> Instance:
     """Read and check the header of an opened input file.
 
     With ``keywords``, only those elements are read up front (a fast path for
@@ -424,10 +502,16 @@ def read_source(source: SourceFile, keywords: Iterable[str] | None = None) -> In
         if partial is not None:
             return _checked(
                 Instance(
-                    partial, size, source.stat, source.path, wanted, lambda: _read_full(source)
+                    partial,
+                    size,
+                    source.stat,
+                    source.path,
+                    wanted,
+                    full_reader=lambda: _read_full(source),
+                    cache=cache,
                 )
             )
-    return _checked(Instance(_read_full(source), size, source.stat, source.path))
+    return _checked(Instance(_read_full(source), size, source.stat, source.path, cache=cache))
 
 
 def read_instance(path: str | os.PathLike[str], keywords: Iterable[str] | None = None) -> Instance:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any, BinaryIO, TextIO, cast
 
 import structlog
@@ -19,7 +20,7 @@ from pydicom import config as pydicom_config
 
 from ._json import dumps
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["configure_logging", "get_logger", "line_renderer", "line_writer"]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
@@ -90,3 +91,38 @@ def configure_logging(
 def get_logger(**context: Any) -> Any:
     """A structlog logger bound to ``context``."""
     return structlog.get_logger().bind(**context)
+
+
+def line_renderer(level: str = "info") -> Callable[..., bytes | None] | None:
+    """Render an event to its JSON line, as the configured logger would print it.
+
+    For a worker process that prepares its events for the process that
+    prints them: the same processors, the same renderer, but the line is
+    returned instead of written (None when the level filters it out). None
+    when events are not JSON lines (a terminal): then events are logged the
+    ordinary way.
+    """
+    config = structlog.get_config()
+    factory = config["logger_factory"]
+    if not isinstance(factory, structlog.BytesLoggerFactory):
+        return None
+    logger = structlog.wrap_logger(
+        structlog.ReturnLogger(),
+        processors=config["processors"],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level.lower(), 20)),
+    )
+    method = logger.info if level == "info" else getattr(logger, level)
+    return cast("Callable[..., bytes | None]", method)
+
+
+def line_writer() -> Callable[[bytes], None] | None:
+    """Write already rendered event lines (from :func:`line_renderer`) to the event stream.
+
+    Through structlog's own output logger, so each line is written whole,
+    under the same lock as every other event. None when events are not JSON.
+    """
+    factory = structlog.get_config()["logger_factory"]
+    if not isinstance(factory, structlog.BytesLoggerFactory):
+        return None
+    output = factory()
+    return cast("Callable[[bytes], None]", output.msg)

@@ -37,7 +37,7 @@ __all__ = ["read_header"]
 
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
                        b"UR", b"UT", b"UV"})  # fmt: skip
-_KNOWN_VRS = _LONG_VRS | frozenset(
+_SHORT_VRS = frozenset(
     vr.encode()
     for vr in [
         "AE",
@@ -63,6 +63,7 @@ _KNOWN_VRS = _LONG_VRS | frozenset(
         "US",
     ]
 )
+_KNOWN_VRS = _LONG_VRS | _SHORT_VRS
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _IMPLICIT = "1.2.840.10008.1.2"
 _EXPLICIT_BIG = "1.2.840.10008.1.2.2"
@@ -216,8 +217,28 @@ def _read(reader: _Reader, size: int, wanted: frozenset[int], max_value: int) ->
     walker = _Walker(reader, implicit)
     elements: dict[BaseTag, DataElement | RawDataElement] = {}
     seen_pixels = seen_rows = False
+    short_vrs, long_vrs = _SHORT_VRS, _LONG_VRS
+    unpack, unpack_long = _EXPLICIT_SHORT.unpack_from, _LONG_LENGTH.unpack_from
     while position < size:
-        tag, vr, length, value = walker.element(position)
+        # The common element inline (explicit VR, a known VR, its header in the
+        # window): the same decisions as _Walker.element, without a call.
+        window = reader.window
+        offset = position - reader.start
+        if implicit or offset < 0 or offset + 12 > len(window):
+            tag, vr, length, value = walker.element(position)
+        else:
+            group, number, vr, length = unpack(window, offset)
+            if group != 0xFFFE and (vr in short_vrs or vr in long_vrs):
+                tag = (group << 16) | number
+                if vr in long_vrs:
+                    length, value = unpack_long(window, offset + 8)[0], position + 12
+                else:
+                    value = position + 8
+                walker.count += 1
+                if walker.count > _MAX_ELEMENTS:
+                    return None
+            else:  # an item, a delimiter, an odd VR: the general rules
+                tag, vr, length, value = walker.element(position)
         if tag >> 16 == 0xFFFE or tag >> 16 == 0x0002:
             return None
         if length == UNDEFINED_LENGTH:

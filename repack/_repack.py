@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._dicom import REQUIRED_KEYWORDS, Instance, read_source
+from ._dicom import REQUIRED_KEYWORDS, Instance, ValueCache, read_source
 from ._json import json_bytes
 from ._logs import (
     PATIENT_FIELDS,
@@ -181,6 +181,8 @@ class Repacker:
         )
         self._written: set[Path] = set()
         self._studies: set[tuple[Path, str]] = set()
+        # Most values are the same bytes in every instance of a series: converted once.
+        self._values = ValueCache()
 
     def _remember(self, path: Path) -> None:
         if len(self._written) > _REMEMBER_AT_MOST:
@@ -201,7 +203,7 @@ class Repacker:
     def repack_source(self, source: SourceFile) -> RepackOutcome:
         """Repack an opened input file; raise a :class:`RepackError` if it cannot be."""
         started = time.perf_counter()
-        instance = read_source(source, self._keywords)
+        instance = read_source(source, self._keywords, self._values)
         placement = plan_placement(instance, self.layout)
         series_dir = self.datadir / placement.series_path
         destination = series_dir / placement.image

@@ -12,10 +12,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from benchmarks.workload import synthetic_dataset
-
 from .helpers import installed
 from .listener import STARTED
+from .workload import synthetic_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_NAME = "FNNDSC-SAG-anon-3d6e850"

@@ -1,8 +1,11 @@
-"""Running the real dcmtk storescp and storescu in tests, on loopback only.
+"""Running the real dcmtk storescp and storescu, on loopback only (tests and benchmark).
 
 Every wait is bounded. storescp is started in its own session (``setsid``) so
 that it and any ``--fork`` children are stopped together by process group.
 Both programs get ``TCP_NODELAY=1``, or every instance costs ~44 ms.
+
+The plain functions raise :class:`DcmtkError`; :func:`storescp` and
+:func:`storescu` are their test forms, which fail the test instead.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from pathlib import Path
 import pytest
 
 LOOPBACK = "127.0.0.1"
+
+
+class DcmtkError(RuntimeError):
+    """storescp did not listen, or storescu failed."""
 
 
 def require_dcmtk() -> None:
@@ -75,11 +82,8 @@ def stop_group(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-@contextlib.contextmanager
-def storescp(output: Path, *extra: str, port: int | None = None) -> Iterator[int]:
-    """Run ``storescp -od OUTPUT [extra] PORT``; yield the port once it listens."""
-    require_dcmtk()
-    port = port or free_port()
+def start_storescp(output: Path, *extra: str, port: int) -> subprocess.Popen[bytes]:
+    """Start ``storescp -od OUTPUT [extra] PORT`` and wait until it listens."""
     output.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         ["storescp", "-od", str(output), *extra, str(port)],
@@ -88,18 +92,19 @@ def storescp(output: Path, *extra: str, port: int | None = None) -> Iterator[int
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        wait_for(lambda: _port_open(port) or process.poll() is not None, 10, "storescp to listen")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if _port_open(port):
+            return process
         if process.poll() is not None:
-            pytest.fail(f"storescp exited with {process.returncode}")
-        yield port
-    finally:
-        stop_group(process)
+            raise DcmtkError(f"storescp exited with {process.returncode}")
+        time.sleep(0.02)
+    stop_group(process)
+    raise DcmtkError("storescp did not listen within 10 s")
 
 
-def storescu(port: int, files: Sequence[Path], timeout: float = 120) -> None:
-    """Send ``files`` to ``127.0.0.1:port`` in one association; fail on any error."""
-    require_dcmtk()
+def send(port: int, files: Sequence[Path], timeout: float = 120) -> None:
+    """Send ``files`` to ``127.0.0.1:port`` in one association; raise on any failure."""
     result = subprocess.run(
         ["storescu", "-aec", "ANY-SCP", "-to", "20", "-ta", "20", "-td", "60",
          LOOPBACK, str(port), *map(str, files)],
@@ -110,4 +115,28 @@ def storescu(port: int, files: Sequence[Path], timeout: float = 120) -> None:
         check=False,
     )  # fmt: skip
     if result.returncode != 0:
-        pytest.fail(f"storescu failed ({result.returncode}): {result.stderr[-2000:]}")
+        raise DcmtkError(f"storescu failed ({result.returncode}): {result.stderr[-2000:]}")
+
+
+@contextlib.contextmanager
+def storescp(output: Path, *extra: str, port: int | None = None) -> Iterator[int]:
+    """Run storescp for a test; yield the port once it listens; always stop it."""
+    require_dcmtk()
+    port = port or free_port()
+    try:
+        process = start_storescp(output, *extra, port=port)
+    except DcmtkError as error:
+        pytest.fail(str(error))
+    try:
+        yield port
+    finally:
+        stop_group(process)
+
+
+def storescu(port: int, files: Sequence[Path], timeout: float = 120) -> None:
+    """Send ``files`` for a test; fail the test on any error."""
+    require_dcmtk()
+    try:
+        send(port, files, timeout)
+    except DcmtkError as error:
+        pytest.fail(str(error))

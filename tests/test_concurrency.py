@@ -12,10 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from benchmarks.workload import plan, write_workload
-
 from .helpers import installed
 from .listener import Listener
+from .workload import plan, write_workload
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from benchmarks.workload import Instance, plan, write_workload
-
 from .conftest import run_cli
 from .listener import Listener, listener
 from .trees import snapshot, temp_files
+from .workload import Instance, plan, write_workload
 
 pytestmark = pytest.mark.slow
 

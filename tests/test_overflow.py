@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.workload import plan, write_workload
-
 from .listener import Listener, listener
+from .workload import plan, write_workload
 
 pytestmark = pytest.mark.slow
 QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")

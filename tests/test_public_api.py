@@ -30,7 +30,7 @@ SURFACES = {
         # writing
         "Store", "sweep_stale_temps", "json_bytes", "dumps", "printable",
         # events
-        "configure_logging", "get_logger",
+        "configure_logging", "get_logger", "line_renderer", "line_writer",
         # errors
         "RepackError", "TemplateError", "InvalidInstanceError", "NotDicomError",
         "TruncatedFileError", "MalformedFileError", "NotRegularFileError",

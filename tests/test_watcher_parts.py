@@ -19,6 +19,7 @@ from watcher._series import SeriesTracker
 from watcher._settings import default_workers, unknown_variables
 
 from .conftest import write_dicom
+from .dcmtk import wait_for
 from .helpers import get
 
 
@@ -95,7 +96,8 @@ def test_a_job_that_raises_never_ends_its_worker() -> None:
     failed: list[tuple[int, Exception]] = []
     finished = threading.Event()
 
-    def handle(_index: int, job: int) -> None:
+    def handle(_index: int, jobs: list[int]) -> None:
+        (job,) = jobs
         if job == 0:
             raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
         done.append(job)
@@ -103,7 +105,10 @@ def test_a_job_that_raises_never_ends_its_worker() -> None:
             finished.set()
 
     pool: WorkerPool[int] = WorkerPool(
-        handle, workers=1, capacity=8, failed=lambda _i, job, error: failed.append((job, error))
+        handle,
+        workers=1,
+        capacity=8,
+        failed=lambda _i, jobs, error: failed.extend((job, error) for job in jobs),
     )
     pool.start()
     for job in range(4):
@@ -121,7 +126,7 @@ def test_stop_hands_back_what_no_worker_started_and_knows_a_stuck_worker() -> No
     started = threading.Event()
     clock = Clock()
 
-    def handle(_index: int, _job: int) -> None:
+    def handle(_index: int, _jobs: list[int]) -> None:
         started.set()
         release.wait(10)
 
@@ -136,6 +141,29 @@ def test_stop_hands_back_what_no_worker_started_and_knows_a_stuck_worker() -> No
     handed_back, clean = pool.stop(0.2)  # the worker holds its job past the deadline
     assert (handed_back, clean) == (4, False)
     release.set()
+
+
+def test_a_worker_takes_what_is_queued_in_one_batch_and_never_waits_for_more() -> None:
+    batches: list[list[int]] = []
+    gate, finished = threading.Event(), threading.Event()
+
+    def handle(_index: int, jobs: list[int]) -> None:
+        batches.append(jobs)
+        gate.wait(10)  # hold the first batch while more arrive
+        if sum(len(b) for b in batches) == 21:
+            finished.set()
+
+    pool: WorkerPool[int] = WorkerPool(handle, workers=1, capacity=32, batch=16)
+    pool.start()
+    pool.submit(0)
+    wait_for(lambda: bool(batches), 10, "the lone job, at once and alone")
+    for job in range(1, 21):
+        pool.submit(job)
+    gate.set()
+    assert finished.wait(10)
+    assert pool.stop(5) == (0, True)
+    assert [len(b) for b in batches] == [1, 16, 4]
+    assert [job for b in batches for job in b] == list(range(21))
 
 
 # -- quarantine -----------------------------------------------------------------

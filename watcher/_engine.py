@@ -40,7 +40,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from multiprocessing.connection import Connection
@@ -55,6 +55,7 @@ from repack import (
     SourceVanishedError,
     StorageError,
     configure_logging,
+    line_renderer,
     open_beneath,
 )
 
@@ -109,10 +110,11 @@ class Outcome(StrEnum):
 
 
 class Job(NamedTuple):
-    """One file for a worker: its path below the incoming folder, and which folder."""
+    """One file for a worker: its path below the incoming folder, which folder, which try."""
 
     relative: str
     root: Identity
+    attempt: int = 0
 
 
 class SeriesRef(NamedTuple):
@@ -130,8 +132,10 @@ class Result:
     """The outcome of one file, as it crosses back to the parent."""
 
     outcome: Outcome
-    #: The ``repack.done`` event's fields.
+    #: The ``repack.done`` event's fields (empty when ``line`` holds it rendered).
     event: dict[str, Any] = field(default_factory=dict)
+    #: The ``repack.done`` event as its JSON line, rendered by the worker.
+    line: bytes | None = None
     series: SeriesRef | None = None
     size: int = 0
     seconds: float = 0.0
@@ -318,6 +322,19 @@ def warm_up(repacker: Repacker) -> None:
 # -- engines ------------------------------------------------------------------
 
 
+Renderer = Callable[..., bytes | None]
+
+
+def _render(result: Result, job: Job, renderer: Renderer | None) -> Result:
+    """Render a done file's event line here, so the parent only writes bytes."""
+    if renderer is None or result.outcome is not Outcome.DONE:
+        return result
+    fields = dict(result.event)
+    if job.attempt:
+        fields["attempt"] = job.attempt
+    return replace(result, event={}, line=renderer("repack.done", **fields))
+
+
 def _child(connection: Connection, config: EngineConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -329,18 +346,19 @@ def _child(connection: Connection, config: EngineConfig) -> None:
         root = IncomingRoot(Path(config.incoming))
         root.open()
         warm_up(repacker)
+        renderer = line_renderer(config.log_level)
     except Exception as error:  # reported once by the parent, which then exits
         connection.send(("failed", f"{type(error).__name__}: {error}"))
         return
     connection.send(("ready", None))
     while True:
         try:
-            job: Job | None = connection.recv()
+            jobs: list[Job] | None = connection.recv()
         except (EOFError, OSError):
             return  # the parent is gone
-        if job is None:
+        if jobs is None:
             return
-        connection.send(_run(repacker, root, job))
+        connection.send([_render(_run(repacker, root, job), job, renderer) for job in jobs])
 
 
 def _run(repacker: Repacker, root: IncomingRoot, job: Job) -> Result:
@@ -360,6 +378,7 @@ class Engine:
         self._root = None if process else IncomingRoot(Path(config.incoming))
         self._process: Any = None
         self._connection: Connection | None = None
+        self._renderer: Renderer | None = None
 
     def start(self) -> None:
         if not self.use_process:
@@ -383,6 +402,7 @@ class Engine:
                 warm_up(self._repacker)
             except Exception as error:
                 return f"{type(error).__name__}: {error}"
+            self._renderer = line_renderer(self.config.log_level)
             return None
         try:
             if not self._connection.poll(timeout):
@@ -392,23 +412,27 @@ class Engine:
             return "the worker process exited during its start"
         return None if state == "ready" else str(detail)
 
-    def repack(self, job: Job) -> Result:
+    def repack(self, jobs: list[Job]) -> list[Result]:
+        """Repack a batch of files; one result per job, in order."""
         if self._repacker is not None and self._root is not None:
-            return _run(self._repacker, self._root, job)
+            repacker, root, renderer = self._repacker, self._root, self._renderer
+            return [_render(_run(repacker, root, job), job, renderer) for job in jobs]
         if self._connection is None:
             self.start()
             problem = self.wait_ready(60)
             if problem is not None:
                 self._restart()
-                return Result(Outcome.CRASHED, message=f"worker process did not start: {problem}")
+                crashed = Result(Outcome.CRASHED, message=f"worker did not start: {problem}")
+                return [crashed] * len(jobs)
         assert self._connection is not None  # noqa: S101 - started just above
         try:
-            self._connection.send(job)
-            result: Result = self._connection.recv()
+            self._connection.send(jobs)
+            results: list[Result] = self._connection.recv()
         except (EOFError, OSError) as error:
             self._restart()
-            return Result(Outcome.CRASHED, message=f"worker process died: {error or 'EOF'}")
-        return result
+            crashed = Result(Outcome.CRASHED, message=f"worker process died: {error or 'EOF'}")
+            return [crashed] * len(jobs)
+        return results
 
     def _restart(self) -> None:
         self.stop(1.0)

@@ -98,10 +98,11 @@ class OutcomeRouter:
     def _done(self, candidate: Candidate, result: Result) -> None:
         self.tracker.finished(candidate, remember=not self.settings.move)
         self.counts.add("repacked")
-        fields = dict(result.event)
-        if candidate.attempt:
-            fields["attempt"] = candidate.attempt
-        self.log.info("repack.done", **fields)
+        if result.line is None:  # else the worker rendered it, and the service writes it
+            fields = dict(result.event)
+            if candidate.attempt:
+                fields["attempt"] = candidate.attempt
+            self.log.info("repack.done", **fields)
         if self.metrics is not None:
             self.metrics.repacked(result.seconds, result.size)
         if result.series is not None:

@@ -6,9 +6,12 @@ is explicit and bounded: queued jobs that no worker started are handed back
 (their files are still in the incoming folder), one sentinel per worker wakes
 each idle worker, and every join has a deadline.
 
-A worker survives whatever one job raises (``failed(index, job, error)`` is
-told), and the pool knows since when each worker holds its job, so health can
-tell a busy worker from a stuck one.
+A worker takes what is queued in one go, up to ``batch`` jobs (never waiting
+for more: a lone job goes at once), so that a burst crosses to a worker
+process in a few messages rather than one per file. A worker survives
+whatever a batch raises (``failed(index, jobs, error)`` is told), and the
+pool knows since when each worker holds its batch, so health can tell a busy
+worker from a stuck one.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 __all__ = ["WorkerPool"]
 
@@ -27,25 +30,28 @@ _SENTINEL = object()
 
 
 class WorkerPool(Generic[Job]):
-    """``workers`` threads calling ``handle(index, job)``; at most ``capacity`` queued.
+    """``workers`` threads calling ``handle(index, jobs)``; at most ``capacity`` queued.
 
     ``index`` tells a thread's jobs apart from the others' (each thread owns
-    its own resources, such as a worker process); ``finish(index)`` runs as
-    the thread ends; ``failed(index, job, error)`` when ``handle`` raised.
+    its own resources, such as a worker process); ``jobs`` is a batch of one
+    to ``batch`` jobs; ``finish(index)`` runs as the thread ends;
+    ``failed(index, jobs, error)`` when ``handle`` raised.
     """
 
     def __init__(
         self,
-        handle: Callable[[int, Job], None],
+        handle: Callable[[int, list[Job]], None],
         *,
         workers: int,
         capacity: int,
+        batch: int = 1,
         name: str = "repack-worker",
         finish: Callable[[int], None] | None = None,
-        failed: Callable[[int, Job, Exception], None] | None = None,
+        failed: Callable[[int, list[Job], Exception], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._handle = handle
+        self._batch = max(1, batch)
         self._finish = finish
         self._failed = failed
         self._clock = clock
@@ -99,20 +105,37 @@ class WorkerPool(Generic[Job]):
             return False
         return True
 
+    def _take(self) -> tuple[list[Job], bool]:
+        """A batch: one job (waiting for it), then what is queued already; and whether to stop."""
+        first = self._queue.get()
+        if first is _SENTINEL:
+            return [], True
+        jobs = [cast(Job, first)]
+        while len(jobs) < self._batch:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is _SENTINEL:
+                return jobs, True
+            jobs.append(cast(Job, more))
+        return jobs, False
+
     def _work(self, index: int) -> None:
         try:
-            while True:
-                job = self._queue.get()
-                if job is _SENTINEL:
-                    return
+            stop = False
+            while not stop:
+                jobs, stop = self._take()
+                if not jobs:
+                    continue
                 with self._busy_lock:
                     self._busy_since[index] = self._clock()
                 try:
-                    self._handle(index, job)  # type: ignore[arg-type]
-                except Exception as error:  # one job never ends a worker
+                    self._handle(index, jobs)
+                except Exception as error:  # one batch never ends a worker
                     if self._failed is not None:
                         with contextlib.suppress(Exception):  # not even its report
-                            self._failed(index, job, error)  # type: ignore[arg-type]
+                            self._failed(index, jobs, error)
                 finally:
                     with self._busy_lock:
                         self._busy_since[index] = None

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from repack import TEMP_PREFIX, Store, get_logger, sweep_stale_temps
+from repack import TEMP_PREFIX, Store, get_logger, line_writer, sweep_stale_temps
 
 from ._completion import Candidate, CompletionTracker
 from ._counts import Counts
@@ -46,6 +46,8 @@ from ._settings import Settings
 __all__ = ["Service"]
 
 _HOUSEKEEPING_S = 0.5
+#: Files a worker takes from the queue in one go (only what is already queued).
+_BATCH = 16
 
 
 def _ignored(name: str) -> bool:
@@ -154,6 +156,7 @@ class Service:
             self._handle,
             workers=settings.workers,
             capacity=settings.queue_size,
+            batch=_BATCH,
             finish=lambda index: self.engines[index].stop(settings.stop_timeout),
             failed=self._handler_failed,
         )
@@ -163,6 +166,8 @@ class Service:
         self._started = 0.0
         self._incoming_problem: str | None = None
         self._stall_reported: dict[int, float] = {}
+        # Events the workers rendered are written as they are, with the others.
+        self._write_lines = line_writer()
         self.watching = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------
@@ -508,15 +513,23 @@ class Service:
 
     # -- workers -------------------------------------------------------------
 
-    def _handle(self, index: int, candidate: Candidate) -> None:
-        job = Job(self.root.relative(candidate.path), self.root.identity)
-        result = self.engines[index].repack(job)
-        if self.metrics is not None and result.warnings:
-            self.metrics.warned(len(result.warnings))
-        self.router.route(candidate, result)
+    def _handle(self, index: int, candidates: list[Candidate]) -> None:
+        identity = self.root.identity
+        jobs = [Job(self.root.relative(c.path), identity, c.attempt) for c in candidates]
+        results = self.engines[index].repack(jobs)
+        lines = []
+        for candidate, result in zip(candidates, results, strict=True):
+            if self.metrics is not None and result.warnings:
+                self.metrics.warned(len(result.warnings))
+            self.router.route(candidate, result)
+            if result.line is not None:
+                lines.append(result.line)
+        if lines and self._write_lines is not None:
+            self._write_lines(b"\n".join(lines))  # the batch's events, in one write
 
-    def _handler_failed(self, index: int, candidate: Candidate, error: Exception) -> None:
-        """A bug between the worker and the router: log it and retry the file."""
+    def _handler_failed(self, index: int, candidates: list[Candidate], error: Exception) -> None:
+        """A bug between the worker and the router: log it and retry the files."""
         message = f"{type(error).__name__}: {error}"
-        self.log.error("worker.error", worker=index, src=candidate.shown, error=message)
-        self.router.route(candidate, Result(Outcome.CRASHED, message=message))
+        for candidate in candidates:
+            self.log.error("worker.error", worker=index, src=candidate.shown, error=message)
+            self.router.route(candidate, Result(Outcome.CRASHED, message=message))
