@@ -126,7 +126,15 @@ class Listener:
         return code
 
     def _close_pipes(self) -> None:
-        """Let the readers take the last lines, then close both pipes."""
+        """Let the readers take the last lines, then close both pipes.
+
+        Whatever is left of the service's process group (a worker it could not
+        stop) is killed first: it holds the pipes open, and a reader blocked on
+        a pipe would never end.
+        """
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         for reader in self._readers:
             reader.join(10)
         assert self.process is not None

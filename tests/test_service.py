@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from .dcmtk import storescp, storescu
-from .helpers import installed
+from .dcmtk import storescp, storescu, wait_for
+from .helpers import installed, worker_processes
 from .listener import Listener, listener
 
 FAST = ("--settle", "0.5", "--series-quiet", "1", "--scan-interval", "5")
@@ -131,7 +131,7 @@ def test_storescp_killed_mid_write_leaves_a_truncated_file_that_is_quarantined(
     # +B streams into the final name during the transfer, and --sleep-during
     # pauses it (longer than the settle period: a live slow writer), so the
     # kill leaves a truncated file behind, closed by the kernel.
-    with listener(tmp_path, *FAST, "--quarantine-after", "3") as running:
+    with listener(tmp_path, *FAST, "--quarantine-after", "3", "--log-level", "debug") as running:
         with storescp(running.incoming, "+B", "--sleep-during", "1") as port:
             sender = subprocess.Popen(
                 ["storescu", "-to", "20", "-ta", "20", "-td", "20", "127.0.0.1", str(port),
@@ -145,7 +145,8 @@ def test_storescp_killed_mid_write_leaves_a_truncated_file_that_is_quarantined(
                 20,
                 "storescp to start writing",
             )
-            time.sleep(2.5)  # well past the settle period, still mid-transfer
+            # Past the settle period the service looks, and finds storescp still writing.
+            running.wait_for(lambda: running.count("repack.busy") >= 1, 20, "repack.busy")
             assert running.count("repack.failed") == 0  # a live writer is never quarantined
         # Leaving the block killed storescp's process group mid-transfer.
         sender.wait(30)
@@ -200,18 +201,27 @@ def test_sigterm_during_busy_ingest_loses_nothing_and_a_restart_finishes(
 
 
 def test_second_signal_exits_at_once(tmp_path: Path, example_files: list[Path]) -> None:
-    (tmp_path / "incoming").mkdir()
-    for path in example_files[:50]:
-        shutil.copy(path, tmp_path / "incoming" / path.stem)
-    running = Listener(tmp_path, *FAST, "--stop-timeout", "30").start()
+    running = Listener(tmp_path, *FAST, "--workers", "1", "--stop-timeout", "60").start()
     try:
+        assert running.process is not None
+        (worker,) = worker_processes(running.process.pid)
+        os.kill(worker, signal.SIGSTOP)  # the first stop now waits up to 60 s for it
+        shutil.copy(example_files[0], running.incoming / "MR.held")
+        running.wait_for(lambda: running.count("repack.done") == 0, 1, "nothing repacked")
         running.signal(signal.SIGTERM)
+        running.wait_for(lambda: running.count("watcher.stopping") == 1, 10, "the first stop")
         running.signal(signal.SIGTERM)
-        code = running.stop(timeout=10)
+        code = running.process.wait(10)  # well before the 60 s the first stop would take
+        # The service killed its stuck worker on the way out (the test kills nothing yet).
+        wait_for(lambda: not Path(f"/proc/{worker}").exists(), 10, "no worker left behind")
+        running.stop(timeout=10)
     finally:
         running.kill()
-    assert code in (0, 128 + signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM
+    assert running.count("watcher.killed") == 1
+    assert running.count("watcher.stopped") == 0
     assert list(tmp_path.rglob(".pypx-tmp-*")) == []
+    assert (running.incoming / "MR.held").exists()  # nothing lost
 
 
 def test_copy_mode_keeps_files_and_does_not_reprocess_them(

@@ -46,10 +46,13 @@ def run(argv: Sequence[str] | None = None) -> int:
             hint=f"no option is named so; see pypx-listener --help for the {ENV_PREFIX}* names",
         )
     stop_requested = threading.Event()
+    running: list[Service] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if stop_requested.is_set():
             log.warning("watcher.killed", signal=signal.Signals(signum).name)
+            for service in running:  # no worker process outlives the service
+                service.kill_workers()
             sys.stdout.flush()
             os._exit(128 + signum)
         log.info("watcher.stopping", signal=signal.Signals(signum).name)
@@ -60,6 +63,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break must never end the service
     operations = build_operations(settings)
     service = Service(settings, metrics=operations.metrics)
+    running.append(service)
     service.start(announce=False)
     try:
         operations.start(service)

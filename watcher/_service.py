@@ -218,7 +218,7 @@ class Service:
         for engine in self.engines:
             problem = engine.wait_ready(60)
             if problem is not None:
-                self._stop_engines()
+                self.kill_workers()
                 raise ConfigError(
                     f"a repack worker could not start: {problem}",
                     hint="check that the package is installed completely (pip install .)"
@@ -230,7 +230,7 @@ class Service:
             self._observer = self._start_observer()
         except ConfigError:
             self.pool.stop(1.0)
-            self._stop_engines()
+            self.kill_workers()
             raise
         self.watching.set()
         self._dispatcher.start()
@@ -302,7 +302,7 @@ class Service:
         handed_back, clean = self.pool.stop(max(0.1, deadline - time.monotonic()))
         self.counts.add("handed_back", handed_back)
         if not clean:
-            self._stop_engines()
+            self.kill_workers()
         if self._observer is not None:
             self._observer.join(max(0.1, deadline - time.monotonic()))
         self.root.close()
@@ -314,7 +314,8 @@ class Service:
         self.log.info("watcher.stopped", **summary)
         return summary
 
-    def _stop_engines(self) -> None:
+    def kill_workers(self) -> None:
+        """Kill the worker processes now (safe: every write is atomic)."""
         for engine in self.engines:
             engine.kill()
 
