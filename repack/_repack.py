@@ -144,6 +144,34 @@ class RepackOutcome:
         return fields
 
 
+def _outcome(
+    source: SourceFile,
+    instance: Instance,
+    placement: Placement,
+    *,
+    series_dir: Path,
+    destination: Path,
+    size: int,
+    started: float,
+    removed: bool = False,
+    new_series: bool = False,
+) -> RepackOutcome:
+    return RepackOutcome(
+        src=source.path,
+        dst=destination,
+        size=size,
+        patient_id=instance.px_value("PatientID"),
+        study_instance_uid=instance.px_value("StudyInstanceUID"),
+        series_instance_uid=instance.px_value("SeriesInstanceUID"),
+        sop_instance_uid=instance.px_value("SOPInstanceUID"),
+        series_dir=series_dir,
+        missing=placement.missing,
+        source_removed=removed,
+        new_series=new_series,
+        duration_ms=(time.perf_counter() - started) * 1000,
+    )
+
+
 class Repacker:
     """Repacks instances into ``datadir`` and writes their logs into ``logdir``.
 
@@ -218,20 +246,10 @@ class Repacker:
                 self._studies.clear()
                 new_series = self._write_logs(instance, placement, series_dir, destination, stat)
         removed = self.move and self._store.remove_source(source)
-        return RepackOutcome(
-            src=source.path,
-            dst=destination,
-            size=stat.st_size,
-            patient_id=instance.px_value("PatientID"),
-            study_instance_uid=instance.px_value("StudyInstanceUID"),
-            series_instance_uid=instance.px_value("SeriesInstanceUID"),
-            sop_instance_uid=instance.px_value("SOPInstanceUID"),
-            series_dir=series_dir,
-            missing=placement.missing,
-            source_removed=removed,
-            new_series=new_series,
-            duration_ms=(time.perf_counter() - started) * 1000,
-        )
+        return _outcome(
+            source, instance, placement, series_dir=series_dir, destination=destination,
+            size=stat.st_size, started=started, removed=removed, new_series=new_series,
+        )  # fmt: skip
 
     def rehearse(self, source: SourceFile) -> RepackOutcome:
         """Everything :meth:`repack_source` does but writing: read, place, render the logs.
@@ -255,18 +273,10 @@ class Repacker:
                 image_document(instance, placement.image, source.stat, str(destination)),
             ):
                 json_bytes(document)
-        return RepackOutcome(
-            src=source.path,
-            dst=destination,
-            size=source.stat.st_size,
-            patient_id=instance.px_value("PatientID"),
-            study_instance_uid=instance.px_value("StudyInstanceUID"),
-            series_instance_uid=instance.px_value("SeriesInstanceUID"),
-            sop_instance_uid=instance.px_value("SOPInstanceUID"),
-            series_dir=series_dir,
-            missing=placement.missing,
-            duration_ms=(time.perf_counter() - started) * 1000,
-        )
+        return _outcome(
+            source, instance, placement, series_dir=series_dir, destination=destination,
+            size=source.stat.st_size, started=started,
+        )  # fmt: skip
 
     def _write_logs(
         self,

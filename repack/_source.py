@@ -75,6 +75,17 @@ def _display(path: Path | str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def _failed(
+    error: OSError, action: str, shown_as: Path | str
+) -> SourceVanishedError | StorageError:
+    """An OSError of opening an input, translated: gone, or refused by the system."""
+    if error.errno in _GONE:
+        return SourceVanishedError(f"{_display(shown_as)}: no such file", errno=error.errno)
+    return StorageError(
+        f"cannot {action} {_display(shown_as)}: {error.strerror}", errno=error.errno
+    )
+
+
 def relative_parts(relative: str | os.PathLike[str]) -> list[str]:
     """The components of a path relative to a root; refuses ``..`` and absolute paths."""
     text = os.fspath(relative)
@@ -260,13 +271,7 @@ def open_path(path: str | os.PathLike[str]) -> SourceFile:
     try:
         folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as error:
-        if error.errno in _GONE:
-            raise SourceVanishedError(
-                f"{_display(path)}: no such file", errno=errno_codes.ENOENT
-            ) from error
-        raise StorageError(
-            f"cannot open the folder of {_display(path)}: {error.strerror}", errno=error.errno
-        ) from error
+        raise _failed(error, "open the folder of", path) from error
     try:
         return _open_in(folder, path.name, path)
     except BaseException:
@@ -278,13 +283,7 @@ def _open_in(folder: int, name: str, shown_as: Path) -> SourceFile:
     try:
         before = os.stat(name, dir_fd=folder, follow_symlinks=False)
     except OSError as error:
-        if error.errno in _GONE:
-            raise SourceVanishedError(
-                f"{_display(shown_as)}: no such file", errno=error.errno
-            ) from error
-        raise StorageError(
-            f"cannot stat {_display(shown_as)}: {error.strerror}", errno=error.errno
-        ) from error
+        raise _failed(error, "stat", shown_as) from error
     if not stat_module.S_ISREG(before.st_mode):
         raise NotRegularFileError(file_type(before.st_mode))
     try:
@@ -292,13 +291,7 @@ def _open_in(folder: int, name: str, shown_as: Path) -> SourceFile:
     except OSError as error:
         if error.errno == errno_codes.ELOOP:  # swapped for a link since the lstat
             raise NotRegularFileError("symbolic link") from error
-        if error.errno in _GONE:
-            raise SourceVanishedError(
-                f"{_display(shown_as)}: no such file", errno=error.errno
-            ) from error
-        raise StorageError(
-            f"cannot open {_display(shown_as)}: {error.strerror}", errno=error.errno
-        ) from error
+        raise _failed(error, "open", shown_as) from error
     try:
         opened = os.fstat(descriptor)
     except OSError as error:

@@ -26,6 +26,7 @@ __all__ = [
     "fill",
     "get",
     "installed",
+    "kernel_setting",
     "metric",
     "remount",
     "small_filesystem",
@@ -129,3 +130,23 @@ def fill(folder: Path) -> Path:
     finally:
         os.close(descriptor)
     return filler
+
+
+@contextlib.contextmanager
+def kernel_setting(knob: Path, value: int) -> Iterator[None]:
+    """Set a ``/proc/sys`` knob for the block (needs root), and restore it after.
+
+    Skips the test where it cannot be set, or fails it under CI as root.
+    """
+    try:
+        original = knob.read_text()
+        knob.write_text(str(value))
+    except OSError as error:
+        message = f"cannot set {knob}: {error}"
+        if os.environ.get("CI") and os.geteuid() == 0:
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield
+    finally:
+        knob.write_text(original)

@@ -23,7 +23,7 @@ from repack import InvalidInstanceError, Repacker, read_instance
 from repack._header import read_header
 
 from .conftest import make_dataset
-from .test_hostile import _base_file, _element_offsets, fuzz_inputs
+from .malformed import base_file, element_offsets, fuzz_inputs
 
 KEYWORDS = Repacker("/unused")._keywords  # what the service asks for
 
@@ -88,8 +88,8 @@ def test_other_encodings_fall_back_to_the_full_read(tmp_path: Path, syntax: str)
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns and reads on, in production
 def test_never_accepts_what_the_full_read_rejects(tmp_path: Path) -> None:
-    base = _base_file(tmp_path)
-    inputs = fuzz_inputs(base, _element_offsets(base, tmp_path), random.Random(11))[:6000]
+    base = base_file(tmp_path)
+    inputs = fuzz_inputs(base, element_offsets(base, tmp_path), random.Random(11))[:6000]
     path = tmp_path / "fuzz"
     accepted = rejected = 0
     reasons: set[str] = set()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import resource
-import struct
 import time
 from pathlib import Path
 
@@ -18,14 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.charset import python_encoding
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
+from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
-from repack import InvalidInstanceError, Repacker, RepackOutcome, read_instance
+from repack import InvalidInstanceError, Repacker, RepackOutcome
 from repack._sanitize import MAX_COMPONENT_BYTES
 
-from .conftest import make_dataset, write_dicom
+from .conftest import make_dataset
+from .malformed import base_file, element_offsets, fuzz_inputs
 
 # Hostile values make pydicom complain (it warns about each invalid value);
 # what counts here is that nothing crashes and nothing escapes.
@@ -106,64 +105,10 @@ def test_hostile_values_never_escape_and_never_crash(
 # -- malformed files --------------------------------------------------------
 
 
-def _base_file(tmp: Path) -> bytes:
-    item = Dataset()
-    item.ReferencedSOPInstanceUID = "1.2.3.4"
-    ds = make_dataset()
-    ds.ReferencedImageSequence = Sequence([item, item])
-    return write_dicom(tmp / "base.dcm", ds).read_bytes()
-
-
-def _element_offsets(data: bytes, tmp: Path) -> list[int]:
-    """Where each top-level element's value starts (its length field is just before)."""
-    path = tmp / "offsets.dcm"
-    path.write_bytes(data)
-    instance = read_instance(path)
-    return [
-        e.value_tell
-        for e in instance.dataset._dict.values()  # the raw elements, in file order
-        if hasattr(e, "value_tell")
-    ]
-
-
-def _deep_sequence(depth: int, base: bytes) -> bytes:
-    """A valid header followed by ``depth`` nested undefined-length sequences."""
-    item_start, item_end = b"\xfe\xff\x00\xe0\xff\xff\xff\xff", b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
-    seq_end = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
-    sequence_header = struct.pack("<HH", 0x0008, 0x1140) + b"SQ\x00\x00\xff\xff\xff\xff"
-    body = (sequence_header + item_start) * depth + (item_end + seq_end) * depth
-    return base[: 132 + 12 + 200] + body  # the preamble and the start of the meta group
-
-
-def fuzz_inputs(base: bytes, offsets: list[int], rng: random.Random) -> list[bytes]:
-    inputs: list[bytes] = []
-    inputs += [base[:cut] for cut in range(len(base))]  # truncation at every byte
-    for position in range(len(base)):  # a flipped byte everywhere
-        mutated = bytearray(base)
-        mutated[position] ^= 1 << rng.randrange(8)
-        inputs.append(bytes(mutated))
-    for offset in offsets:  # corrupt declared lengths: tiny, odd, huge, undefined
-        for value in (0, 1, 3, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFF0, 0xFFFFFFFF):
-            for width, fmt in ((4, "<I"), (2, "<H")):
-                if offset - width >= 0 and value < 1 << (8 * width):
-                    mutated = bytearray(base)
-                    mutated[offset - width : offset] = struct.pack(fmt, value)
-                    inputs.append(bytes(mutated))
-    inputs += [rng.randbytes(rng.randrange(0, 4000)) for _ in range(300)]  # noise
-    inputs += [b"\x00" * 128 + b"DICM" + rng.randbytes(rng.randrange(0, 2000)) for _ in range(600)]
-    inputs += [_deep_sequence(depth, base) for depth in (1, 10, 100, 500, 2000, 20000)]
-    while len(inputs) < 10_500:  # several random mutations at once
-        mutated = bytearray(base)
-        for _ in range(rng.randrange(1, 8)):
-            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
-        inputs.append(bytes(mutated[: rng.randrange(len(mutated) // 2, len(mutated) + 1)]))
-    return inputs
-
-
 @pytest.mark.slow
 def test_ten_thousand_malformed_files(tmp_path: Path) -> None:
-    base = _base_file(tmp_path)
-    inputs = fuzz_inputs(base, _element_offsets(base, tmp_path), random.Random(5))
+    base = base_file(tmp_path)
+    inputs = fuzz_inputs(base, element_offsets(base, tmp_path), random.Random(5))
     assert len(inputs) >= 10_000
     repacker = Repacker(tmp_path / "data", tmp_path / "log", move=True)
     incoming = tmp_path / "incoming"

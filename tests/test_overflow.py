@@ -7,11 +7,11 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from .helpers import kernel_setting
 from .listener import Listener, listener
 from .workload import plan, write_workload
 
@@ -19,20 +19,9 @@ pytestmark = pytest.mark.slow
 QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
 
 
-@contextlib.contextmanager
-def small_inotify_queue(events: int) -> Iterator[None]:
+def small_inotify_queue(events: int) -> contextlib.AbstractContextManager[None]:
     """Make inotify instances created meanwhile hold only ``events`` events."""
-    try:
-        original = QUEUE_LIMIT.read_text()
-        QUEUE_LIMIT.write_text(str(events))
-    except OSError as error:
-        if os.environ.get("CI") and os.geteuid() == 0:
-            pytest.fail(f"cannot shrink the inotify queue: {error}")
-        pytest.skip(f"cannot shrink the inotify queue: {error}")
-    try:
-        yield
-    finally:
-        QUEUE_LIMIT.write_text(original)
+    return kernel_setting(QUEUE_LIMIT, events)
 
 
 def arrive(staging: list[Path], incoming: Path) -> None:

@@ -26,7 +26,8 @@ class _Series:
     study_uid: str
     first: float
     last: float
-    instances: set[str] = field(default_factory=set)
+    #: Hashes of the SOPInstanceUIDs seen (64-bit: compact, and distinct enough).
+    instances: set[int] = field(default_factory=set)
     resends: int = 0
 
 
@@ -61,10 +62,11 @@ class SeriesTracker:
             series = self._series.get(series_uid)
             if series is None:
                 series = self._series[series_uid] = _Series(folder, patient_id, study_uid, now, now)
-            if sop_uid in series.instances:
+            key = hash(sop_uid)
+            if key in series.instances:
                 series.resends += 1
             else:
-                series.instances.add(sop_uid)
+                series.instances.add(key)
             series.last = now
 
     def take_quiet(self) -> list[QuietSeries]:
