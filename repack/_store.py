@@ -348,8 +348,9 @@ class Store:
                     raise self._placing_error(error, source, destination) from error
                 link = False
             else:
+                # The link is the opened inode: its stat, without a walk of the path.
                 with _translated("stat", destination):
-                    return os.stat(destination)
+                    return os.fstat(source.descriptor)
         temp = _temp_name(destination.parent)
         try:
             try:

@@ -41,12 +41,16 @@ class IncomingRoot:
         self.path = path
         self.descriptor = -1
         self.identity: Identity = (0, 0)
+        # Descriptors of replaced folders: another thread may still be using one,
+        # and a closed number can be reused for another file. Closed by close().
+        self._retired: list[int] = []
 
     def open(self) -> None:
         """Open the folder (raises :class:`OSError`, e.g. when it is a link or gone)."""
         descriptor = open_root(self.path)
         opened = os.fstat(descriptor)
-        self.close()
+        if self.descriptor >= 0:
+            self._retired.append(self.descriptor)
         self.descriptor, self.identity = descriptor, (opened.st_dev, opened.st_ino)
 
     def current(self, expected: Identity) -> int | None:
@@ -67,6 +71,9 @@ class IncomingRoot:
         return os.path.relpath(path, self.path)
 
     def close(self) -> None:
-        if self.descriptor >= 0:
-            os.close(self.descriptor)
-            self.descriptor = -1
+        """Close the descriptor and those of replaced folders (when no thread uses them)."""
+        for descriptor in [*self._retired, self.descriptor]:
+            if descriptor >= 0:
+                os.close(descriptor)
+        self._retired.clear()
+        self.descriptor = -1

@@ -165,7 +165,7 @@ class Service:
         self._observer: Any = None
         self._started = 0.0
         self._incoming_problem: str | None = None
-        self._stall_reported: dict[int, float] = {}
+        self._stall_reported: set[int] = set()
         # Events the workers rendered are written as they are, with the others.
         self._write_lines = line_writer()
         self.watching = threading.Event()
@@ -478,7 +478,7 @@ class Service:
         """Kill a worker process that has held one file for too long (it is retried)."""
         limit = self.settings.stall_timeout
         stalled = set(self.pool.stalled(limit))
-        for index in stalled - set(self._stall_reported):
+        for index in stalled - self._stall_reported:
             self.log.error(
                 "worker.stalled",
                 worker=index,
@@ -486,7 +486,7 @@ class Service:
                 action="killed" if self.engines[index].use_process else "cannot stop a thread",
             )
             self.engines[index].kill()
-        self._stall_reported = {i: self._stall_reported.get(i, time.monotonic()) for i in stalled}
+        self._stall_reported = stalled  # each stall reported once
 
     def _announce_quiet_series(self) -> None:
         for series in self.series.take_quiet():
