@@ -253,8 +253,12 @@ def test_a_worker_that_cannot_start_is_reported_once_and_the_service_does_not_st
     from watcher import EXIT_STARTUP, ConfigError, Service, parse_settings  # noqa: PLC0415
     from watcher._engine import Engine, EngineConfig  # noqa: PLC0415
 
-    settings = parse_settings(["--incoming", str(tmp_path / "in"), "--datadir",
-                               str(tmp_path / "d"), "--workers", "1"], environ={})  # fmt: skip
+    settings = parse_settings(
+        [*("--incoming", str(tmp_path / "in"), "--datadir", str(tmp_path / "d")),
+         *("--logdir", str(tmp_path / "l"), "--quarantine", str(tmp_path / "q")),
+         "--workers", "1"],
+        environ={},
+    )  # fmt: skip
     service = Service(settings)
     # A worker whose repacker cannot be built (a template only a bug could let through).
     broken = EngineConfig(str(tmp_path / "in"), str(tmp_path / "d"), str(tmp_path / "l"),
