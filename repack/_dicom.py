@@ -136,8 +136,11 @@ class ValueCache:
         self.limit = limit
         self._entries: dict[tuple[Any, ...], DataElement | None] = {}
 
-    def element(self, holder: Dataset, tag: int, raw: RawDataElement) -> DataElement | None:
-        key = (tag, raw.VR, raw.value, raw.is_implicit_VR, raw.is_little_endian, _charset(holder))
+    def element(
+        self, holder: Dataset, tag: int, raw: RawDataElement, charset: object
+    ) -> DataElement | None:
+        """The converted element; ``charset`` is :func:`charset_key` of the instance."""
+        key = (tag, raw.VR, raw.value, raw.is_implicit_VR, raw.is_little_endian, charset)
         found = self._entries.get(key, _MISSING)
         if found is not _MISSING:
             return found  # type: ignore[return-value]
@@ -150,9 +153,13 @@ class ValueCache:
         return element
 
 
-def _charset(holder: Dataset) -> object:
-    """What decides how text is decoded: SpecificCharacterSet, raw or converted."""
-    charset = holder.get_item(0x00080005)
+def charset_key(dataset: Dataset) -> object:
+    """What decides how the text of ``dataset`` is decoded, for :class:`ValueCache` keys.
+
+    Taken once per instance, before any value is converted: the raw bytes of
+    SpecificCharacterSet (converting a text value converts it too).
+    """
+    charset = dataset.get_item(0x00080005)
     if isinstance(charset, RawDataElement):
         return ("raw", charset.value)
     if isinstance(charset, DataElement):
@@ -198,6 +205,8 @@ class Instance:
     full_reader: Callable[[], Dataset] | None = field(default=None, compare=False, repr=False)
     #: Converted values shared with other instances (a worker's), if any.
     cache: ValueCache | None = field(default=None, compare=False, repr=False)
+    #: :func:`charset_key` of ``dataset``, taken with ``cache`` (one per instance).
+    charset: object = field(default=None, compare=False, repr=False)
     _complete: list[Dataset] = field(default_factory=list, compare=False, repr=False)
     _elements: dict[str, DataElement | None] = field(
         default_factory=dict, compare=False, repr=False
@@ -230,7 +239,7 @@ class Instance:
                     f"{keyword} declares {raw.length:,} bytes: far too long for its value"
                 )
             if self.cache is not None:
-                found = self.cache.element(holder, tag, raw)
+                found = self.cache.element(holder, tag, raw, self.charset)
                 self._elements[keyword] = found
                 return found
         found = _convert(holder, tag)
@@ -509,9 +518,12 @@ def read_source(
                     wanted,
                     full_reader=lambda: _read_full(source),
                     cache=cache,
+                    charset=charset_key(partial) if cache is not None else None,
                 )
             )
-    return _checked(Instance(_read_full(source), size, source.stat, source.path, cache=cache))
+    dataset = _read_full(source)
+    charset = charset_key(dataset) if cache is not None else None
+    return _checked(Instance(dataset, size, source.stat, source.path, cache=cache, charset=charset))
 
 
 def read_instance(path: str | os.PathLike[str], keywords: Iterable[str] | None = None) -> Instance:
