@@ -335,6 +335,13 @@ def _render(result: Result, job: Job, renderer: Renderer | None) -> Result:
     return replace(result, event={}, line=renderer("repack.done", **fields))
 
 
+def _prepare(repacker: Repacker, root: IncomingRoot, config: EngineConfig) -> Renderer | None:
+    """A worker's start, in either mode: open the incoming folder, warm up, get the renderer."""
+    root.open()
+    warm_up(repacker)
+    return line_renderer(config.log_level)
+
+
 def _child(connection: Connection, config: EngineConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -344,9 +351,7 @@ def _child(connection: Connection, config: EngineConfig) -> None:
         install_warning_collector()
         repacker = config.repacker()
         root = IncomingRoot(Path(config.incoming))
-        root.open()
-        warm_up(repacker)
-        renderer = line_renderer(config.log_level)
+        renderer = _prepare(repacker, root, config)
     except Exception as error:  # reported once by the parent, which then exits
         connection.send(("failed", f"{type(error).__name__}: {error}"))
         return
@@ -398,11 +403,9 @@ class Engine:
             if self._repacker is None or self._root is None:
                 return "the worker was not started"
             try:
-                self._root.open()
-                warm_up(self._repacker)
+                self._renderer = _prepare(self._repacker, self._root, self.config)
             except Exception as error:
                 return f"{type(error).__name__}: {error}"
-            self._renderer = line_renderer(self.config.log_level)
             return None
         try:
             if not self._connection.poll(timeout):
