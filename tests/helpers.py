@@ -74,14 +74,14 @@ def children(pid: int) -> list[int]:
 
 
 def worker_processes(pid: int) -> list[int]:
-    """The repack worker processes (multiprocessing children) of the service ``pid``."""
+    """The repack worker processes of the service ``pid``."""
     found = []
     for child in children(pid):
         try:
             command = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"multiprocessing.spawn" in command and b"resource_tracker" not in command:
+        if b"watcher/_worker.py" in command:
             found.append(child)
     return found
 

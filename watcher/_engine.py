@@ -2,10 +2,10 @@
 
 Repacking is CPU-bound Python (header parsing, value conversion), so threads
 share one GIL and one core. In process mode each pool thread owns one child
-process (started with ``spawn``, before any other thread exists in it) and
-hands it one file at a time over a pipe; the child claims the file, repacks
-it and answers with a small :class:`Result`. Events, series tracking and
-metrics stay in the parent.
+process (``python -m watcher._worker``, a fresh interpreter) and hands it a
+batch of files at a time over a socket pair; the child claims each file,
+repacks it and answers with a small :class:`Result` per file. Events, series
+tracking and metrics stay in the parent.
 
 Claiming a file (:func:`repack_claimed`), in this order:
 
@@ -34,9 +34,10 @@ import errno as errno_codes
 import fcntl
 import io
 import logging
-import multiprocessing
 import os
-import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -342,10 +343,16 @@ def _prepare(repacker: Repacker, root: IncomingRoot, config: EngineConfig) -> Re
     return line_renderer(config.log_level)
 
 
-def _child(connection: Connection, config: EngineConfig) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break must never kill a worker
+def serve(connection: Connection) -> None:
+    """A worker process's life: read the config, warm up, then repack batches.
+
+    Reports ``("ready", None)`` or ``("failed", reason)`` first; returns when
+    the parent sends ``None`` or goes away.
+    """
+    try:
+        config: EngineConfig = connection.recv()
+    except (EOFError, OSError):
+        return
     try:
         configure_logging(json=config.log_json, level=config.log_level)
         install_warning_collector()
@@ -373,6 +380,13 @@ def _run(repacker: Repacker, root: IncomingRoot, job: Job) -> Result:
     return repack_claimed(repacker, descriptor, job.relative, root.path / job.relative)
 
 
+def worker_command(descriptor: int) -> list[str]:
+    """How a worker process is started (``-P``: no script folder on its path)."""
+    here = Path(__file__).resolve()
+    return [sys.executable, "-P", str(here.with_name("_worker.py")), str(here.parent.parent),
+            str(descriptor)]  # fmt: skip
+
+
 class Engine:
     """Repacks one file at a time, in a child process or in the calling thread."""
 
@@ -381,21 +395,23 @@ class Engine:
         self.use_process = process
         self._repacker = None if process else config.repacker()
         self._root = None if process else IncomingRoot(Path(config.incoming))
-        self._process: Any = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._connection: Connection | None = None
         self._renderer: Renderer | None = None
 
     def start(self) -> None:
         if not self.use_process:
             return
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        self._process = context.Process(
-            target=_child, args=(child, self.config), name="pypx-repack-worker", daemon=True
-        )
-        self._process.start()
-        child.close()
-        self._connection = parent
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            self._process = subprocess.Popen(
+                worker_command(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+            self._connection = Connection(ours.detach())
+        with contextlib.suppress(OSError):  # it died at once: wait_ready reports it
+            self._connection.send(self.config)
 
     def wait_ready(self, timeout: float) -> str | None:
         """Wait until the worker has warmed up; the reason it could not, or None."""
@@ -444,8 +460,10 @@ class Engine:
     def kill(self) -> None:
         """Kill the worker process now (a stalled file, or a missed stop deadline)."""
         process = self._process
-        if process is not None and process.is_alive():
+        if process is not None and process.poll() is None:
             process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(1.0)  # reaped here: nothing is left a zombie
 
     def stop(self, timeout: float) -> None:
         if self._connection is not None:
@@ -454,10 +472,12 @@ class Engine:
             self._connection.close()
             self._connection = None
         if self._process is not None:
-            self._process.join(timeout)
-            if self._process.is_alive():
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
                 self._process.kill()
-                self._process.join(1.0)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(1.0)
             self._process = None
         if self._root is not None:
             self._root.close()

@@ -1,0 +1,40 @@
+"""The repack worker process, started by :class:`~watcher._engine.Engine`.
+
+Its command line is ``python -P .../watcher/_worker.py PACKAGES FD``:
+``PACKAGES`` is the folder the parent imported this package from (so parent
+and worker always run the same code, installed or not), ``FD`` one end of a
+socket pair. The first message on it is the
+:class:`~watcher._engine.EngineConfig`; then batches of jobs come in and
+lists of results go back, until ``None`` or the end of the connection.
+
+A plain child process rather than :mod:`multiprocessing`'s ``spawn``: spawn
+also starts a resource-tracker process (13 MB of memory, for semaphores and
+shared memory this service never uses) and re-imports the parent's main
+module in every worker.
+
+Signals are set first, before the heavy imports: the parent decides when a
+worker stops (SIGINT from a terminal reaches the whole process group).
+"""
+
+import signal
+import sys
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break must never kill a worker
+    if len(argv) != 2 or not argv[1].isdigit():
+        print("usage: _worker.py PACKAGES FD (started by pypx-listener)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, argv[0])
+    from multiprocessing.connection import Connection  # noqa: PLC0415 - after the signals
+
+    from watcher._engine import serve  # noqa: PLC0415
+
+    serve(Connection(int(argv[1])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
