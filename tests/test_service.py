@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from .dcmtk import storescp, storescu, wait_for
-from .helpers import installed, worker_processes
+from .helpers import children, installed, worker_processes
 from .listener import Listener, listener
 
 FAST = ("--settle", "0.5", "--series-quiet", "1", "--scan-interval", "5")
@@ -335,3 +335,31 @@ def test_old_empty_subfolders_are_removed_and_new_ones_kept(tmp_path: Path) -> N
         assert fresh.exists()  # storescp may be about to write into it
         assert hidden.exists()
         assert running.stop() == 0
+
+
+def test_a_backlog_beyond_the_pending_limit_waits_on_disk_and_is_all_repacked(
+    tmp_path: Path, example_files: list[Path]
+) -> None:
+    """120 files found at start with room for 16 in memory: the scan pauses and goes on."""
+    incoming = tmp_path / "incoming"
+    for index, source in enumerate(example_files[:120]):
+        folder = incoming / f"association-{index % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, folder / source.name)
+    with listener(tmp_path, *FAST, "--pending-limit", "16") as running:
+        running.wait_for(lambda: running.count("repack.done") == 120, 60, "the whole backlog")
+        assert running.stop() == 0
+    assert_fully_repacked(running, 120)
+    assert running.incoming_files() == []
+
+
+def test_the_workers_are_the_only_processes_the_service_starts(tmp_path: Path) -> None:
+    """No multiprocessing resource tracker (13 MB for nothing): the children are the workers."""
+    with listener(tmp_path, *FAST, "--workers", "2") as running:
+        assert running.process is not None
+        workers = worker_processes(running.process.pid)
+        assert len(workers) == 2
+        assert sorted(children(running.process.pid)) == sorted(workers)
+        assert running.stop() == 0
+    for worker in workers:
+        wait_for(lambda w=worker: not Path(f"/proc/{w}").exists(), 10, "the workers to exit")
