@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
+import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from repack import Store, dumps, json_bytes, open_root
 from watcher import ConfigError, parse_settings
@@ -15,6 +20,7 @@ from watcher._completion import CompletionTracker
 from watcher._metrics import HealthServer, Metrics, Readiness
 from watcher._pool import WorkerPool
 from watcher._quarantine import Quarantine, quarantine_name
+from watcher._scan import FolderScan
 from watcher._series import SeriesTracker
 from watcher._settings import default_workers, unknown_variables
 
@@ -50,6 +56,76 @@ def test_a_series_goes_quiet_and_counts_each_instance_once() -> None:
     assert (quiet.instances, quiet.resends, quiet.receive_s) == (3, 1, 3.0)
     assert series.take_quiet() == []  # announced once
     assert series.active() == 0
+
+
+@given(st.lists(st.sampled_from([f"1.2.{n}" for n in range(40)]), max_size=200))
+def test_a_series_counts_distinct_instances_and_every_resend(sops: list[str]) -> None:
+    series = SeriesTracker(0, clock=Clock())
+    for sop in sops:
+        series.add("S", sop, folder="/data/x", patient_id="P", study_uid="T")
+    quiet = series.take_quiet()
+    if not sops:
+        assert quiet == []
+        return
+    (only,) = quiet
+    assert only.instances == len(set(sops))
+    assert only.resends == len(sops) - len(set(sops))
+
+
+# -- scans ----------------------------------------------------------------------
+
+
+def _scan(root: Path, top: str = "", *, remove_after: float | None = None) -> FolderScan:
+    descriptor = open_root(root)
+    return FolderScan(descriptor, str(root), top, ignored=lambda name: name.startswith("."),
+                      remove_empty_after=remove_after)  # fmt: skip
+
+
+def test_a_scan_pauses_and_goes_on_from_where_it_stopped(tmp_path: Path) -> None:
+    incoming, outside = tmp_path / "incoming", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.dcm").write_bytes(b"x")
+    expected = set()
+    for index in range(30):
+        path = incoming / f"a{index % 3}" / "deep" / f"MR.{index}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        expected.add(str(path))
+    (incoming / "linked").symlink_to(outside)  # reported like a file, never entered
+    expected.add(str(incoming / "linked"))
+    (incoming / ".hidden").write_bytes(b"x")
+    scan = _scan(incoming)
+    first = list(itertools.islice(scan, 10))
+    (incoming / "a0" / "deep" / "late").write_bytes(b"x")  # may or may not be seen
+    rest = list(scan)
+    found = [path for path, _ in first + rest]
+    assert len(first) == 10
+    assert len(found) == len(set(found))  # nothing twice
+    assert set(found) - {str(incoming / "a0" / "deep" / "late")} == expected
+    assert scan.found == len(found)
+    assert all(not p.startswith(str(outside)) for p in found)
+
+
+def test_a_scan_removes_old_empty_folders_below_the_root_and_nothing_else(tmp_path: Path) -> None:
+    incoming, outside = tmp_path / "incoming", tmp_path / "outside"
+    old_empty = incoming / "old" / "nested"
+    old_empty.mkdir(parents=True)
+    (outside / "empty").mkdir(parents=True)
+    (incoming / "to-outside").symlink_to(outside / "empty")
+    fresh = incoming / "fresh"
+    fresh.mkdir()
+    long_ago = time.time() - 3600
+    for folder in (old_empty, old_empty.parent, outside / "empty"):
+        os.utime(folder, (long_ago, long_ago))
+    assert list(_scan(incoming, remove_after=60)) == [(str(incoming / "to-outside"), ANY)]
+    assert not old_empty.parent.exists()
+    assert fresh.exists()
+    assert (outside / "empty").exists()  # reached only through a link: never touched
+    (fresh / "stays").mkdir()
+    os.utime(fresh / "stays", (long_ago, long_ago))
+    scan = _scan(incoming, remove_after=60)
+    scan.close()  # stopped early: removes nothing
+    assert (fresh / "stays").exists()
 
 
 # -- completion -----------------------------------------------------------------

@@ -68,7 +68,7 @@ class Candidate:
         return self.signature.mtime_ns / 1e9
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     signature: Signature | None
     due: float
@@ -89,7 +89,7 @@ class CompletionTracker:
         self,
         settle: float,
         *,
-        capacity: int = 20_000,
+        capacity: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         stat: Callable[[str], os.stat_result] = os.lstat,
@@ -241,6 +241,11 @@ class CompletionTracker:
     def pending_count(self) -> int:
         with self._lock:
             return len(self._pending)
+
+    def room(self) -> int:
+        """How many more paths it can hold before it drops what it is told."""
+        with self._lock:
+            return self.capacity - len(self._pending)
 
     def failing(self, repeats: int) -> int:
         """How many files failed at least ``repeats`` times in a row the same way."""

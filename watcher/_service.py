@@ -19,10 +19,10 @@ The service reaches files only through a descriptor of the incoming folder
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import os
-import stat
 import threading
 import time
 from pathlib import Path
@@ -40,6 +40,7 @@ from ._observer import Inbox, Record, RecordKind, start_observer
 from ._outcomes import REPEATS_BEFORE_ERROR, OutcomeRouter
 from ._pool import WorkerPool
 from ._quarantine import Quarantine
+from ._scan import FolderScan
 from ._series import SeriesTracker
 from ._settings import Settings
 
@@ -48,6 +49,10 @@ __all__ = ["Service"]
 _HOUSEKEEPING_S = 0.5
 #: Files a worker takes from the queue in one go (only what is already queued).
 _BATCH = 16
+#: Entries a scan hands over per dispatcher round (then events get their turn).
+_SCAN_STEP = 2_000
+#: Records waiting for the dispatcher at most.
+_INBOX_CAPACITY = 4_096
 
 
 def _ignored(name: str) -> bool:
@@ -141,7 +146,8 @@ class Service:
         self.root = IncomingRoot(settings.incoming)
         self.tracker = CompletionTracker(settings.settle, capacity=settings.pending_limit)
         self.series = SeriesTracker(settings.series_quiet)
-        self.inbox = Inbox(capacity=max(10_000, settings.pending_limit))
+        # Small: the dispatcher empties it every round; a storm beyond it costs a rescan.
+        self.inbox = Inbox(capacity=_INBOX_CAPACITY)
         self.router = OutcomeRouter(
             settings,
             tracker=self.tracker,
@@ -166,6 +172,7 @@ class Service:
         self._started = 0.0
         self._incoming_problem: str | None = None
         self._stall_reported: set[int] = set()
+        self._scans: collections.deque[FolderScan] = collections.deque()
         # Events the workers rendered are written as they are, with the others.
         self._write_lines = line_writer()
         self.watching = threading.Event()
@@ -336,7 +343,7 @@ class Service:
 
     def _dispatch_loop(self) -> None:
         settings = self.settings
-        self._scan()
+        self._scans.append(self._folder_scan())
         next_scan = time.monotonic() + settings.scan_interval
         next_housekeeping = time.monotonic() + _HOUSEKEEPING_S
         rescan = False
@@ -346,6 +353,8 @@ class Service:
             wait = 0.2 if due is None else min(0.2, max(0.0, due - now))
             if self.pool.free_slots() == 0:
                 wait = 0.02
+            if self._scans and self.tracker.room() > 0:
+                wait = 0.0  # a scan has more to hand over
             records, dropped = self.inbox.take(wait)
             for record in records:
                 self._record(record)
@@ -353,25 +362,26 @@ class Service:
                 rescan = True
             if self._stopping.is_set():
                 break
+            self._advance_scans()
             free = self.pool.free_slots()
             if free:
                 for candidate in self.tracker.take_ready(free):
                     self.pool.submit(candidate)
             now = time.monotonic()
-            if now >= next_scan or (
-                rescan and self.tracker.pending_count() < settings.pending_limit // 2
-            ):
+            if (now >= next_scan or rescan) and not any(scan.full for scan in self._scans):
                 if rescan:
                     self.log.warning("watcher.rescan", reason="events dropped or too many pending")
                 rescan = False
-                self._scan()
-                next_scan = time.monotonic() + settings.scan_interval
+                self._scans.append(self._folder_scan())
+                next_scan = now + settings.scan_interval
             if now >= next_housekeeping:
                 self._check_incoming()
                 self._check_stalls()
                 self._announce_quiet_series()
                 self._update_gauges()
                 next_housekeeping = now + _HOUSEKEEPING_S
+        for scan in self._scans:
+            scan.close()
 
     def _record(self, record: Record) -> None:
         kind, path = record
@@ -385,55 +395,41 @@ class Service:
             self.tracker.deleted(path)
         elif kind is RecordKind.NEW_FOLDER:
             # The watch on a new folder can come too late for its first files.
-            self._scan(Path(path))
+            self._scans.append(self._folder_scan(self.root.relative(path)))
 
-    def _scan(self, top: Path | None = None) -> int:
-        """Find files nobody announced; remove old empty subfolders (move mode).
+    def _folder_scan(self, top: str = "") -> FolderScan:
+        """A walk of the incoming folder (or of ``top`` in it) to find files nobody announced."""
+        return FolderScan(
+            self.root.descriptor,
+            str(self.settings.incoming),
+            top,
+            ignored=_ignored,
+            remove_empty_after=self.settings.empty_dir_age if self.settings.move else None,
+        )
 
-        Walks by descriptor and never follows a link (a link, to a file or a
-        folder, is reported as a candidate of its own, and set aside).
+    def _advance_scans(self) -> None:
+        """Hand what the scans find to the tracker while it has room, a bounded step at a time.
+
+        A scan pauses when the tracker is full and goes on from the same place
+        later: a backlog waits on disk, not in memory.
         """
-        root = self.settings.incoming
-        found = 0
-        folders_seen: list[tuple[str, bool, float]] = []
-        # Lazily: each folder's descriptor is valid only until the walk moves on.
-        for folder, folders, files, descriptor in os.fwalk(top or root, follow_symlinks=False):
-            links = [name for name in folders if self._is_link(name, descriptor)]
-            folders[:] = [n for n in folders if not _ignored(n) and n not in links]
-            for name in [*files, *links]:
-                if _ignored(name):
-                    continue
-                try:
-                    found_stat = os.stat(name, dir_fd=descriptor, follow_symlinks=False)
-                except OSError:
-                    continue
-                self.tracker.found(os.path.join(folder, name), found_stat)
-                found += 1
-            if self.settings.move and folder != str(root):
-                with contextlib.suppress(OSError):
-                    # Its age before this scan removed anything below it.
-                    folders_seen.append((folder, bool(files), os.fstat(descriptor).st_mtime))
-        now = time.time()
-        for folder, had_files, mtime in reversed(folders_seen):  # deepest first
-            if not had_files and now - mtime >= self.settings.empty_dir_age:
-                self._remove_if_empty(folder)
-        if self.metrics is not None:
-            self.metrics.scanned(found)
-        return found
-
-    @staticmethod
-    def _is_link(name: str, descriptor: int) -> bool:
-        try:
-            return stat.S_ISLNK(os.stat(name, dir_fd=descriptor, follow_symlinks=False).st_mode)
-        except OSError:
-            return False
-
-    def _remove_if_empty(self, folder: str) -> None:
-        try:
-            os.rmdir(folder)
-        except OSError:
-            return  # not empty (a file arrived, or a subfolder stays), or gone
-        self.log.debug("incoming.folder_removed", folder=folder)
+        budget = _SCAN_STEP
+        while self._scans and budget > 0:
+            scan = self._scans[0]
+            room = min(budget, self.tracker.room())
+            if room <= 0:
+                return
+            taken = 0
+            for path, info in scan:
+                self.tracker.found(path, info)
+                taken += 1
+                if taken >= room:
+                    break
+            budget -= taken
+            if taken < room:  # the walk is over
+                self._scans.popleft()
+                if self.metrics is not None:
+                    self.metrics.scanned(scan.found)
 
     # -- housekeeping --------------------------------------------------------
 
@@ -472,7 +468,10 @@ class Service:
             old_inode=before[1],
             new_inode=self.root.identity[1],
         )
-        self._scan()
+        for scan in self._scans:  # they walk the folder that was replaced
+            scan.close()
+        self._scans.clear()
+        self._scans.append(self._folder_scan())
 
     def _check_stalls(self) -> None:
         """Kill a worker process that has held one file for too long (it is retried)."""
