@@ -132,7 +132,7 @@ class ValueCache:
     when it holds :attr:`limit` entries. Thread-safe (a race converts twice).
     """
 
-    def __init__(self, limit: int = 8192) -> None:
+    def __init__(self, limit: int = 4096) -> None:
         self.limit = limit
         self._entries: dict[tuple[Any, ...], DataElement | None] = {}
 

@@ -52,7 +52,8 @@ __all__ = [
 ]
 
 _SERIES_PACK = json_bytes({"seriesPack": True})
-_REMEMBER_AT_MOST = 200_000
+#: Per-series files known to exist; forgetting only costs a stat, so memory stays flat.
+_REMEMBER_AT_MOST = 4_096
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,10 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink()
 
 
+#: Folders known to exist; forgetting only costs a mkdir, so memory stays flat.
+_REMEMBER_DIRS = 4_096
+
+
 class Store:
     """File-system operations for one log dir (locks live below it).
 
@@ -166,7 +170,7 @@ class Store:
             return
         with _translated("create folder", directory):
             directory.mkdir(parents=True, exist_ok=True)
-        if len(self._made_dirs) > 100_000:
+        if len(self._made_dirs) > _REMEMBER_DIRS:
             self._made_dirs.clear()
         self._made_dirs.add(directory)
 

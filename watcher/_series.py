@@ -11,24 +11,35 @@ The clock is injected, so the rule is tested without sleeping.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["QuietSeries", "SeriesTracker"]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Series:
     folder: str
     patient_id: str
     study_uid: str
     first: float
     last: float
-    #: Hashes of the SOPInstanceUIDs seen (64-bit: compact, and distinct enough).
-    instances: set[int] = field(default_factory=set)
+    #: Hashes of the SOPInstanceUIDs seen, sorted (64-bit: distinct enough), 8 bytes
+    #: each: a set of Python ints costs eight times as much per instance.
+    instances: array[int] = field(default_factory=lambda: array("q"))
     resends: int = 0
+
+    def add(self, key: int) -> None:
+        """Count the instance ``key``; a key seen before is a resend."""
+        at = bisect.bisect_left(self.instances, key)
+        if at < len(self.instances) and self.instances[at] == key:
+            self.resends += 1
+        else:
+            self.instances.insert(at, key)
 
 
 @dataclass(frozen=True)
@@ -62,11 +73,7 @@ class SeriesTracker:
             series = self._series.get(series_uid)
             if series is None:
                 series = self._series[series_uid] = _Series(folder, patient_id, study_uid, now, now)
-            key = hash(sop_uid)
-            if key in series.instances:
-                series.resends += 1
-            else:
-                series.instances.add(key)
+            series.add(hash(sop_uid))
             series.last = now
 
     def take_quiet(self) -> list[QuietSeries]:

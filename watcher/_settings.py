@@ -61,7 +61,7 @@ class Settings:
     poll_interval: float = 1.0
     stop_timeout: float = 10.0
     stall_timeout: float = 300.0
-    pending_limit: int = 20_000
+    pending_limit: int = 10_000
     fsync: bool = True
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -152,7 +152,7 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
     (
         "pending-limit",
         _positive(int),
-        "20000",
+        "10000",
         "files tracked in memory at most; more wait on disk",
     ),
     ("fsync", _boolean, "true", "sync copies across file systems before removing the source"),
