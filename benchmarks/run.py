@@ -152,6 +152,21 @@ class Service:
         self._reader.join(10)
 
 
+def discard(path: Path) -> None:
+    """Put a finished scratch tree aside; everything is deleted once, at the very end.
+
+    Deleting between measurements would bias the next one: on an ext4 file
+    system without a journal (this project's machine) the inode allocator
+    skips every inode freed in the last 1-6 minutes of its group, one
+    buffer lookup each, so each file created soon after a mass deletion
+    (storescp's instances, the service's JSON files) costs up to 7x the
+    system time. Renaming frees nothing.
+    """
+    if path.exists():
+        aside = path.parent / f".discarded-{path.name}-{time.monotonic_ns()}"
+        path.rename(aside)
+
+
 def settle_disk() -> None:
     """Write back what staging a workload dirtied, before anything is measured.
 
@@ -170,7 +185,7 @@ def startup_cpu(work: Path, rounds: int = 3) -> tuple[float, float]:
         user, system = cpu.seconds()
         users.append(user)
         systems.append(system)
-        shutil.rmtree(work / f"startup-{round_}", ignore_errors=True)
+        discard(work / f"startup-{round_}")
     return statistics.median(users), statistics.median(systems)
 
 
@@ -214,7 +229,7 @@ def service_throughput(
         "peak_rss_mb": round(peak["total"], 1),
         "peak_rss_by_process_mb": peak["each"],
     }
-    shutil.rmtree(root, ignore_errors=True)
+    discard(root)
     return result
 
 
@@ -234,7 +249,7 @@ def end_to_end(work: Path, files: list[Path], label: str, rounds: int = 3) -> di
             alone.append(_send(port, files))
         finally:
             stop_group(scp)
-        shutil.rmtree(work / f"alone-{round_}", ignore_errors=True)
+        discard(work / f"alone-{round_}")
         root = work / f"e2e-{round_}"
         settle_disk()
         service = Service(root)
@@ -247,7 +262,7 @@ def end_to_end(work: Path, files: list[Path], label: str, rounds: int = 3) -> di
         finally:
             stop_group(scp)
             service.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        discard(root)
     best_alone, best_together = statistics.median(alone), statistics.median(together)
     return {
         "workload": label,
@@ -312,8 +327,8 @@ def latency(work: Path, rate: float, seconds: float) -> dict[str, Any]:
     delays = sorted(
         (service.sources[p] - t) * 1000 for p, t in closed.items() if p in service.sources
     )
-    shutil.rmtree(root, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
+    discard(root)
+    discard(staging)
     return {
         "rate_per_s": rate,
         "achieved_rate_per_s": round(offered, 1),
@@ -517,7 +532,7 @@ def run_parts(
                     ),
                 )
             )
-            shutil.rmtree(work / "big", ignore_errors=True)
+            discard(work / "big")
         results["service"] = rows
         _section(
             "Service (files visible -> last repack.done; logs on; move; start-up CPU subtracted)",
@@ -593,7 +608,7 @@ def run_parts(
                     lambda f=files, s=size: service_throughput(work, f, f"small-{s}"),
                 )
             )
-            shutil.rmtree(work / f"growth-{size}", ignore_errors=True)
+            discard(work / f"growth-{size}")
         results["growth"] = rows
         _section(
             "Growth: small synthetic instances",
