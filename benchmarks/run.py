@@ -576,8 +576,8 @@ def run_parts(
     if "e2e" in parts and shutil.which("storescp"):
         ten = write_workload(work / "e2e-10", plan(1, 2, 5, 192, seed="E"), sources=sag)
         results["end_to_end"] = [
-            _measure("end to end, 192", lambda: end_to_end(work, sag, "sag-192")),
-            _measure("end to end, 1920", lambda: end_to_end(work, ten, "sag-x10")),
+            _measure("end to end, 192", lambda: end_to_end(work, sag, "sag-192", 5)),
+            _measure("end to end, 1920", lambda: end_to_end(work, ten, "sag-x10", 5)),
         ]
         if arguments.scale:
             fifty = write_workload(work / "e2e-50", plan(5, 2, 5, 192, seed="F"), sources=sag)
