@@ -341,3 +341,17 @@ def test_json_is_ascii_and_never_fails_on_a_non_utf8_name(tmp_path: Path) -> Non
     assert json.loads(json_bytes(document)) == parsed
     path = write_dicom(tmp_path / "x.dcm")
     assert path.exists()
+
+
+def test_the_worker_entry_point_refuses_to_run_by_hand() -> None:
+    """It is started by the service with a socket; by hand it says so and exits 2."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from watcher._engine import worker_command  # noqa: PLC0415
+
+    command = worker_command(0)[:-2]  # no PACKAGES, no FD
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2
+    assert "started by pypx-listener" in done.stderr
+    assert command[0] == sys.executable

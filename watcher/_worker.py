@@ -16,6 +16,7 @@ Signals are set first, before the heavy imports: the parent decides when a
 worker stops (SIGINT from a terminal reaches the whole process group).
 """
 
+import os
 import signal
 import sys
 
@@ -27,7 +28,10 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2 or not argv[1].isdigit():
         print("usage: _worker.py PACKAGES FD (started by pypx-listener)", file=sys.stderr)
         return 2
-    sys.path.insert(0, argv[0])
+    packages = os.path.realpath(argv[0])
+    if packages not in {os.path.realpath(entry) for entry in sys.path}:
+        # A source tree (installed packages are on the path already, in their place).
+        sys.path.insert(0, packages)
     from multiprocessing.connection import Connection  # noqa: PLC0415 - after the signals
 
     from watcher._engine import serve  # noqa: PLC0415
