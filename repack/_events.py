@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO, TextIO, cast
 
@@ -36,18 +37,64 @@ class _ToStructlog(logging.Handler):
         structlog.get_logger().log(record.levelno, message, logger=record.name)
 
 
+class _GuardedOutput:
+    """The binary event stream; a reader that went away ends it, not the thread that logs.
+
+    Writing to a closed pipe raises ``BrokenPipeError`` in whichever thread
+    logs (a watcher thread would die of it). Instead the line is dropped,
+    every later one too, and ``on_lost`` is called once so the program can
+    stop cleanly.
+    """
+
+    def __init__(self, binary: BinaryIO, on_lost: Callable[[], None] | None) -> None:
+        self._binary = binary
+        self._on_lost = on_lost
+        self._lost = False
+        self._lock = threading.Lock()
+
+    def _lose(self) -> None:
+        with self._lock:
+            if self._lost:
+                return
+            self._lost = True
+        if self._on_lost is not None:
+            self._on_lost()
+
+    def write(self, data: bytes) -> int:
+        if self._lost:
+            return len(data)
+        try:
+            return self._binary.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self._lose()
+            return len(data)
+
+    def flush(self) -> None:
+        if self._lost:
+            return
+        try:
+            self._binary.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self._lose()
+
+
 def _orjson_dumps(event: Any, **_: Any) -> bytes:
     # Never fails: a non-UTF-8 file name is spelled with \xNN escapes.
     return dumps(event, default=str)
 
 
 def configure_logging(
-    *, json: bool | None = None, level: str = "info", stream: TextIO | None = None
+    *,
+    json: bool | None = None,
+    level: str = "info",
+    stream: TextIO | None = None,
+    on_output_lost: Callable[[], None] | None = None,
 ) -> None:
     """Configure structlog (and route stdlib logging and warnings through it).
 
     ``json=None`` chooses JSON lines unless ``stream`` (default stdout) is a
-    terminal.
+    terminal. ``on_output_lost`` is called once if the JSON stream's reader
+    goes away (a closed pipe); events are dropped from then on.
     """
     stream = stream or sys.stdout
     if json is None:
@@ -66,7 +113,8 @@ def configure_logging(
         binary = getattr(stream, "buffer", None)
         if binary is None:
             raise ValueError("JSON events need a stream with a binary buffer (such as stdout)")
-        factory = structlog.BytesLoggerFactory(cast(BinaryIO, binary))
+        guarded = _GuardedOutput(cast(BinaryIO, binary), on_output_lost)
+        factory = structlog.BytesLoggerFactory(cast(BinaryIO, guarded))
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
         factory = structlog.PrintLoggerFactory(stream)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import shutil
 import signal
 import socket
@@ -15,6 +16,8 @@ import orjson
 import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian
+
+from watcher import EXIT_OUTPUT_LOST
 
 from .conftest import make_dataset, write_dicom
 from .dcmtk import free_port, wait_for
@@ -279,3 +282,44 @@ def test_copy_mode_quarantines_same_named_bad_files_apart(tmp_path: Path) -> Non
     contents = sorted(Path(str(e["quarantined"])).read_text() for e in running.of("repack.failed"))
     assert contents == ["not dicom from a", "not dicom from b"]
     assert len(running.incoming_files()) == 2  # copy mode keeps them
+
+
+def test_a_closed_event_stream_stops_the_service_cleanly_and_loses_no_file(
+    tmp_path: Path, example_files: list[Path]
+) -> None:
+    """The log reader goes away (``pypx-listener | head -1``): a clean stop, status 141."""
+    incoming = tmp_path / "incoming"
+    process = subprocess.Popen(
+        [installed("pypx-listener"), "--incoming", str(incoming),
+         "--datadir", str(tmp_path / "data"), "--logdir", str(tmp_path / "log"),
+         "--quarantine", str(tmp_path / "quarantine"), "--log-format", "json",
+         "--settle", "0.3", "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        deadline, seen = time.monotonic() + 60, b""
+        while b"watcher.started" not in seen:  # bounded: select, then raw reads
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "pypx-listener did not start"
+            if select.select([process.stdout], [], [], remaining)[0]:
+                chunk = os.read(process.stdout.fileno(), 65536)
+                assert chunk, "pypx-listener closed its output before it started"
+                seen += chunk
+        process.stdout.close()  # the reader goes away
+        shutil.copy(example_files[0], incoming / "MR.after-the-reader-left")
+        code = process.wait(30)  # its repack.done cannot be written: the service stops
+        stderr = process.stderr.read().decode()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()
+    assert code == EXIT_OUTPUT_LOST, stderr
+    assert "the event stream (stdout) was closed" in stderr
+    assert "hint:" in stderr
+    assert "Traceback" not in stderr
+    assert len(list((tmp_path / "data").rglob("*.dcm"))) == 1  # repacked, not lost
+    assert not (incoming / "MR.after-the-reader-left").exists()

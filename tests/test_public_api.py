@@ -37,8 +37,8 @@ SURFACES = {
         "MissingRequiredTagError", "StorageError", "SourceVanishedError",
     },
     "watcher": {
-        "ENV_PREFIX", "EXIT_CONFIG", "EXIT_STARTUP", "ConfigError", "Service", "Settings",
-        "WatcherError", "parse_settings",
+        "ENV_PREFIX", "EXIT_CONFIG", "EXIT_OUTPUT_LOST", "EXIT_STARTUP", "ConfigError", "Service",
+        "Settings", "WatcherError", "parse_settings",
     },
 }  # fmt: skip
 

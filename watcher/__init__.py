@@ -14,13 +14,14 @@ Errors form one tree, rooted at :class:`WatcherError` (see
 :mod:`watcher._errors`).
 """
 
-from ._errors import EXIT_CONFIG, EXIT_STARTUP, ConfigError, WatcherError
+from ._errors import EXIT_CONFIG, EXIT_OUTPUT_LOST, EXIT_STARTUP, ConfigError, WatcherError
 from ._service import Service
 from ._settings import ENV_PREFIX, Settings, parse_settings
 
 __all__ = [
     "ENV_PREFIX",
     "EXIT_CONFIG",
+    "EXIT_OUTPUT_LOST",
     "EXIT_STARTUP",
     "ConfigError",
     "Service",
