@@ -300,7 +300,8 @@ def test_a_closed_event_stream_stops_the_service_cleanly_and_loses_no_file(
         assert process.stdout is not None
         assert process.stderr is not None
         deadline, seen = time.monotonic() + 60, b""
-        while b"watcher.started" not in seen:  # bounded: select, then raw reads
+        # Its start-up events all written (the sweep's comes last), so the next line is the file's.
+        while b"watcher.started" not in seen or b"housekeeping.swept" not in seen:
             remaining = deadline - time.monotonic()
             assert remaining > 0, "pypx-listener did not start"
             if select.select([process.stdout], [], [], remaining)[0]:
