@@ -45,6 +45,7 @@ class FolderScan:
         ``remove_empty_after``: remove subfolders empty for that many seconds
         (None: never).
         """
+        top = "" if top in ("", ".") else top
         self.root = root
         self.root_path = root_path
         self.full = top == ""
