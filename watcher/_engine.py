@@ -2,7 +2,7 @@
 
 Repacking is CPU-bound Python (header parsing, value conversion), so threads
 share one GIL and one core. In process mode each pool thread owns one child
-process (``python -m watcher._worker``, a fresh interpreter) and hands it a
+process (``python -P .../watcher/_worker.py``, a fresh interpreter) and hands it a
 batch of files at a time over a socket pair; the child claims each file,
 repacks it and answers with a small :class:`Result` per file. Events, series
 tracking and metrics stay in the parent.
