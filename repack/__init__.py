@@ -36,7 +36,15 @@ from ._json import dumps, json_bytes, printable
 from ._repack import MissingElement, Placement, Repacker, RepackOutcome, plan_placement, repack_file
 from ._sanitize import sanitize_component
 from ._seahash import seahash_hex
-from ._source import SourceFile, file_type, folder_beneath, open_beneath, open_path, open_root
+from ._source import (
+    SourceFile,
+    file_type,
+    folder_beneath,
+    open_beneath,
+    open_folder_beneath,
+    open_path,
+    open_root,
+)
 from ._store import LOCK_DIR, TEMP_PREFIX, Store, sweep_stale_temps
 from ._template import Layout, NamedLayout, Template, parse_template
 
@@ -74,6 +82,7 @@ __all__ = [
     "line_renderer",
     "line_writer",
     "open_beneath",
+    "open_folder_beneath",
     "open_path",
     "open_root",
     "parse_template",

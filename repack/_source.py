@@ -42,6 +42,7 @@ __all__ = [
     "file_type",
     "folder_beneath",
     "open_beneath",
+    "open_folder_beneath",
     "open_path",
     "open_root",
     "relative_parts",
@@ -229,6 +230,18 @@ def folder_beneath(root: int, relative: str | os.PathLike[str]) -> tuple[int, st
     """
     *folders, name = relative_parts(relative)
     return _walk(root, folders), name
+
+
+def open_folder_beneath(root: int, relative: str | os.PathLike[str]) -> int:
+    """A new descriptor of the folder ``relative`` below ``root`` ("" or "." is ``root``).
+
+    No link is followed on the way or at the end. Raises :class:`OSError`
+    (``ELOOP``/``ENOTDIR``: a link or not a folder) and
+    :class:`SourceVanishedError` for a path that does not stay inside.
+    """
+    if os.fspath(relative) in ("", "."):
+        return os.dup(root)
+    return _walk(root, relative_parts(relative))
 
 
 def open_beneath(root: int, relative: str | os.PathLike[str], *, shown_as: Path) -> SourceFile:

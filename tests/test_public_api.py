@@ -24,6 +24,7 @@ SURFACES = {
         "MissingElement", "Placement", "plan_placement",
         # opening untrusted inputs
         "SourceFile", "open_root", "open_beneath", "open_path", "folder_beneath", "file_type",
+        "open_folder_beneath",
         # layouts
         "Layout", "NamedLayout", "Template", "parse_template", "sanitize_component",
         "seahash_hex",

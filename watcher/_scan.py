@@ -20,11 +20,9 @@ import stat
 import time
 from collections.abc import Callable, Generator, Iterator
 
-from repack import SourceVanishedError, folder_beneath
+from repack import SourceVanishedError, folder_beneath, open_folder_beneath
 
 __all__ = ["FolderScan"]
-
-_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class FolderScan:
@@ -63,7 +61,7 @@ class FolderScan:
         while pending:
             relative = pending.pop()
             try:
-                descriptor = _open_folder(self.root, relative)
+                descriptor = open_folder_beneath(self.root, relative)
             except (OSError, SourceVanishedError):
                 continue  # gone, or no longer a folder: nothing to find there
             try:
@@ -114,13 +112,3 @@ class FolderScan:
         """Stop early (its open folder is closed; no folder is removed)."""
         self._remove_empty_after = None
         self._entries.close()
-
-
-def _open_folder(root: int, relative: str) -> int:
-    if not relative:
-        return os.dup(root)
-    parent, name = folder_beneath(root, relative)
-    try:
-        return os.open(name, _DIRECTORY_FLAGS, dir_fd=parent)
-    finally:
-        os.close(parent)
