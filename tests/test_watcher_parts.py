@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest.mock import ANY
 
@@ -75,13 +76,25 @@ def test_a_series_counts_distinct_instances_and_every_resend(sops: list[str]) ->
 # -- scans ----------------------------------------------------------------------
 
 
-def _scan(root: Path, top: str = "", *, remove_after: float | None = None) -> FolderScan:
-    descriptor = open_root(root)
-    return FolderScan(descriptor, str(root), top, ignored=lambda name: name.startswith("."),
-                      remove_empty_after=remove_after)  # fmt: skip
+ScanOf = Callable[..., FolderScan]
 
 
-def test_a_scan_pauses_and_goes_on_from_where_it_stopped(tmp_path: Path) -> None:
+@pytest.fixture
+def scan_of() -> Iterator[ScanOf]:
+    """``scan_of(root, remove_after=None)``: a FolderScan of ``root`` (descriptor closed after)."""
+    descriptors: list[int] = []
+
+    def make(root: Path, *, remove_after: float | None = None) -> FolderScan:
+        descriptors.append(open_root(root))
+        return FolderScan(descriptors[-1], str(root), ignored=lambda name: name.startswith("."),
+                          remove_empty_after=remove_after)  # fmt: skip
+
+    yield make
+    for descriptor in descriptors:
+        os.close(descriptor)
+
+
+def test_a_scan_pauses_and_goes_on_from_where_it_stopped(tmp_path: Path, scan_of: ScanOf) -> None:
     incoming, outside = tmp_path / "incoming", tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.dcm").write_bytes(b"x")
@@ -94,7 +107,7 @@ def test_a_scan_pauses_and_goes_on_from_where_it_stopped(tmp_path: Path) -> None
     (incoming / "linked").symlink_to(outside)  # reported like a file, never entered
     expected.add(str(incoming / "linked"))
     (incoming / ".hidden").write_bytes(b"x")
-    scan = _scan(incoming)
+    scan = scan_of(incoming)
     first = list(itertools.islice(scan, 10))
     (incoming / "a0" / "deep" / "late").write_bytes(b"x")  # may or may not be seen
     rest = list(scan)
@@ -106,7 +119,9 @@ def test_a_scan_pauses_and_goes_on_from_where_it_stopped(tmp_path: Path) -> None
     assert all(not p.startswith(str(outside)) for p in found)
 
 
-def test_a_scan_removes_old_empty_folders_below_the_root_and_nothing_else(tmp_path: Path) -> None:
+def test_a_scan_removes_old_empty_folders_below_the_root_and_nothing_else(
+    tmp_path: Path, scan_of: ScanOf
+) -> None:
     incoming, outside = tmp_path / "incoming", tmp_path / "outside"
     old_empty = incoming / "old" / "nested"
     old_empty.mkdir(parents=True)
@@ -117,15 +132,16 @@ def test_a_scan_removes_old_empty_folders_below_the_root_and_nothing_else(tmp_pa
     long_ago = time.time() - 3600
     for folder in (old_empty, old_empty.parent, outside / "empty"):
         os.utime(folder, (long_ago, long_ago))
-    assert list(_scan(incoming, remove_after=60)) == [(str(incoming / "to-outside"), ANY)]
+    assert list(scan_of(incoming, remove_after=60)) == [(str(incoming / "to-outside"), ANY)]
     assert not old_empty.parent.exists()
     assert fresh.exists()
     assert (outside / "empty").exists()  # reached only through a link: never touched
-    (fresh / "stays").mkdir()
-    os.utime(fresh / "stays", (long_ago, long_ago))
-    scan = _scan(incoming, remove_after=60)
-    scan.close()  # stopped early: removes nothing
-    assert (fresh / "stays").exists()
+    scan = scan_of(incoming, remove_after=60)
+    open_before = len(os.listdir("/proc/self/fd"))
+    assert next(iter(scan)) == (str(incoming / "to-outside"), ANY)  # a folder is open now
+    assert len(os.listdir("/proc/self/fd")) > open_before  # its descriptor, and scandir's
+    scan.close()  # stopped midway: the folder it held is closed
+    assert len(os.listdir("/proc/self/fd")) == open_before
 
 
 # -- completion -----------------------------------------------------------------

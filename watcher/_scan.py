@@ -109,6 +109,5 @@ class FolderScan:
                 os.close(parent)
 
     def close(self) -> None:
-        """Stop early (its open folder is closed; no folder is removed)."""
-        self._remove_empty_after = None
+        """Stop early: its open folder is closed; folders are removed only by a finished walk."""
         self._entries.close()
