@@ -53,8 +53,8 @@ _BATCH = 16
 _SCAN_STEP = 2_000
 #: How long the dispatcher lets a trickle of records gather before it acts on them:
 #: measured at 1,000 files/s, 5 ms cut the CPU per instance of the whole service by
-#: about a quarter (fewer wake-ups of this thread, the pool threads and the workers);
-#: longer windows gained nothing more.
+#: about a fifth (fewer wake-ups of this thread, the pool threads and the workers);
+#: 3 to 12 ms windows measured alike.
 _GATHER_S = 0.005
 #: Records waiting for the dispatcher at most.
 _INBOX_CAPACITY = 4_096
