@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from .conftest import run_cli
+from .conftest import run_cli, write_dicom
 from .listener import Listener, listener
 from .trees import snapshot, temp_files
 from .workload import Instance, plan, write_workload
@@ -92,3 +96,70 @@ def test_repeated_sigkill_during_ingest(tmp_path: Path) -> None:
     assert sorted(ours) == sorted(theirs)
     for key, value in theirs.items():
         assert ours[key] == value, key
+
+
+_ORPHANED_PARENT = """
+import os, sys, time
+from repack import Layout
+from watcher._engine import Engine, EngineConfig, Job
+
+incoming, datadir, logdir = sys.argv[1:4]
+layout = Layout.named("rx-repack")
+config = EngineConfig(incoming, datadir, logdir, layout.sources, layout.name, True, False)
+engine = Engine(config, process=True)
+engine.start()
+assert engine.wait_ready(60) is None
+print(engine._process.pid, flush=True)
+sys.stdin.readline()
+root = os.stat(incoming)
+engine._connection.send([Job(name, (root.st_dev, root.st_ino)) for name in sys.argv[4:]])
+print("sent", flush=True)
+time.sleep(60)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+def test_a_worker_whose_service_died_repacks_nothing_more_and_exits(tmp_path: Path) -> None:
+    """SIGKILL of the service while a batch waits: nobody would report it, so it stays incoming.
+
+    The worker is stopped while its dead parent's batch waits in the socket,
+    so the order is certain: parent gone first, then the worker reads the jobs.
+    """
+    names = [f"MR.{n}" for n in range(8)]
+    for name in names:
+        write_dicom(tmp_path / "incoming" / name)
+    folders = [str(tmp_path / part) for part in ("incoming", "data", "log")]
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _ORPHANED_PARENT, *folders, *names],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert parent.stdin is not None
+    assert parent.stdout is not None
+    worker = 0
+    try:
+        worker = int(parent.stdout.readline())  # the parent's own deadline bounds this read
+        os.kill(worker, signal.SIGSTOP)
+        parent.stdin.write(b"go\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline() == b"sent\n"
+        parent.kill()
+        parent.wait(10)
+        os.kill(worker, signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        while not _gone(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(worker), "the orphaned worker did not exit"
+    finally:
+        parent.kill()
+        if worker and not _gone(worker):
+            os.kill(worker, signal.SIGKILL)
+        parent.communicate(timeout=10)
+    assert sorted(p.name for p in (tmp_path / "incoming").iterdir()) == names
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.dcm"))

@@ -363,6 +363,7 @@ def serve(connection: Connection) -> None:
         connection.send(("failed", f"{type(error).__name__}: {error}"))
         return
     connection.send(("ready", None))
+    parent = os.getppid()
     while True:
         try:
             jobs: list[Job] | None = connection.recv()
@@ -370,7 +371,18 @@ def serve(connection: Connection) -> None:
             return  # the parent is gone
         if jobs is None:
             return
-        connection.send([_render(_run(repacker, root, job), job, renderer) for job in jobs])
+        results: list[Result] = []
+        for job in jobs:
+            if os.getppid() != parent:
+                # The parent died (SIGKILL, OOM) mid-batch: nobody would report
+                # what we repack now. Stop, and leave the rest where another
+                # service, or this one restarted, finds and reports it.
+                return
+            results.append(_render(_run(repacker, root, job), job, renderer))
+        try:
+            connection.send(results)
+        except OSError:
+            return  # the parent died during the batch's last file
 
 
 def _run(repacker: Repacker, root: IncomingRoot, job: Job) -> Result:

@@ -530,15 +530,15 @@ class Service:
         identity = self.root.identity
         jobs = [Job(self.root.relative(c.path), identity, c.attempt) for c in candidates]
         results = self.engines[index].repack(jobs)
-        lines = []
+        lines = [result.line for result in results if result.line is not None]
+        if lines and self._write_lines is not None:
+            # The batch's events in one write, first: a service killed now loses
+            # no event of a file its workers finished.
+            self._write_lines(b"\n".join(lines))
         for candidate, result in zip(candidates, results, strict=True):
             if self.metrics is not None and result.warnings:
                 self.metrics.warned(len(result.warnings))
             self.router.route(candidate, result)
-            if result.line is not None:
-                lines.append(result.line)
-        if lines and self._write_lines is not None:
-            self._write_lines(b"\n".join(lines))  # the batch's events, in one write
 
     def _handler_failed(self, index: int, candidates: list[Candidate], error: Exception) -> None:
         """A bug between the worker and the router: log it and retry the files."""
