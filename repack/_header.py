@@ -68,7 +68,11 @@ _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _IMPLICIT = "1.2.840.10008.1.2"
 _EXPLICIT_BIG = "1.2.840.10008.1.2.2"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
-_WINDOW = 64 * 1024
+#: Bytes read at a time. Headers hold few large values (a Siemens CSA header of
+#: 88 kB, PixelData) that the walk seeks over: a 64 kB window copied ~128 kB of
+#: them per SAG instance, and its allocation faulted fresh pages in; 8 kB copies
+#: ~30 kB (read_header's system time per file: 0.015-0.028 ms -> 0.001-0.004).
+_WINDOW = 8 * 1024
 _MAX_ELEMENTS = 200_000
 _MAX_DEPTH = 64
 _TAG = struct.Struct("<HH")

@@ -118,3 +118,24 @@ def test_never_accepts_what_the_full_read_rejects(tmp_path: Path) -> None:
     assert accepted > 100
     assert rejected > 100
     assert reasons == {"truncated"}
+
+
+@pytest.mark.parametrize("window", [13, 64, 509])
+def test_the_same_with_any_read_window(
+    tmp_path: Path, example_files: list[Path], monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    """Element headers and values that straddle the read window's edge read the same."""
+    monkeypatch.setattr("repack._header._WINDOW", window)
+    for path in example_files[::48]:
+        assert_same(path)
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3"
+    ds = make_dataset(ReferencedStudySequence=Sequence([item, item]))
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        assert_same(_write(tmp_path / f"{window}.dcm", ds, syntax))
+    base = base_file(tmp_path)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(base[:-7])
+    with open(truncated, "rb") as handle, pytest.raises(InvalidInstanceError) as verdict:
+        read_header(handle.fileno(), truncated.stat().st_size, frozenset({0x00100020}))
+    assert verdict.value.reason == "truncated"
