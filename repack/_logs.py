@@ -16,6 +16,7 @@ readers (``px-status``, ``px-push``, ``px-register``, ``px-smdb``)::
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,47 +140,58 @@ def image_document(
 
 @dataclass(frozen=True)
 class LogPaths:
-    """Where the log files of one instance go, every name confined to ``logdir``."""
+    """Where the log files of one series go, every name confined to ``logdir``.
+
+    One object per series serves all its instances (a repacker keeps them):
+    its paths are built once, and their hashes are computed once.
+    """
 
     logdir: Path
     patient_id: str
     study_uid: str
     series_uid: str
-    image_name: str
 
     @classmethod
-    def of(cls, logdir: Path, instance: Instance, image_name: str) -> LogPaths:
-        """The paths for ``instance``, stored under ``image_name`` in the tree."""
+    def of(cls, logdir: Path, instance: Instance) -> LogPaths:
+        """The paths for the series of ``instance``."""
         return cls(
             logdir,
             safe_log_name(instance.px_value("PatientID"), suffix=".json"),
             safe_log_name(instance.px_value("StudyInstanceUID"), suffix=_UID_SUFFIX),
             safe_log_name(instance.px_value("SeriesInstanceUID"), suffix=_UID_SUFFIX),
-            safe_log_name(image_name, suffix=".json"),
         )
 
-    @property
+    @functools.cached_property
     def patient(self) -> Path:
         return self.logdir / "patientData" / f"{self.patient_id}.json"
 
-    @property
+    @functools.cached_property
     def study_meta(self) -> Path:
         return self.logdir / "studyData" / f"{self.study_uid}-meta.json"
 
-    @property
+    @functools.cached_property
     def study_series(self) -> Path:
         return (
             self.logdir / "studyData" / f"{self.study_uid}-series" / f"{self.series_uid}-meta.json"
         )
 
-    @property
+    @functools.cached_property
+    def series_data(self) -> Path:
+        return self.logdir / "seriesData"
+
+    @functools.cached_property
     def series_meta(self) -> Path:
-        return self.logdir / "seriesData" / f"{self.series_uid}-meta.json"
+        return self.series_data / f"{self.series_uid}-meta.json"
 
-    @property
-    def image(self) -> Path:
-        return self.logdir / "seriesData" / f"{self.series_uid}-img" / f"{self.image_name}.json"
+    @functools.cached_property
+    def images(self) -> Path:
+        """The folder of the per-instance files (it holds nothing else)."""
+        return self.series_data / f"{self.series_uid}-img"
 
-    @property
+    def image(self, image_name: str) -> Path:
+        """The file of the instance stored under ``image_name`` in the data tree."""
+        return self.images / f"{safe_log_name(image_name, suffix='.json')}.json"
+
+    @functools.cached_property
     def pack(self) -> Path:
-        return self.logdir / "seriesData" / f"{self.series_uid}-pack.json"
+        return self.series_data / f"{self.series_uid}-pack.json"

@@ -210,6 +210,10 @@ class Repacker:
         )
         self._written: set[Path] = set()
         self._studies: set[tuple[Path, str]] = set()
+        # Built once per series: the same path objects (and their cached hashes)
+        # serve every instance.
+        self._series_dirs: dict[tuple[str, str, str], Path] = {}
+        self._log_paths: dict[tuple[str, str, str], LogPaths] = {}
         # Most values are the same bytes in every instance of a series: converted once.
         self._values = ValueCache()
 
@@ -218,6 +222,28 @@ class Repacker:
             self._written.clear()
             self._studies.clear()
         self._written.add(path)
+
+    def _series_dir(self, placement: Placement) -> Path:
+        key = (placement.root, placement.study, placement.series)
+        found = self._series_dirs.get(key)
+        if found is None:
+            if len(self._series_dirs) >= _REMEMBER_AT_MOST:
+                self._series_dirs.clear()
+            found = self._series_dirs[key] = self.datadir / placement.series_path
+        return found
+
+    def _paths_of(self, instance: Instance, logdir: Path) -> LogPaths:
+        key = (
+            instance.px_value("PatientID"),
+            instance.px_value("StudyInstanceUID"),
+            instance.px_value("SeriesInstanceUID"),
+        )
+        found = self._log_paths.get(key)
+        if found is None:
+            if len(self._log_paths) >= _REMEMBER_AT_MOST:
+                self._log_paths.clear()
+            found = self._log_paths[key] = LogPaths.of(logdir, instance)
+        return found
 
     def repack(self, src: str | os.PathLike[str]) -> RepackOutcome:
         """Repack the file at ``src`` (a path a user gave); raise a :class:`RepackError`.
@@ -234,10 +260,10 @@ class Repacker:
         started = time.perf_counter()
         instance = read_source(source, self._keywords, self._values)
         placement = plan_placement(instance, self.layout)
-        series_dir = self.datadir / placement.series_path
+        series_dir = self._series_dir(placement)
         destination = series_dir / placement.image
         generation = self._store.generation
-        stat = self._store.place(source, destination, link=self.move)
+        stat = self._store.place(source, destination, link=self.move, folder=series_dir)
         new_series = False
         if self.logdir is not None:
             new_series = self._write_logs(instance, placement, series_dir, destination, stat)
@@ -265,7 +291,7 @@ class Repacker:
         series_dir = self.datadir / placement.series_path
         destination = series_dir / placement.image
         if self.logdir is not None:
-            LogPaths.of(self.logdir, instance, placement.image)
+            LogPaths.of(self.logdir, instance).image(placement.image)
             for document in (
                 patient_document(instance, [instance.px_value("StudyInstanceUID")]),
                 study_meta_document(instance),
@@ -288,7 +314,7 @@ class Repacker:
         stat: os.stat_result,
     ) -> bool:
         assert self.logdir is not None  # noqa: S101 - checked by the caller
-        paths = LogPaths.of(self.logdir, instance, placement.image)
+        paths = self._paths_of(instance, self.logdir)
         store = self._store
         self._record_study(instance, paths)
         if paths.study_meta not in self._written:
@@ -310,7 +336,12 @@ class Repacker:
         image = image_document(instance, placement.image, stat, str(destination), nlink=nlink)
         # The -img folder holds one file per instance and nothing else (pypx
         # counts them), so its temporary files live one level up.
-        store.write_atomic(paths.image, json_bytes(image), temp_dir=paths.image.parent.parent)
+        store.write_atomic(
+            paths.image(placement.image),
+            json_bytes(image),
+            temp_dir=paths.series_data,
+            folder=paths.images,
+        )
         if paths.pack not in self._written:
             store.create_once(paths.pack, _SERIES_PACK)
             self._remember(paths.pack)

@@ -204,8 +204,8 @@ class Store:
 
     # -- JSON files ----------------------------------------------------------
 
-    def _publish_unnamed(self, path: Path, data: bytes) -> bool | None:
-        """Create ``path`` from an unnamed (``O_TMPFILE``) file: no temporary name.
+    def _publish_unnamed(self, path: Path, data: bytes, folder: Path) -> bool | None:
+        """Create ``path`` (in ``folder``) from an unnamed (``O_TMPFILE``) file: no temporary name.
 
         True when created, False when ``path`` exists, None where the file
         system cannot do it (then the caller uses a named temporary file).
@@ -214,7 +214,7 @@ class Store:
             return None
         try:
             descriptor = self._in_folder(
-                path.parent, lambda: os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o666)
+                folder, lambda: os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o666)
             )
         except OSError as error:
             if error.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
@@ -241,19 +241,22 @@ class Store:
             os.close(descriptor)
         return True
 
-    def write_atomic(self, path: Path, data: bytes, *, temp_dir: Path | None = None) -> None:
+    def write_atomic(
+        self, path: Path, data: bytes, *, temp_dir: Path | None = None, folder: Path | None = None
+    ) -> None:
         """Replace ``path`` with ``data`` atomically.
 
         A new file is published from an unnamed file, so the folder never
         shows a temporary name. Replacing an existing file goes through a
         named temporary file in ``temp_dir`` (same file system; by default the
-        destination folder).
+        destination folder). ``folder``: ``path.parent``, if the caller has it.
         """
-        if self._publish_unnamed(path, data):
+        folder = folder if folder is not None else path.parent
+        if self._publish_unnamed(path, data, folder):
             return
-        temp = self._write_temp(temp_dir or path.parent, data)
+        temp = self._write_temp(temp_dir or folder, data)
         try:
-            self._in_folder(path.parent, lambda: os.replace(temp, path))
+            self._in_folder(folder, lambda: os.replace(temp, path))
         except OSError as error:
             _unlink_quietly(temp)
             raise _storage_error(error, "write", path) from error
@@ -262,7 +265,7 @@ class Store:
         """Create ``path`` with ``data`` unless it exists; True if this call created it."""
         if path.exists():
             return False
-        published = self._publish_unnamed(path, data)
+        published = self._publish_unnamed(path, data, path.parent)
         if published is not None:
             return published
         temp = self._write_temp(path.parent, data)
@@ -328,7 +331,9 @@ class Store:
 
     # -- data files ----------------------------------------------------------
 
-    def place(self, source: SourceFile, destination: Path, *, link: bool) -> os.stat_result:
+    def place(
+        self, source: SourceFile, destination: Path, *, link: bool, folder: Path | None = None
+    ) -> os.stat_result:
         """Make ``destination`` a complete copy of the opened ``source``, which stays put.
 
         With ``link``, a hard link to the opened inode when it is on the same
@@ -336,15 +341,17 @@ class Store:
         right after: storescp rewrites a re-sent file in place, which would
         change a long-lived link too); otherwise a copy, synced when the
         source is about to go. Published atomically either way. Returns the
-        destination's stat.
+        destination's stat. ``folder``: ``destination.parent``, if the caller
+        has it (then its hash is not computed again).
         """
+        folder = folder if folder is not None else destination.parent
         # Durable before its source may go; a kept source needs no sync.
         sync = link and self._fsync
         link = link and self._proc_links and not source.shared
         if link:
             # The common case, a new instance: link straight to the final name.
             try:
-                self._in_folder(destination.parent, lambda: self._link(source, destination))
+                self._in_folder(folder, lambda: self._link(source, destination))
             except FileExistsError:
                 pass  # sent again: replace it below
             except OSError as error:
@@ -355,13 +362,13 @@ class Store:
                 # The link is the opened inode: its stat, without a walk of the path.
                 with _translated("stat", destination):
                     return os.fstat(source.descriptor)
-        temp = _temp_name(destination.parent)
+        temp = _temp_name(folder)
         try:
             try:
                 if link:
-                    self._in_folder(destination.parent, lambda: self._link(source, temp))
+                    self._in_folder(folder, lambda: self._link(source, temp))
                 else:
-                    self._in_folder(destination.parent, lambda: self._copy(source, temp, sync=sync))
+                    self._in_folder(folder, lambda: self._copy(source, temp, sync=sync))
             except OSError as error:
                 raise self._placing_error(error, source, temp) from error
             with _translated("write", destination):

@@ -27,6 +27,7 @@ error before any file is touched.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Mapping
@@ -245,12 +246,12 @@ class Layout:
         """The four template strings, outermost first."""
         return (self.root.source, self.study.source, self.series.source, self.image.source)
 
-    @property
+    @functools.cached_property
     def templates(self) -> tuple[Template, Template, Template, Template]:
         """The four templates, outermost first."""
         return (self.root, self.study, self.series, self.image)
 
-    @property
+    @functools.cached_property
     def keywords(self) -> frozenset[str]:
         """Every keyword any of the templates reads."""
         return frozenset(k for t in self.templates for k in t.keywords)
