@@ -258,6 +258,45 @@ def test_a_worker_takes_what_is_queued_in_one_batch_and_never_waits_for_more() -
     assert [job for b in batches for job in b] == list(range(21))
 
 
+def test_the_first_worker_leads_and_the_others_help_with_a_backlog_or_a_wait() -> None:
+    taken: list[tuple[int, list[int]]] = []
+    lead_free = threading.Event()
+    lead_free.set()
+
+    def handle(index: int, jobs: list[int]) -> None:
+        taken.append((index, jobs))
+        if index == 0:
+            lead_free.wait(10)
+
+    pool: WorkerPool[int] = WorkerPool(handle, workers=2, capacity=64, batch=4, help_after=1.0)
+    pool.start()
+    try:
+        # A trickle: each job alone, the lead free: the lead does all of it.
+        for job in range(5):
+            pool.submit(job)
+            wait_for(lambda: pool.depth() == 0 and pool.busy() == 0, 10, "the job to be done")
+        assert [index for index, _ in taken] == [0] * 5
+        # The lead is held: one job waits, and is helped with once it has waited.
+        taken.clear()
+        lead_free.clear()
+        pool.submit(100)
+        wait_for(lambda: pool.busy() == 1, 10, "the lead to take its job")
+        pool.submit(101)
+        wait_for(lambda: len(taken) == 2, 10, "a helper to take the job that waited")
+        assert taken[1] == (1, [101])
+        # A full batch waiting is helped with at once.
+        pool.submit(102)
+        wait_for(lambda: pool.depth() == 1, 10, "the job to be queued")
+        assert len(taken) == 2, "a helper took a lone job before it had waited"
+        for job in range(103, 106):
+            pool.submit(job)
+        wait_for(lambda: len(taken) == 3, 10, "a helper to take the full batch")
+        assert taken[2] == (1, [102, 103, 104, 105])
+    finally:
+        lead_free.set()
+        assert pool.stop(5) == (0, True)
+
+
 # -- quarantine -----------------------------------------------------------------
 
 

@@ -3,8 +3,8 @@
 The dispatcher only submits while there is room (:meth:`WorkerPool.free_slots`),
 so a backlog stays on disk in the incoming folder, not in this queue. Stopping
 is explicit and bounded: queued jobs that no worker started are handed back
-(their files are still in the incoming folder), one sentinel per worker wakes
-each idle worker, and every join has a deadline.
+(their files are still in the incoming folder), every idle worker is woken,
+and every join has a deadline.
 
 A worker takes what is queued in one go, up to ``batch`` jobs (never waiting
 for more: a lone job goes at once), so that a burst crosses to a worker
@@ -12,21 +12,25 @@ process in a few messages rather than one per file. A worker survives
 whatever a batch raises (``failed(index, jobs, error)`` is told), and the
 pool knows since when each worker holds its batch, so health can tell a busy
 worker from a stuck one.
+
+The first worker leads: it takes whatever is queued. The others help only
+when a full batch is waiting, or when a job has waited ``help_after``
+seconds. While files trickle in, one worker process does the work and stays
+warm (its caches, its folders); a backlog has every worker on it at once.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar, cast
+from typing import Generic, TypeVar
 
 __all__ = ["WorkerPool"]
 
 Job = TypeVar("Job")
-_SENTINEL = object()
 
 
 class WorkerPool(Generic[Job]):
@@ -45,6 +49,7 @@ class WorkerPool(Generic[Job]):
         workers: int,
         capacity: int,
         batch: int = 1,
+        help_after: float = 0.1,
         name: str = "repack-worker",
         finish: Callable[[int], None] | None = None,
         failed: Callable[[int, list[Job], Exception], None] | None = None,
@@ -52,11 +57,19 @@ class WorkerPool(Generic[Job]):
     ) -> None:
         self._handle = handle
         self._batch = max(1, batch)
+        self._help_after = help_after
+        #: Queued jobs at which the helpers join in: more than the leader's next batch.
+        self._help_depth = 2 * self._batch
         self._finish = finish
         self._failed = failed
         self._clock = clock
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=capacity)
-        self._busy_lock = threading.Lock()
+        self._capacity = capacity
+        #: Queued jobs, each with the time it was queued.
+        self._jobs: collections.deque[tuple[float, Job]] = collections.deque()
+        self._lock = threading.Lock()
+        self._lead_wakeup = threading.Condition(self._lock)
+        self._helper_wakeup = threading.Condition(self._lock)
+        self._stopping = False
         #: Per worker: since when it holds its current job (None when idle).
         self._busy_since: list[float | None] = [None] * workers
         self._threads = [
@@ -72,21 +85,21 @@ class WorkerPool(Generic[Job]):
 
     def free_slots(self) -> int:
         """How many more jobs fit in the queue right now."""
-        return max(0, self._queue.maxsize - self._queue.qsize())
+        return max(0, self._capacity - len(self._jobs))
 
     def depth(self) -> int:
         """Jobs waiting in the queue (not counting those being handled)."""
-        return self._queue.qsize()
+        return len(self._jobs)
 
     def busy(self) -> int:
         """Jobs being handled right now."""
-        with self._busy_lock:
+        with self._lock:
             return sum(since is not None for since in self._busy_since)
 
     def stalled(self, after: float) -> list[int]:
         """The workers that have held their current job for more than ``after`` seconds."""
         now = self._clock()
-        with self._busy_lock:
+        with self._lock:
             return [
                 index
                 for index, since in enumerate(self._busy_since)
@@ -99,37 +112,36 @@ class WorkerPool(Generic[Job]):
 
     def submit(self, job: Job) -> bool:
         """Queue ``job`` if there is room; never blocks."""
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            return False
+        with self._lock:
+            if self._stopping or len(self._jobs) >= self._capacity:
+                return False
+            self._jobs.append((time.monotonic(), job))
+            self._lead_wakeup.notify()
+            if len(self._jobs) == 1 or len(self._jobs) >= self._help_depth:
+                # A helper either starts to time the wait, or has a full batch.
+                self._helper_wakeup.notify()
         return True
 
-    def _take(self) -> tuple[list[Job], bool]:
-        """A batch: one job (waiting for it), then what is queued already; and whether to stop."""
-        first = self._queue.get()
-        if first is _SENTINEL:
-            return [], True
-        jobs = [cast(Job, first)]
-        while len(jobs) < self._batch:
-            try:
-                more = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if more is _SENTINEL:
-                return jobs, True
-            jobs.append(cast(Job, more))
-        return jobs, False
+    def _take(self, index: int) -> list[Job] | None:
+        """The next batch for worker ``index`` (waiting for it), or None to stop."""
+        with self._lock:
+            while not self._stopping:
+                jobs = self._jobs
+                if not jobs:
+                    (self._helper_wakeup if index else self._lead_wakeup).wait()
+                    continue
+                waited = time.monotonic() - jobs[0][0]
+                if index and len(jobs) < self._help_depth and waited < self._help_after:
+                    self._helper_wakeup.wait(self._help_after - waited)
+                    continue
+                batch = [jobs.popleft()[1] for _ in range(min(self._batch, len(jobs)))]
+                self._busy_since[index] = self._clock()
+                return batch
+            return None
 
     def _work(self, index: int) -> None:
         try:
-            stop = False
-            while not stop:
-                jobs, stop = self._take()
-                if not jobs:
-                    continue
-                with self._busy_lock:
-                    self._busy_since[index] = self._clock()
+            while (jobs := self._take(index)) is not None:
                 try:
                     self._handle(index, jobs)
                 except Exception as error:  # one batch never ends a worker
@@ -137,7 +149,7 @@ class WorkerPool(Generic[Job]):
                         with contextlib.suppress(Exception):  # not even its report
                             self._failed(index, jobs, error)
                 finally:
-                    with self._busy_lock:
+                    with self._lock:
                         self._busy_since[index] = None
         finally:
             if self._finish is not None:
@@ -149,22 +161,15 @@ class WorkerPool(Generic[Job]):
         Returns how many queued jobs were handed back unstarted, and whether
         every worker finished its current job in time.
         """
-        handed_back = 0
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not _SENTINEL:
-                handed_back += 1
+        with self._lock:
+            handed_back = len(self._jobs)
+            self._jobs.clear()
+            self._stopping = True
+            self._lead_wakeup.notify_all()
+            self._helper_wakeup.notify_all()
         if not self._started:
             return handed_back, True
         deadline = time.monotonic() + timeout
-        for _ in self._threads:
-            try:
-                self._queue.put(_SENTINEL, timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Full:
-                break  # every worker is stuck on a job; the joins below time out
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         return handed_back, not any(t.is_alive() for t in self._threads)
