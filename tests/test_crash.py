@@ -126,6 +126,56 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
+class _OrphanedWorker:
+    """A worker process whose parent (a stand-in for the service) is SIGKILLed on cue.
+
+    The parent starts one process-mode :class:`~watcher._engine.Engine`,
+    prints its pid, and sends one batch of every name when told to.
+    """
+
+    def __init__(self, root: Path, names: list[str]) -> None:
+        folders = [str(root / part) for part in ("incoming", "data", "log")]
+        self.parent = subprocess.Popen(
+            [sys.executable, "-c", _ORPHANED_PARENT, *folders, *names],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert self.parent.stdin is not None
+        assert self.parent.stdout is not None
+        self.stdin, self.stdout = self.parent.stdin, self.parent.stdout
+        self.worker = 0
+        self.output = b""
+
+    def __enter__(self) -> _OrphanedWorker:
+        self.worker = int(self.stdout.readline())  # the parent's own deadline bounds this read
+        return self
+
+    def send_batch(self) -> None:
+        self.stdin.write(b"go\n")
+        self.stdin.flush()
+        assert self.stdout.readline() == b"sent\n"
+
+    def kill_parent_then_resume(self) -> None:
+        """SIGKILL the parent; let the (stopped) worker go on without it; wait for it to exit."""
+        self.parent.kill()
+        self.parent.wait(10)
+        os.kill(self.worker, signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        while not _gone(self.worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(self.worker), "the orphaned worker did not exit"
+
+    def __exit__(self, *_: object) -> None:
+        self.parent.kill()
+        if self.worker and not _gone(self.worker):
+            os.kill(self.worker, signal.SIGKILL)
+        # The worker shares the parent's stdout: this reads what it wrote too.
+        self.output = self.parent.communicate(timeout=10)[0]
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        lines = [orjson.loads(line) for line in self.output.splitlines() if line.startswith(b"{")]
+        return [event for event in lines if event.get("event") == name]
+
+
 def test_a_worker_whose_service_died_repacks_nothing_more_and_exits(tmp_path: Path) -> None:
     """SIGKILL of the service while a batch waits: nobody would report it, so it stays incoming.
 
@@ -135,31 +185,40 @@ def test_a_worker_whose_service_died_repacks_nothing_more_and_exits(tmp_path: Pa
     names = [f"MR.{n}" for n in range(8)]
     for name in names:
         write_dicom(tmp_path / "incoming" / name)
-    folders = [str(tmp_path / part) for part in ("incoming", "data", "log")]
-    parent = subprocess.Popen(
-        [sys.executable, "-c", _ORPHANED_PARENT, *folders, *names],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    assert parent.stdin is not None
-    assert parent.stdout is not None
-    worker = 0
-    try:
-        worker = int(parent.stdout.readline())  # the parent's own deadline bounds this read
-        os.kill(worker, signal.SIGSTOP)
-        parent.stdin.write(b"go\n")
-        parent.stdin.flush()
-        assert parent.stdout.readline() == b"sent\n"
-        parent.kill()
-        parent.wait(10)
-        os.kill(worker, signal.SIGCONT)
-        deadline = time.monotonic() + 20
-        while not _gone(worker) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _gone(worker), "the orphaned worker did not exit"
-    finally:
-        parent.kill()
-        if worker and not _gone(worker):
-            os.kill(worker, signal.SIGKILL)
-        parent.communicate(timeout=10)
+    with _OrphanedWorker(tmp_path, names) as orphan:
+        os.kill(orphan.worker, signal.SIGSTOP)
+        orphan.send_batch()
+        orphan.kill_parent_then_resume()
     assert sorted(p.name for p in (tmp_path / "incoming").iterdir()) == names
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.dcm"))
+    assert orphan.events("repack.done") == []
+
+
+def test_a_worker_whose_service_died_mid_batch_reports_every_file_it_moved(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of the service while its worker is inside a batch: no moved file goes unreported.
+
+    The batch is long (200 files); the worker is stopped as soon as the first
+    file has left the incoming folder, the parent killed, the worker resumed.
+    Every file that is no longer incoming has its ``repack.done`` line on the
+    service's stream (the worker writes what its dead parent cannot), and the
+    worker started no file after it noticed.
+    """
+    incoming = tmp_path / "incoming"
+    files = write_workload(incoming, plan(1, 1, 1, 200, seed="O"))
+    names = sorted(path.name for path in files)
+    with _OrphanedWorker(tmp_path, names) as orphan:
+        orphan.send_batch()
+        deadline = time.monotonic() + 30
+        while len(os.listdir(incoming)) == len(names) and time.monotonic() < deadline:
+            pass  # a tight loop: stop the worker within a file or two of its first
+        os.kill(orphan.worker, signal.SIGSTOP)
+        orphan.kill_parent_then_resume()
+    left = {path.name for path in incoming.iterdir()}
+    moved = set(names) - left
+    assert moved, "the worker repacked nothing before its parent died"
+    assert left, "the worker went on through the whole batch without its parent"
+    reported = {Path(str(event["src"])).name for event in orphan.events("repack.done")}
+    assert reported == moved
+    assert len(list((tmp_path / "data").rglob("*.dcm"))) == len(moved)

@@ -56,7 +56,9 @@ from repack import (
     SourceVanishedError,
     StorageError,
     configure_logging,
+    get_logger,
     line_renderer,
+    line_writer,
     open_beneath,
 )
 
@@ -374,15 +376,35 @@ def serve(connection: Connection) -> None:
         results: list[Result] = []
         for job in jobs:
             if os.getppid() != parent:
-                # The parent died (SIGKILL, OOM) mid-batch: nobody would report
-                # what we repack now. Stop, and leave the rest where another
-                # service, or this one restarted, finds and reports it.
+                # The parent died (SIGKILL, OOM) mid-batch. Report what this
+                # batch already repacked, and start nothing more: the rest stays
+                # where another service, or this one restarted, finds it.
+                _report_orphaned(results)
                 return
             results.append(_render(_run(repacker, root, job), job, renderer))
         try:
             connection.send(results)
         except OSError:
-            return  # the parent died during the batch's last file
+            _report_orphaned(results)  # the parent died during the batch's last file
+            return
+
+
+def _report_orphaned(results: list[Result]) -> None:
+    """Write the events of files repacked for a parent that died, on this worker's own stdout.
+
+    The worker inherited the service's event stream, so a monitor still sees
+    every file that left the incoming folder, even when the service was
+    killed before it could report the batch.
+    """
+    write_lines = line_writer()
+    log = get_logger()
+    for result in results:
+        if result.outcome is not Outcome.DONE:
+            continue  # nothing happened to the file: whoever takes it next reports it
+        if result.line is not None and write_lines is not None:
+            write_lines(result.line)
+        else:
+            log.info("repack.done", **result.event)
 
 
 def _run(repacker: Repacker, root: IncomingRoot, job: Job) -> Result:
