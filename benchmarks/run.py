@@ -239,16 +239,33 @@ def _send(port: int, files: list[Path]) -> float:
     return time.perf_counter() - started
 
 
-def end_to_end(work: Path, files: list[Path], label: str, rounds: int = 3) -> dict[str, Any]:
-    alone, together = [], []
+def end_to_end(
+    work: Path,
+    files: list[Path],
+    label: str,
+    rounds: int = 3,
+    startup: tuple[float, float] = (0.0, 0.0),
+) -> dict[str, Any]:
+    """storescu -> storescp with the service, against the same send into storescp alone.
+
+    Rounds alternate (alone, then with the service), so that the host's
+    drift hits both alike. Beside the times, CPU per instance: storescp and
+    storescu together in the rounds alone, and the service's whole tree
+    (itself and its workers, start-up subtracted) in the rounds with it:
+    storescp is reaped first, so the children's CPU taken across the
+    service's stop is the service's alone.
+    """
+    alone, together, dcmtk_cpu, service_cpu = [], [], [], []
     for round_ in range(rounds):
         port = free_port()
         settle_disk()
+        cpu = Cpu()
         scp = start_storescp(work / f"alone-{round_}", port=port)
         try:
             alone.append(_send(port, files))
         finally:
             stop_group(scp)
+        dcmtk_cpu.append(sum(cpu.seconds()))
         discard(work / f"alone-{round_}")
         root = work / f"e2e-{round_}"
         settle_disk()
@@ -261,9 +278,12 @@ def end_to_end(work: Path, files: list[Path], label: str, rounds: int = 3) -> di
             together.append(service.wait_done(len(files)) - started)
         finally:
             stop_group(scp)
+            cpu = Cpu()
             service.stop()
+        service_cpu.append(max(0.0, sum(cpu.seconds()) - sum(startup)))
         discard(root)
     best_alone, best_together = statistics.median(alone), statistics.median(together)
+    per_instance = 1000 / len(files)
     return {
         "workload": label,
         "instances": len(files),
@@ -272,6 +292,8 @@ def end_to_end(work: Path, files: list[Path], label: str, rounds: int = 3) -> di
         "with_service_s": round(best_together, 3),
         "ratio": round(best_together / best_alone, 3),
         "ratios_each_round": [round(t / a, 3) for t, a in zip(together, alone, strict=True)],
+        "dcmtk_cpu_ms_per_instance": [round(c * per_instance, 3) for c in dcmtk_cpu],
+        "service_cpu_ms_per_instance": [round(c * per_instance, 3) for c in service_cpu],
     }
 
 
@@ -512,6 +534,14 @@ def _measure(name: str, function: Callable[[], Any]) -> Any:
     return function()
 
 
+def _startup(results: dict[str, Any], work: Path) -> tuple[float, float]:
+    """The CPU (user, sys) of a start and stop with no files, measured once per run."""
+    if "startup_cpu_s" not in results:
+        measured = _measure("start-up cost", lambda: startup_cpu(work))
+        results["startup_cpu_s"] = {"user": round(measured[0], 3), "sys": round(measured[1], 3)}
+    return results["startup_cpu_s"]["user"], results["startup_cpu_s"]["sys"]
+
+
 def run_parts(
     parts: set[str],
     results: dict[str, Any],
@@ -522,8 +552,7 @@ def run_parts(
     arguments: argparse.Namespace,
 ) -> None:
     if "service" in parts:
-        startup = _measure("start-up cost", lambda: startup_cpu(work))
-        results["startup_cpu_s"] = {"user": round(startup[0], 3), "sys": round(startup[1], 3)}
+        startup = _startup(results, work)
         staged = work / "sag"
         shutil.copytree(SAG, staged)
         rows = [
@@ -574,15 +603,16 @@ def run_parts(
             ],
         )
     if "e2e" in parts and shutil.which("storescp"):
+        started = _startup(results, work)
         ten = write_workload(work / "e2e-10", plan(1, 2, 5, 192, seed="E"), sources=sag)
         results["end_to_end"] = [
-            _measure("end to end, 192", lambda: end_to_end(work, sag, "sag-192", 5)),
-            _measure("end to end, 1920", lambda: end_to_end(work, ten, "sag-x10", 5)),
+            _measure("end to end, 192", lambda: end_to_end(work, sag, "sag-192", 5, started)),
+            _measure("end to end, 1920", lambda: end_to_end(work, ten, "sag-x10", 5, started)),
         ]
         if arguments.scale:
             fifty = write_workload(work / "e2e-50", plan(5, 2, 5, 192, seed="F"), sources=sag)
             results["end_to_end"].append(
-                _measure("end to end, 9600", lambda: end_to_end(work, fifty, "sag-x50", 1))
+                _measure("end to end, 9600", lambda: end_to_end(work, fifty, "sag-x50", 1, started))
             )
         _section(
             "End to end: storescu -> storescp (+ service) / storescp alone",
@@ -590,16 +620,16 @@ def run_parts(
                 (
                     row["workload"],
                     f"alone {row['storescp_alone_s']} s, with service "
-                    f"{row['with_service_s']} s, ratio {row['ratio']}",
+                    f"{row['with_service_s']} s, ratio {row['ratio']} (rounds"
+                    f" {row['ratios_each_round']}); CPU ms/instance: storescp+storescu"
+                    f" {row['dcmtk_cpu_ms_per_instance']}, service"
+                    f" {row['service_cpu_ms_per_instance']}",
                 )
                 for row in results["end_to_end"]
             ],
         )
     if "latency" in parts:
-        if "startup_cpu_s" not in results:
-            measured = _measure("start-up cost", lambda: startup_cpu(work))
-            results["startup_cpu_s"] = {"user": measured[0], "sys": measured[1]}
-        started = (results["startup_cpu_s"]["user"], results["startup_cpu_s"]["sys"])
+        started = _startup(results, work)
         row = _measure(
             "latency", lambda: latency(work, 500.0, 5.0 if arguments.quick else 10.0, started)
         )
