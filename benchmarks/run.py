@@ -255,7 +255,7 @@ def end_to_end(
     storescp is reaped first, so the children's CPU taken across the
     service's stop is the service's alone.
     """
-    alone, together, dcmtk_cpu, service_cpu = [], [], [], []
+    alone, together, sending, dcmtk_cpu, service_cpu = [], [], [], [], []
     for round_ in range(rounds):
         port = free_port()
         settle_disk()
@@ -275,6 +275,7 @@ def end_to_end(
         try:
             started = time.perf_counter()
             send(port, files, timeout=1800)
+            sending.append(time.perf_counter() - started)
             together.append(service.wait_done(len(files)) - started)
         finally:
             stop_group(scp)
@@ -292,6 +293,12 @@ def end_to_end(
         "with_service_s": round(best_together, 3),
         "ratio": round(best_together / best_alone, 3),
         "ratios_each_round": [round(t / a, 3) for t, a in zip(together, alone, strict=True)],
+        # The transfer with the service running against the one alone, and how long
+        # after storescu's exit the last repack.done came: slowed down, or behind.
+        "send_ratios_each_round": [round(t / a, 3) for t, a in zip(sending, alone, strict=True)],
+        "tail_ms_each_round": [
+            round((t - s) * 1000, 1) for t, s in zip(together, sending, strict=True)
+        ],
         "dcmtk_cpu_ms_per_instance": [round(c * per_instance, 3) for c in dcmtk_cpu],
         "service_cpu_ms_per_instance": [round(c * per_instance, 3) for c in service_cpu],
     }
@@ -621,7 +628,8 @@ def run_parts(
                     row["workload"],
                     f"alone {row['storescp_alone_s']} s, with service "
                     f"{row['with_service_s']} s, ratio {row['ratio']} (rounds"
-                    f" {row['ratios_each_round']}); CPU ms/instance: storescp+storescu"
+                    f" {row['ratios_each_round']}; the send alone {row['send_ratios_each_round']},"
+                    f" then {row['tail_ms_each_round']} ms); CPU ms/instance: storescp+storescu"
                     f" {row['dcmtk_cpu_ms_per_instance']}, service"
                     f" {row['service_cpu_ms_per_instance']}",
                 )
