@@ -19,6 +19,7 @@ from repack import Store, dumps, json_bytes, open_root
 from watcher import ConfigError, parse_settings
 from watcher._completion import CompletionTracker
 from watcher._metrics import HealthServer, Metrics, Readiness
+from watcher._observer import READ_BURST_S, Inbox, RecordKind, reads_in_bursts, start_observer
 from watcher._pool import WorkerPool
 from watcher._quarantine import Quarantine, quarantine_name
 from watcher._scan import FolderScan
@@ -298,6 +299,47 @@ def test_the_first_worker_leads_and_the_others_help_with_a_backlog_or_a_wait() -
 
 
 # -- quarantine -----------------------------------------------------------------
+
+
+def test_the_inotify_reader_reads_a_burst_of_events_at_once(tmp_path: Path) -> None:
+    """Files closed one a millisecond: read a few milliseconds' worth at a time, none lost.
+
+    Reading at once would wake the reader (and watchdog's two threads after
+    it) for nearly every file, about once a millisecond. The burst reader
+    waits ``READ_BURST_S`` after the descriptor becomes readable, so it reads
+    at most once per that period, however slowly the files come.
+    """
+    assert reads_in_bursts(), "this watchdog no longer has the wait the burst reader extends"
+    inbox = Inbox(capacity=10_000)
+    observer = start_observer(tmp_path, inbox, polling=False, poll_interval=1.0)
+    reader = observer._inotify_fd
+    reads = 0
+    read_events = reader.read_events
+
+    def counted(**kwargs: int) -> list[object]:
+        nonlocal reads
+        reads += 1
+        return list(read_events(**kwargs))
+
+    reader.read_events = counted
+    try:
+        started = time.monotonic()
+        for index in range(60):
+            (tmp_path / f"MR.{index}").write_bytes(b"x")
+            time.sleep(0.001)
+        elapsed = time.monotonic() - started
+        closed: set[str] = set()
+
+        def all_closed() -> bool:
+            records, _ = inbox.take(0)
+            closed.update(r.path for r in records if r.kind is RecordKind.CLOSED)
+            return len(closed) == 60
+
+        wait_for(all_closed, 10, "every close to be recorded")
+    finally:
+        observer.stop()
+        observer.join(5)
+    assert reads <= elapsed / READ_BURST_S + 2, (reads, elapsed)
 
 
 def test_quarantine_names_are_cut_by_bytes_and_stay_apart() -> None:

@@ -4,6 +4,13 @@ watchdog calls handlers on its single dispatch thread, so the handler only
 records a :class:`Record` into an :class:`Inbox` and returns. The inbox is
 bounded: when it is full, events are dropped and the inbox says so, and the
 service rescans the folder (the files are on disk; nothing is lost).
+
+watchdog's inotify observer hands every event through three threads (the
+reader of the inotify descriptor, the emitter, the dispatcher), and each
+hand-over wakes a thread. While storescp writes a file at a time, its reader
+woke for nearly every event. :class:`_BurstReader` lets the events of a few
+milliseconds gather in the kernel's queue before it reads them, so the three
+threads wake once per burst instead of once per event.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
+import time
 from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
@@ -24,11 +32,20 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver
+from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
+from watchdog.observers.inotify_c import InotifyFD
 from watchdog.observers.polling import PollingObserver
 
-__all__ = ["Inbox", "Record", "RecordKind", "Recorder", "start_observer"]
+__all__ = [
+    "READ_BURST_S",
+    "Inbox",
+    "Record",
+    "RecordKind",
+    "Recorder",
+    "reads_in_bursts",
+    "start_observer",
+]
 
 
 class RecordKind(Enum):
@@ -126,6 +143,45 @@ class Recorder(FileSystemEventHandler):
             self._inbox.put(RecordKind.CHANGED, path)
 
 
+#: How long the inotify reader lets events gather once the first one is there.
+#: Whole service, CPU per instance while storescp writes 1,920 SAG-anon instances
+#: (tmpfs, interleaved runs): 0.68-0.94 ms reading at once, 0.59-0.72 with 5 ms
+#: (the service process itself 0.21-0.28 -> 0.11-0.17), 0.70-0.80 with 10 ms. It
+#: adds at most this much to a file's latency.
+READ_BURST_S = 0.005
+
+
+class _BurstReader(InotifyFD):
+    """watchdog's inotify reader, reading what a few milliseconds bring at once.
+
+    It extends watchdog's own wait for the descriptor to become readable
+    (``_check_inotify_fd``, watchdog 7); :func:`reads_in_bursts` tells
+    whether the installed watchdog still has it.
+    """
+
+    def _check_inotify_fd(self) -> bool:
+        readable = super()._check_inotify_fd()
+        if readable:
+            time.sleep(READ_BURST_S)  # the rest of the burst queues in the kernel
+        return readable
+
+
+class _BurstObserver(InotifyObserver):
+    """watchdog's inotify observer, built as its ``__init__`` does, with the burst reader."""
+
+    def __init__(self) -> None:
+        self._inotify_fd = _BurstReader()
+        self._inotify_fd.start()
+        BaseObserver.__init__(
+            self, InotifyEmitter, timeout=DEFAULT_OBSERVER_TIMEOUT, inotify_fd=self._inotify_fd
+        )
+
+
+def reads_in_bursts() -> bool:
+    """Whether the installed watchdog's reader waits where :class:`_BurstReader` extends it."""
+    return callable(getattr(InotifyFD, "_check_inotify_fd", None))
+
+
 def start_observer(
     folder: Path, inbox: Inbox, *, polling: bool, poll_interval: float, deletions: bool = False
 ) -> BaseObserver:
@@ -133,7 +189,7 @@ def start_observer(
 
     ``deletions``: also report deleted files (copy mode forgets their versions).
     """
-    observer: BaseObserver = PollingObserver(timeout=poll_interval) if polling else Observer()
+    observer: BaseObserver = PollingObserver(timeout=poll_interval) if polling else _BurstObserver()
     wanted = [*_WANTED, FileDeletedEvent] if deletions else _WANTED
     observer.schedule(Recorder(inbox), str(folder), recursive=True, event_filter=wanted)
     observer.daemon = True
