@@ -51,13 +51,6 @@ _HOUSEKEEPING_S = 0.5
 _BATCH = 16
 #: Entries a scan hands over per dispatcher round (then events get their turn).
 _SCAN_STEP = 2_000
-#: How long the dispatcher lets a trickle of records gather before it acts on them,
-#: so that this thread, the pool threads and the workers wake once for several files
-#: instead of once each. CPU of the whole service per instance, files written at a
-#: fixed rate (interleaved runs): at 1,500 files/s 0.76-0.84 ms with 5 ms, 0.69-0.72
-#: with 15 ms, 0.72-0.75 with 30 ms; at 1,000 files/s 0.77 with 5 ms, 0.72-0.75 with
-#: 15 ms; without a window 1.14. It adds at most this much to a file's latency.
-_GATHER_S = 0.015
 #: Records waiting for the dispatcher at most.
 _INBOX_CAPACITY = 4_096
 
@@ -362,15 +355,10 @@ class Service:
                 wait = 0.02
             if self._scans and self.tracker.room() > 0:
                 wait = 0.0  # a scan has more to hand over
+            # Records come in bursts (the observer reads a few milliseconds of
+            # events at once), so a trickle already reaches the pool and the
+            # workers several files at a time.
             records, dropped = self.inbox.take(wait)
-            if records and len(records) < _BATCH:
-                # A trickle (storescp writes one file at a time): let a few more
-                # arrive, so that this thread, the pool and the workers wake
-                # once for several files instead of once each.
-                self._stopping.wait(_GATHER_S)
-                more, dropped_more = self.inbox.take(0)
-                records += more
-                dropped = dropped or dropped_more
             for record in records:
                 self._record(record)
             if dropped or self.tracker.clear_overflow():
