@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from .conftest import write_dicom
 from .dcmtk import storescp, storescu, wait_for
 from .helpers import children, installed, worker_processes
 from .listener import Listener, listener
@@ -363,3 +364,26 @@ def test_the_workers_are_the_only_processes_the_service_starts(tmp_path: Path) -
         assert running.stop() == 0
     for worker in workers:
         wait_for(lambda w=worker: not Path(f"/proc/{w}").exists(), 10, "the workers to exit")
+
+
+def _scheduling(pid: int) -> tuple[int, int]:
+    """The niceness and scheduling policy of process ``pid`` (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16]), int(fields[38])  # stat fields 19 (nice) and 41 (policy)
+
+
+@pytest.mark.parametrize(("nice", "policy"), [(7, os.SCHED_BATCH), (0, os.SCHED_OTHER)])
+def test_worker_processes_yield_the_cpu_to_storescp_as_configured(
+    tmp_path: Path, nice: int, policy: int
+) -> None:
+    """Workers run as batch work at the configured niceness; the service itself does not."""
+    with listener(tmp_path, *FAST, "--workers", "2", "--worker-nice", str(nice)) as running:
+        assert running.process is not None
+        workers = worker_processes(running.process.pid)
+        assert len(workers) == 2
+        for worker in workers:
+            assert _scheduling(worker) == (nice, policy)
+        assert _scheduling(running.process.pid) == (0, os.SCHED_OTHER)
+        write_dicom(tmp_path / "incoming" / "MR.1")
+        running.wait_for(lambda: running.count("repack.done") == 1, 30, "the file")
+        assert running.stop() == 0

@@ -391,6 +391,8 @@ def test_settings_come_from_the_command_line_then_the_environment_then_defaults(
     assert settings.incoming == tmp_path
     assert parse_settings([], {}).workers == default_workers()
     assert parse_settings(["--no-fsync"], {}).fsync is False
+    assert parse_settings([], {}).worker_nice == 10
+    assert parse_settings([], {"PYPX_LISTENER_WORKER_NICE": "0"}).worker_nice == 0
 
 
 @pytest.mark.parametrize(
@@ -402,6 +404,8 @@ def test_settings_come_from_the_command_line_then_the_environment_then_defaults(
         (["--mode", "mirror"], {}, "--mode='mirror' is not one of move, copy", "--mode"),
         ([], {"PYPX_LISTENER_WORKERS": "many"}, "PYPX_LISTENER_WORKERS='many'", "fix"),
         (["--fsync", "false"], {}, "unrecognized arguments: false", "--help"),
+        (["--worker-nice", "20"], {}, "--worker-nice='20': must be from 0 to 19", "fix"),
+        ([], {"PYPX_LISTENER_WORKER_NICE": "-5"}, "must be from 0 to 19, not -5", "fix"),
     ],
 )
 def test_a_bad_setting_is_one_message_and_a_hint(

@@ -89,6 +89,8 @@ class EngineConfig:
     fsync: bool
     log_json: bool | None = None
     log_level: str = "info"
+    #: Added to a worker process's niceness, with ``SCHED_BATCH`` (0: neither).
+    nice: int = 0
 
     def repacker(self) -> Repacker:
         layout = Layout.from_sources(self.templates, self.layout_name)
@@ -356,6 +358,7 @@ def serve(connection: Connection) -> None:
     except (EOFError, OSError):
         return
     try:
+        yield_to_others(config.nice)
         configure_logging(json=config.log_json, level=config.log_level)
         install_warning_collector()
         repacker = config.repacker()
@@ -405,6 +408,24 @@ def _report_orphaned(results: list[Result]) -> None:
             write_lines(result.line)
         else:
             log.info("repack.done", **result.event)
+
+
+def yield_to_others(nice: int) -> None:
+    """Let this worker process have a core only after every ordinary process that wants one.
+
+    storescp answers the sender only after each file is written, so the
+    transfer waits whenever storescp (or a local storescu) waits for a core;
+    repacking is throughput work that can wait a millisecond. ``SCHED_BATCH``
+    keeps this process from preempting others when it wakes, and ``nice``
+    (added to the service's own, as ``nice -n`` does) lowers its share while
+    they run. Neither needs a privilege. Between containers the CPU is shared
+    by cgroup weight first, so this orders it within one container (the
+    supervised storescp) or one machine.
+    """
+    if nice <= 0:
+        return
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    os.nice(nice)
 
 
 def _run(repacker: Repacker, root: IncomingRoot, job: Job) -> Result:

@@ -138,6 +138,7 @@ class Service:
             settings.fsync,
             log_json={"auto": None, "json": True, "console": False}[settings.log_format],
             log_level=settings.log_level,
+            nice=settings.worker_nice,
         )
         self.engines = [
             Engine(config, process=settings.worker_mode == "process")

@@ -50,6 +50,7 @@ class Settings:
     mode: Literal["move", "copy"] = "move"
     workers: int = 2
     worker_mode: Literal["process", "thread"] = "process"
+    worker_nice: int = 10
     queue_size: int = 64
     settle: float = 1.0
     scan_interval: float = 30.0
@@ -110,6 +111,13 @@ def _boolean(text: str) -> bool:
     raise ValueError(f"not a yes/no value: {text!r}")
 
 
+def _niceness(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 19:  # nice(1)'s range
+        raise ValueError(f"must be from 0 to 19, not {text}")
+    return value
+
+
 def _port(text: str) -> int | None:
     if text.strip() in ("", "0", "off", "none"):
         return None
@@ -128,6 +136,12 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
     ("mode", str, "move", "move: the incoming folder is a spool; copy: keep incoming files"),
     ("workers", _positive(int), str(default_workers()), "repack workers (default: usable cores)"),
     ("worker-mode", str, "process", "process: one process per worker (all cores); thread"),
+    (
+        "worker-nice",
+        _niceness,
+        "10",
+        "niceness added to worker processes (0-19; 0: none): storescp gets a core first",
+    ),
     ("queue-size", _positive(int), "64", "files queued for the workers at most"),
     ("settle", _positive(float), "1.0", "seconds a file must stay unchanged without a close event"),
     ("scan-interval", _positive(float), "30", "seconds between reconciliation scans"),
