@@ -64,6 +64,8 @@ _SHORT_VRS = frozenset(
     ]
 )
 _KNOWN_VRS = _LONG_VRS | _SHORT_VRS
+#: Each known VR: whether its length takes four bytes after two reserved ones.
+_IS_LONG = {vr: vr in _LONG_VRS for vr in _KNOWN_VRS}
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _IMPLICIT = "1.2.840.10008.1.2"
 _EXPLICIT_BIG = "1.2.840.10008.1.2.2"
@@ -221,52 +223,66 @@ def _read(reader: _Reader, size: int, wanted: frozenset[int], max_value: int) ->
     walker = _Walker(reader, implicit)
     elements: dict[BaseTag, DataElement | RawDataElement] = {}
     seen_pixels = seen_rows = False
-    short_vrs, long_vrs = _SHORT_VRS, _LONG_VRS
-    unpack, unpack_long = _EXPLICIT_SHORT.unpack_from, _LONG_LENGTH.unpack_from
+    unpack, unpack_long, long_vr = _EXPLICIT_SHORT.unpack_from, _LONG_LENGTH.unpack_from, _IS_LONG
+    # The window as locals, taken again whenever something may have refilled it.
+    window, start = reader.window, reader.start
+    end = start + len(window)
+    count = 0
     while position < size:
         # The common element inline (explicit VR, a known VR, its header in the
         # window): the same decisions as _Walker.element, without a call.
-        window = reader.window
-        offset = position - reader.start
-        if implicit or offset < 0 or offset + 12 > len(window):
+        is_long = None
+        if not implicit and start <= position and position + 12 <= end:
+            group, number, vr, length = unpack(window, position - start)
+            if group != 0xFFFE:
+                is_long = long_vr.get(vr)
+        if is_long is None:  # implicit, an item or delimiter, an odd VR, a refill: the rules
+            walker.count = count
             tag, vr, length, value = walker.element(position)
+            count = walker.count
+            window, start = reader.window, reader.start
+            end = start + len(window)
+            group = tag >> 16
         else:
-            group, number, vr, length = unpack(window, offset)
-            if group != 0xFFFE and (vr in short_vrs or vr in long_vrs):
-                tag = (group << 16) | number
-                if vr in long_vrs:
-                    length, value = unpack_long(window, offset + 8)[0], position + 12
-                else:
-                    value = position + 8
-                walker.count += 1
-                if walker.count > _MAX_ELEMENTS:
-                    return None
-            else:  # an item, a delimiter, an odd VR: the general rules
-                tag, vr, length, value = walker.element(position)
-        if tag >> 16 == 0xFFFE or tag >> 16 == 0x0002:
+            tag = (group << 16) | number
+            if is_long:
+                length, value = unpack_long(window, position - start + 8)[0], position + 12
+            else:
+                value = position + 8
+            count += 1
+            if count > _MAX_ELEMENTS:
+                return None
+        if group in (0xFFFE, 0x0002):  # an item or delimiter out of place, file meta
             return None
         if length == UNDEFINED_LENGTH:
             if tag in wanted and tag not in PIXEL_TAGS:
                 return None
             if implicit and tag not in PIXEL_TAGS and dictionary_vr(tag) != "SQ":
                 return None
+            walker.count = count
             position = walker.skip_undefined(value, 0)
+            count = walker.count
+            window, start = reader.window, reader.start
+            end = start + len(window)
         else:
             if value + length > size:
                 raise walker.past_end(tag, length, value)
             if tag in wanted:
                 if length > max_value:
                     raise MalformedFileError(
-                        f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {length:,}"
+                        f"element ({group:04X},{tag & 0xFFFF:04X}) declares {length:,}"
                         " bytes: far too long for its value"
                     )
                 raw_vr = vr.decode() if vr is not None else None
                 elements[BaseTag(tag)] = RawDataElement(
                     BaseTag(tag), raw_vr, length, reader.read(value, length), value, implicit, True
                 )
+                window, start = reader.window, reader.start
+                end = start + len(window)
             position = value + length
-        seen_pixels = seen_pixels or tag in PIXEL_TAGS
-        seen_rows = seen_rows or tag == ROWS
+        if tag >= ROWS:  # neither Rows nor pixel data comes before Rows' tag
+            seen_pixels = seen_pixels or tag in PIXEL_TAGS
+            seen_rows = seen_rows or tag == ROWS
     if position != size:
         return None
     if must_have_pixels(seen_rows, sop_class or None) and not seen_pixels:
