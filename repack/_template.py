@@ -31,7 +31,7 @@ import functools
 import hashlib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from pydicom.datadict import keyword_dict
@@ -114,20 +114,42 @@ class RenderedComponent:
     missing: tuple[str, ...]
 
 
+#: Rendered components a template remembers (by the values it read), at most.
+_RENDERED_AT_MOST = 256
+
+
 @dataclass(frozen=True)
 class Template:
-    """A parsed template: literal strings and :class:`Field` objects in order."""
+    """A parsed template: literal strings and :class:`Field` objects in order.
+
+    Rendering is pure, and the root, study and series templates see the
+    same values in every instance of a series: each template remembers what
+    it rendered for the last few sets of values (the hashes and the
+    sanitising are done once per series).
+    """
 
     source: str
     parts: tuple[str | Field, ...]
+    _rendered: dict[tuple[str | None, ...], RenderedComponent] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
-    @property
+    @functools.cached_property
     def keywords(self) -> tuple[str, ...]:
         """The DICOM keywords the template reads, in order."""
         return tuple(p.keyword for p in self.parts if isinstance(p, Field))
 
     def render(self, values: Mapping[str, str | None]) -> RenderedComponent:
         """Render with ``values`` (keyword -> text or ``None``) and sanitise."""
+        key = tuple(values.get(keyword) for keyword in self.keywords)
+        found = self._rendered.get(key)
+        if found is None:
+            if len(self._rendered) >= _RENDERED_AT_MOST:
+                self._rendered.clear()
+            found = self._rendered[key] = self._render(values)
+        return found
+
+    def _render(self, values: Mapping[str, str | None]) -> RenderedComponent:
         pieces: list[str] = []
         missing: list[str] = []
         for part in self.parts:
