@@ -120,6 +120,40 @@ logging.getLogger("pydicom").addFilter(_PYDICOM_WARNINGS)
 _MISSING = object()
 
 
+class _Converted:
+    """A converted element (None: absent or unconvertible), and the strings made of it.
+
+    The strings are made once, when first asked for, and kept unless making
+    them made pydicom warn (so every file that warns says so itself). Shared
+    by every instance whose raw element was the same.
+    """
+
+    __slots__ = ("element", "px", "text")
+
+    def __init__(self, element: DataElement | None) -> None:
+        self.element = element
+        self.text: str | object | None = _MISSING
+        self.px: str | object = _MISSING
+
+    def path_text(self) -> str | None:
+        text = self.text
+        if text is _MISSING:
+            warned = _PYDICOM_WARNINGS.count()
+            text = _path_text(self.element)
+            if _PYDICOM_WARNINGS.count() == warned:
+                self.text = text
+        return text  # type: ignore[return-value]
+
+    def px_string(self) -> str:
+        px = self.px
+        if px is _MISSING:
+            warned = _PYDICOM_WARNINGS.count()
+            px = NOT_DEFINED if self.element is None else _px_string(self.element)
+            if _PYDICOM_WARNINGS.count() == warned:
+                self.px = px
+        return px  # type: ignore[return-value]
+
+
 class ValueCache:
     """Converted elements, by what they were converted from.
 
@@ -127,30 +161,31 @@ class ValueCache:
     into a value, and the same input always gives the same value. Most of the
     twenty or so elements a repack reads are the same bytes in every instance
     of a series (names, dates, descriptions), so a long-running worker
-    converts each distinct one once. A conversion that made pydicom warn is
-    not kept, so every file still reports its own warnings. Bounded: emptied
-    when it holds :attr:`limit` entries. Thread-safe (a race converts twice).
+    converts each distinct one once, and makes its text once. A conversion
+    that made pydicom warn is not kept, so every file still reports its own
+    warnings. Bounded: emptied when it holds :attr:`limit` entries.
+    Thread-safe (a race converts twice).
     """
 
     def __init__(self, limit: int = 4096) -> None:
         self.limit = limit
-        self._entries: dict[tuple[Any, ...], DataElement | None] = {}
+        self._entries: dict[tuple[Any, ...], _Converted] = {}
 
-    def element(
+    def converted(
         self, holder: Dataset, tag: int, raw: RawDataElement, charset: object
-    ) -> DataElement | None:
+    ) -> _Converted:
         """The converted element; ``charset`` is :func:`charset_key` of the instance."""
         key = (tag, raw.VR, raw.value, raw.is_implicit_VR, raw.is_little_endian, charset)
-        found = self._entries.get(key, _MISSING)
-        if found is not _MISSING:
-            return found  # type: ignore[return-value]
+        found = self._entries.get(key)
+        if found is not None:
+            return found
         warned = _PYDICOM_WARNINGS.count()
-        element = _convert(holder, tag)
+        found = _Converted(_convert(holder, tag))
         if _PYDICOM_WARNINGS.count() == warned:
             if len(self._entries) >= self.limit:
                 self._entries.clear()
-            self._entries[key] = element
-        return element
+            self._entries[key] = found
+        return found
 
 
 def charset_key(dataset: Dataset) -> object:
@@ -180,9 +215,29 @@ def _convert(holder: Dataset, tag: int) -> DataElement | None:
 def _is_empty(value: Any) -> bool:
     if value is None:
         return True
-    if isinstance(value, str | bytes | MultiValue | list | Sequence):
+    if isinstance(value, str):  # most values, and the cheapest test
+        return not value
+    if isinstance(value, bytes | MultiValue | list | Sequence):
         return len(value) == 0
     return False
+
+
+def _path_text(element: DataElement | None) -> str | None:
+    """The element as path text (see :meth:`Instance.text`)."""
+    if element is None or _is_empty(element.value):
+        return None
+    value = element.value
+    try:
+        if isinstance(value, MultiValue | list):
+            text = "\\".join(str(v) for v in value)
+        elif isinstance(value, bytes):
+            text = value.decode("latin-1")
+        else:
+            text = str(value)
+    except Exception:  # an unprintable value reads as absent
+        return None
+    text = text.replace("\x00", "").strip(" ")
+    return text or None
 
 
 @dataclass(frozen=True)
@@ -208,9 +263,7 @@ class Instance:
     #: :func:`charset_key` of ``dataset``, taken with ``cache`` (one per instance).
     charset: object = field(default=None, compare=False, repr=False)
     _complete: list[Dataset] = field(default_factory=list, compare=False, repr=False)
-    _elements: dict[str, DataElement | None] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    _elements: dict[str, _Converted] = field(default_factory=dict, compare=False, repr=False)
 
     def complete_dataset(self) -> Dataset:
         """Every top-level element (read once, on first use, for a partial instance)."""
@@ -220,8 +273,8 @@ class Instance:
             self._complete.append(self.full_reader())
         return self._complete[0]
 
-    def _element(self, keyword: str) -> DataElement | None:
-        """The converted element (looked up once per keyword), or None."""
+    def _converted(self, keyword: str) -> _Converted:
+        """The converted element (looked up once per keyword) and its strings."""
         try:
             return self._elements[keyword]
         except KeyError:
@@ -239,12 +292,16 @@ class Instance:
                     f"{keyword} declares {raw.length:,} bytes: far too long for its value"
                 )
             if self.cache is not None:
-                found = self.cache.element(holder, tag, raw, self.charset)
-                self._elements[keyword] = found
+                found = self._elements[keyword] = self.cache.converted(
+                    holder, tag, raw, self.charset
+                )
                 return found
-        found = _convert(holder, tag)
-        self._elements[keyword] = found
+        found = self._elements[keyword] = _Converted(_convert(holder, tag))
         return found
+
+    def _element(self, keyword: str) -> DataElement | None:
+        """The converted element, or None when it is absent or cannot be converted."""
+        return self._converted(keyword).element
 
     def text(self, keyword: str) -> str | None:
         """The element as path text, or ``None`` when absent or empty.
@@ -252,21 +309,7 @@ class Instance:
         Decoded text (pydicom honours SpecificCharacterSet), NUL bytes removed,
         spaces trimmed at both ends; multiple values joined by ``\\``.
         """
-        element = self._element(keyword)
-        if element is None or _is_empty(element.value):
-            return None
-        value = element.value
-        try:
-            if isinstance(value, MultiValue | list):
-                text = "\\".join(str(v) for v in value)
-            elif isinstance(value, bytes):
-                text = value.decode("latin-1")
-            else:
-                text = str(value)
-        except Exception:  # an unprintable value reads as absent
-            return None
-        text = text.replace("\x00", "").strip(" ")
-        return text or None
+        return self._converted(keyword).path_text()
 
     def px_value(self, keyword: str) -> str:
         """The element as px writes it into the JSON logs.
@@ -274,10 +317,7 @@ class Instance:
         ``str()`` of the pydicom value; ``""`` when present but empty;
         ``"Not defined"`` when absent.
         """
-        element = self._element(keyword)
-        if element is None:
-            return NOT_DEFINED
-        return _px_string(element)
+        return self._converted(keyword).px_string()
 
     def required_missing(self) -> list[str]:
         """The required UIDs that are absent or empty."""
