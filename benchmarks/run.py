@@ -57,6 +57,10 @@ SAG = EXAMPLES / "FNNDSC-SAG-anon-3d6e850"
 PX_REPACK = EXAMPLES / "pypx" / "bin" / "px-repack"
 
 
+#: How long ext4 (without a journal) skips freed inodes when it allocates new ones.
+_INODES_RECENT_S = 360
+
+
 def _exe(name: str) -> list[str]:
     """An installed command, found beside this interpreter (never on PATH)."""
     return [str(Path(sys.executable).parent / name)]
@@ -523,12 +527,22 @@ def main(argv: list[str] | None = None) -> None:
         },
         "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
     }
+    arguments.out.mkdir(parents=True, exist_ok=True)
+    cleaned = arguments.out / ".scratch-deleted"  # touched when a run deleted its scratch tree
+    if cleaned.exists() and (ago := time.time() - cleaned.stat().st_mtime) < _INODES_RECENT_S:
+        results["scratch_deleted_s_ago"] = round(ago)
+        print(
+            f"benchmark: a previous run deleted its scratch tree {ago:.0f} s ago: on ext4 without"
+            f" a journal new files cost more for {_INODES_RECENT_S // 60} minutes after a mass"
+            " deletion, so these figures are pessimistic",
+            file=sys.stderr,
+        )
     work = Path(tempfile.mkdtemp(prefix="pypx-bench-", dir=arguments.work or ROOT))
     try:
         run_parts(parts, results, work, sag, copies=copies, arguments=arguments)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    arguments.out.mkdir(parents=True, exist_ok=True)
+        cleaned.touch()
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     payload = json.dumps(results, indent=2)
     (arguments.out / f"{stamp}.json").write_text(payload)
