@@ -299,10 +299,6 @@ class Instance:
         found = self._elements[keyword] = _Converted(_convert(holder, tag))
         return found
 
-    def _element(self, keyword: str) -> DataElement | None:
-        """The converted element, or None when it is absent or cannot be converted."""
-        return self._converted(keyword).element
-
     def text(self, keyword: str) -> str | None:
         """The element as path text, or ``None`` when absent or empty.
 

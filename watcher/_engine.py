@@ -23,8 +23,10 @@ Claiming a file (:func:`repack_claimed`), in this order:
 
 A child ignores SIGINT and SIGTERM (the parent decides when to stop) and
 exits when its pipe closes, so it finishes the file it holds even if the
-parent is killed; the parent kills a child that overruns a stop deadline or
-stalls on one file.
+parent is killed, and then reports the files it finished for that parent
+itself; the parent kills a child that overruns a stop deadline or stalls on
+one file. A child runs as batch work at a lower priority
+(:func:`yield_to_others`), so that storescp gets a core first.
 """
 
 from __future__ import annotations
