@@ -167,7 +167,13 @@ class ValueCache:
     Thread-safe (a race converts twice).
     """
 
-    def __init__(self, limit: int = 4096) -> None:
+    #: A series needs about twenty entries; two values of every instance are new
+    #: (SOPInstanceUID, InstanceNumber) and fill the rest until it is emptied.
+    #: Each worker's peak memory, 30,000 small instances: 47 MB at 4,096 entries,
+    #: 43 MB at 512, the same CPU (an emptied cache converts a series' values again).
+    LIMIT = 512
+
+    def __init__(self, limit: int = LIMIT) -> None:
         self.limit = limit
         self._entries: dict[tuple[Any, ...], _Converted] = {}
 
