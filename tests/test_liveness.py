@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import select
@@ -324,3 +325,105 @@ def test_a_closed_event_stream_stops_the_service_cleanly_and_loses_no_file(
     assert "Traceback" not in stderr
     assert len(list((tmp_path / "data").rglob("*.dcm"))) == 1  # repacked, not lost
     assert not (incoming / "MR.after-the-reader-left").exists()
+
+
+def _blocked_writing_events(pid: int, thread: int | None = None) -> bool:
+    """Whether a thread of ``pid`` (the main one, or any) is inside a write(2) to stdout."""
+    if thread is None:
+        tasks = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    else:
+        tasks = [thread]
+    for task in tasks:
+        try:
+            call = Path(f"/proc/{pid}/task/{task}/syscall").read_text().split()
+        except OSError:
+            continue
+        if len(call) > 1 and call[0] == "1" and int(call[1], 16) == 1:
+            return True
+    return False
+
+
+def test_a_signal_during_start_up_while_events_are_written_stops_the_service(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM at start, while the main thread waits inside an event write: a clean stop.
+
+    Nobody reads the event stream at first, and hundreds of misspelt
+    ``PYPX_LISTENER_*`` variables make the main thread warn until the pipe is
+    full. Then SIGTERM, then the stream is read: the service starts, stops,
+    and says so (it used to die of the signal, before its handling was set).
+    """
+    env = {**os.environ, **{f"PYPX_LISTENER_TYPO_{n}": "x" for n in range(1_500)}}
+    folders = [f"--{name}={tmp_path / name}" for name in ("incoming", "datadir", "logdir")]
+    process = subprocess.Popen(
+        [installed("pypx-listener"), *folders, f"--quarantine={tmp_path / 'q'}", *FAST],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: _blocked_writing_events(process.pid, process.pid),
+            30,
+            "the event stream to fill up",
+        )
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:  # it hung: end it, and the workers it started
+            for worker in worker_processes(process.pid):
+                os.kill(worker, signal.SIGKILL)
+            process.kill()
+            process.communicate(timeout=10)
+    assert process.returncode == 0, err.decode(errors="replace")
+    events = [orjson.loads(line)["event"] for line in out.splitlines()]
+    assert events.count("watcher.unknown_setting") == 1_500
+    assert "watcher.stopping" in events
+    assert events[-1] == "watcher.stopped"
+
+
+def test_a_second_signal_exits_at_once_even_while_the_event_stream_is_stalled(
+    tmp_path: Path,
+) -> None:
+    """Two SIGTERMs while nobody reads the events: the second ends the service at once.
+
+    Once the service runs, the test fills its event pipe itself, so every
+    event write waits. The first signal asks for a stop; the second must kill
+    the workers and exit, whatever the waiting threads hold. A signal handler
+    that logged ran inside the first one's blocked write and waited forever
+    for the lock its own thread held.
+    """
+    read_end, write_end = os.pipe()
+    folders = [f"--{name}={tmp_path / name}" for name in ("incoming", "datadir", "logdir")]
+    process = subprocess.Popen(
+        [installed("pypx-listener"), *folders, f"--quarantine={tmp_path / 'q'}", *FAST],
+        stdout=write_end, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    filler = -1
+    workers: list[int] = []
+    try:
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b'"watcher.started"' not in seen and time.monotonic() < deadline:
+            if select.select([read_end], [], [], 1)[0]:
+                seen += os.read(read_end, 65536)
+        assert b'"watcher.started"' in seen
+        workers = worker_processes(process.pid)
+        # A second open of the same pipe, non-blocking for the test alone.
+        filler = os.open(f"/proc/self/fd/{write_end}", os.O_WRONLY | os.O_NONBLOCK)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(filler, b"#" * 4096)
+        process.send_signal(signal.SIGTERM)
+        wait_for(lambda: _blocked_writing_events(process.pid), 30, "a write to the full stream")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 128 + signal.SIGTERM
+        for worker in workers:
+            wait_for(lambda w=worker: not Path(f"/proc/{w}").exists(), 10, "the workers to die")
+    finally:
+        if process.poll() is None:
+            for worker in worker_processes(process.pid):
+                os.kill(worker, signal.SIGKILL)
+            process.kill()
+            process.wait(10)
+        for descriptor in (filler, read_end, write_end):
+            if descriptor >= 0:
+                os.close(descriptor)

@@ -14,6 +14,12 @@ The first signal stops watching and lets the workers finish (or hand back)
 what they hold, within ``--stop-timeout``; the exit status is then 0. A
 second signal exits at once: every write is atomic and a source is only
 removed after its copy and logs exist, so even that loses nothing.
+
+Signals are acted on by a thread of their own (:func:`_handle_signals`),
+never inside a Python signal handler: a handler runs in the main thread
+wherever that thread happens to be, such as inside an event write that holds
+the event stream's lock, and a handler that logged there waited forever for
+the lock its own thread held.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from repack import configure_logging, get_logger
 from repack._arguments import report_error
@@ -51,27 +58,15 @@ def run(argv: Sequence[str] | None = None) -> int:
     configure_logging(json=json, level=settings.log_level, on_output_lost=on_output_lost)
     install_warning_collector()
     log = get_logger()
+    running: list[Service] = []
+    signals: list[int] = []
+    _handle_signals(stop_requested, signals, running, log)
     for name in unknown_variables(os.environ):
         log.warning(
             "watcher.unknown_setting",
             variable=name,
             hint=f"no option is named so; see pypx-listener --help for the {ENV_PREFIX}* names",
         )
-    running: list[Service] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if stop_requested.is_set():
-            log.warning("watcher.killed", signal=signal.Signals(signum).name)
-            for service in running:  # no worker process outlives the service
-                service.kill_workers()
-            sys.stdout.flush()
-            os._exit(128 + signum)
-        log.info("watcher.stopping", signal=signal.Signals(signum).name)
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break must never end the service
     operations = build_operations(settings)
     service = Service(settings, metrics=operations.metrics)
     running.append(service)
@@ -80,6 +75,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         operations.start(service)
         service.announce()
         stop_requested.wait()
+        if signals:
+            log.info("watcher.stopping", signal=signal.Signals(signals[0]).name)
     finally:
         operations.stop()
         service.stop()
@@ -93,6 +90,58 @@ def run(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_OUTPUT_LOST
     return 0
+
+
+#: How long a second signal waits for its ``watcher.killed`` line to be written.
+_LAST_WORD_S = 1.0
+
+
+def _handle_signals(
+    stop_requested: threading.Event, signals: list[int], running: list[Service], log: Any
+) -> None:
+    """Act on SIGTERM and SIGINT in a thread of their own; call from the main thread.
+
+    The C-level handler only writes the signal's number into a pipe
+    (``signal.set_wakeup_fd``); the Python-level handler does nothing. The
+    ``signals`` thread reads the pipe: the first signal is noted in
+    ``signals`` and asks the service to stop (the main thread says so); a
+    later one (or one after the event stream was lost) kills the workers and
+    exits at once, whatever the other threads hold. This thread never waits
+    for the event stream, so a stalled reader cannot keep it from the second.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _noted_by_the_wakeup_fd)
+    signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break must never end the service
+
+    def act() -> None:
+        while True:
+            for number in os.read(read_end, 64):
+                if number not in (signal.SIGTERM, signal.SIGINT):
+                    continue
+                name = signal.Signals(number).name
+                if not stop_requested.is_set():
+                    signals.append(number)
+                    stop_requested.set()
+                    continue
+                for service in running:  # no worker process outlives the service
+                    service.kill_workers()
+                # A stalled stream must not hold up the exit: the line gets a second.
+                last_word = threading.Thread(
+                    target=lambda name=name: log.warning("watcher.killed", signal=name),
+                    daemon=True,
+                )
+                last_word.start()
+                last_word.join(_LAST_WORD_S)
+                os._exit(128 + number)
+
+    threading.Thread(target=act, name="signals", daemon=True).start()
+
+
+def _noted_by_the_wakeup_fd(_signum: int, _frame: FrameType | None) -> None:
+    """Nothing: the wakeup pipe carries the signal to the ``signals`` thread."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
