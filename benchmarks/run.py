@@ -344,23 +344,22 @@ def repack_alone(work: Path, sag: list[Path]) -> dict[str, Any]:
     }
 
 
-def latency(
-    work: Path, rate: float, seconds: float, startup: tuple[float, float] = (0.0, 0.0)
-) -> dict[str, Any]:
+def latency(work: Path, rate: float, seconds: float) -> dict[str, Any]:
     """Write (and close) small files at ``rate``/s; time close -> repack.done.
 
     Also the CPU per instance of the service while files trickle in one at a
-    time (as storescp writes them), start-up subtracted.
+    time (as storescp writes them), read from /proc between its start and
+    the last ``repack.done``.
     """
     count = int(rate * seconds)
     staging = work / "latency-staging"
     payloads = [p.read_bytes() for p in write_workload(staging, plan(1, 1, 4, count // 4 + 1))]
     root = work / "latency"
     settle_disk()
-    cpu = Cpu()
     service = Service(root)
     closed: dict[str, float] = {}
     try:
+        before = service.cpu_s()
         started = time.perf_counter()
         for index in range(count):
             due = started + index / rate
@@ -372,18 +371,16 @@ def latency(
             closed[str(path)] = time.time()  # the clock of the events' timestamps
         service.wait_done(count)
         offered = count / (time.perf_counter() - started)
+        spent = service.cpu_s() - before
     finally:
         service.stop()
-    user, system = cpu.seconds()
     delays = sorted(
         (service.sources[p] - t) * 1000 for p, t in closed.items() if p in service.sources
     )
     discard(root)
     discard(staging)
     return {
-        "cpu_ms_per_instance": round(
-            max(0.0, user - startup[0] + system - startup[1]) * 1000 / count, 3
-        ),
+        "cpu_ms_per_instance": round(spent * 1000 / count, 3),
         "rate_per_s": rate,
         "achieved_rate_per_s": round(offered, 1),
         "instances": count,
@@ -659,10 +656,7 @@ def run_parts(
             ],
         )
     if "latency" in parts:
-        started = _startup(results, work)
-        row = _measure(
-            "latency", lambda: latency(work, 500.0, 5.0 if arguments.quick else 10.0, started)
-        )
+        row = _measure("latency", lambda: latency(work, 500.0, 5.0 if arguments.quick else 10.0))
         results["latency"] = row
         _section(
             "Latency: close -> repack.done at a steady rate"
