@@ -145,9 +145,9 @@ class Recorder(FileSystemEventHandler):
 
 #: How long the inotify reader lets events gather once the first one is there.
 #: Whole service, CPU per instance while storescp writes 1,920 SAG-anon instances
-#: (tmpfs, interleaved runs): 0.68-0.94 ms reading at once, 0.59-0.72 with 5 ms
-#: (the service process itself 0.21-0.28 -> 0.11-0.17), 0.70-0.80 with 10 ms. It
-#: adds at most this much to a file's latency.
+#: (tmpfs, interleaved runs): 0.68-0.94 ms reading at once, 0.59-0.66 with 5 ms; in a
+#: later, slower set 0.72-0.88 with 5 ms and 0.70-0.80 with 10 ms. It adds at most
+#: this much to a file's latency.
 READ_BURST_S = 0.005
 
 
