@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
@@ -118,6 +118,7 @@ class _WarningCounter(logging.Filter):
 _PYDICOM_WARNINGS = _WarningCounter()
 logging.getLogger("pydicom").addFilter(_PYDICOM_WARNINGS)
 _MISSING = object()
+_Made = TypeVar("_Made")
 
 
 class _Converted:
@@ -138,20 +139,31 @@ class _Converted:
     def path_text(self) -> str | None:
         text = self.text
         if text is _MISSING:
-            warned = _PYDICOM_WARNINGS.count()
-            text = _path_text(self.element)
-            if _PYDICOM_WARNINGS.count() == warned:
+            text, quiet = _quietly(lambda: _path_text(self.element))
+            if quiet:
                 self.text = text
         return text  # type: ignore[return-value]
 
     def px_string(self) -> str:
         px = self.px
         if px is _MISSING:
-            warned = _PYDICOM_WARNINGS.count()
-            px = NOT_DEFINED if self.element is None else _px_string(self.element)
-            if _PYDICOM_WARNINGS.count() == warned:
+            px, quiet = _quietly(
+                lambda: NOT_DEFINED if self.element is None else _px_string(self.element)
+            )
+            if quiet:
                 self.px = px
         return px  # type: ignore[return-value]
+
+
+def _quietly(make: Callable[[], _Made]) -> tuple[_Made, bool]:
+    """``make()``, and whether pydicom stayed quiet while it ran.
+
+    Only a quiet result is kept for other instances: one that made pydicom
+    warn is made again for each file, so every file reports its own warnings.
+    """
+    warned = _PYDICOM_WARNINGS.count()
+    made = make()
+    return made, _PYDICOM_WARNINGS.count() == warned
 
 
 class ValueCache:
@@ -185,13 +197,12 @@ class ValueCache:
         found = self._entries.get(key)
         if found is not None:
             return found
-        warned = _PYDICOM_WARNINGS.count()
-        found = _Converted(_convert(holder, tag))
-        if _PYDICOM_WARNINGS.count() == warned:
+        converted, quiet = _quietly(lambda: _Converted(_convert(holder, tag)))
+        if quiet:
             if len(self._entries) >= self.limit:
                 self._entries.clear()
-            self._entries[key] = found
-        return found
+            self._entries[key] = converted
+        return converted
 
 
 def charset_key(dataset: Dataset) -> object:
