@@ -49,6 +49,7 @@ import orjson
 
 from repack import Repacker
 from tests.dcmtk import free_port, send, start_storescp, stop_group
+from tests.helpers import proc_stat, worker_processes
 from tests.workload import plan, write_workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,21 +136,22 @@ class Service:
             time.sleep(0.002)
         return self.done_at[count - 1]
 
+    def _processes(self) -> list[int]:
+        """The service and its worker processes."""
+        return [self.process.pid, *worker_processes(self.process.pid)]
+
     def cpu_s(self) -> float:
         """CPU seconds (user + sys) the service and its live worker processes used so far."""
-        pid = self.process.pid
         ticks = 0
-        for process in [str(pid), *Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]:
-            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])  # stat fields 14 and 15: utime, stime
+        for process in self._processes():
+            fields = proc_stat(process)
+            ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15: utime, stime
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mb(self) -> dict[str, Any]:
         """Peak resident memory of the service and its worker processes, summed."""
-        pid = self.process.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         each = []
-        for process in [str(pid), *children]:
+        for process in self._processes():
             for line in Path(f"/proc/{process}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     each.append(round(int(line.split()[1]) / 1024, 1))
@@ -252,12 +254,7 @@ def _send(port: int, files: list[Path]) -> float:
     return time.perf_counter() - started
 
 
-def end_to_end(
-    work: Path,
-    files: list[Path],
-    label: str,
-    rounds: int = 3,
-) -> dict[str, Any]:
+def end_to_end(work: Path, files: list[Path], label: str, rounds: int = 3) -> dict[str, Any]:
     """storescu -> storescp with the service, against the same send into storescp alone.
 
     Rounds alternate (alone, then with the service), so that the host's
@@ -561,14 +558,6 @@ def _measure(name: str, function: Callable[[], Any]) -> Any:
     return function()
 
 
-def _startup(results: dict[str, Any], work: Path) -> tuple[float, float]:
-    """The CPU (user, sys) of a start and stop with no files, measured once per run."""
-    if "startup_cpu_s" not in results:
-        measured = _measure("start-up cost", lambda: startup_cpu(work))
-        results["startup_cpu_s"] = {"user": round(measured[0], 3), "sys": round(measured[1], 3)}
-    return results["startup_cpu_s"]["user"], results["startup_cpu_s"]["sys"]
-
-
 def run_parts(
     parts: set[str],
     results: dict[str, Any],
@@ -579,7 +568,8 @@ def run_parts(
     arguments: argparse.Namespace,
 ) -> None:
     if "service" in parts:
-        startup = _startup(results, work)
+        startup = _measure("start-up cost", lambda: startup_cpu(work))
+        results["startup_cpu_s"] = {"user": round(startup[0], 3), "sys": round(startup[1], 3)}
         staged = work / "sag"
         shutil.copytree(SAG, staged)
         rows = [

@@ -28,6 +28,7 @@ __all__ = [
     "installed",
     "kernel_setting",
     "metric",
+    "proc_stat",
     "remount",
     "small_filesystem",
     "thread_count",
@@ -84,6 +85,14 @@ def worker_processes(pid: int) -> list[int]:
         if b"watcher/_worker.py" in command:
             found.append(child)
     return found
+
+
+def proc_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name: item ``n - 3`` is proc(5)'s field n.
+
+    Raises :class:`OSError` when the process is gone.
+    """
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def thread_count(pid: int) -> int:

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from .conftest import run_cli, write_dicom
+from .helpers import proc_stat
 from .listener import Listener, listener
 from .trees import snapshot, temp_files
 from .workload import Instance, plan, write_workload
@@ -120,7 +121,7 @@ time.sleep(60)
 
 def _gone(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = proc_stat(pid)[0]  # field 3
     except OSError:
         return True
     return state in ("Z", "X")

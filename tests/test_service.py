@@ -15,7 +15,7 @@ import pytest
 
 from .conftest import write_dicom
 from .dcmtk import storescp, storescu, wait_for
-from .helpers import children, installed, worker_processes
+from .helpers import children, installed, proc_stat, worker_processes
 from .listener import Listener, listener
 
 FAST = ("--settle", "0.5", "--series-quiet", "1", "--scan-interval", "5")
@@ -368,8 +368,8 @@ def test_the_workers_are_the_only_processes_the_service_starts(tmp_path: Path) -
 
 def _scheduling(pid: int) -> tuple[int, int]:
     """The niceness and scheduling policy of process ``pid`` (from /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[16]), int(fields[38])  # stat fields 19 (nice) and 41 (policy)
+    fields = proc_stat(pid)
+    return int(fields[16]), int(fields[38])  # fields 19 (nice) and 41 (policy)
 
 
 @pytest.mark.parametrize(("nice", "policy"), [(7, os.SCHED_BATCH), (0, os.SCHED_OTHER)])
