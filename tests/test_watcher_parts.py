@@ -298,7 +298,7 @@ def test_the_first_worker_leads_and_the_others_help_with_a_backlog_or_a_wait() -
         assert pool.stop(5) == (0, True)
 
 
-# -- quarantine -----------------------------------------------------------------
+# -- observer -------------------------------------------------------------------
 
 
 def test_the_inotify_reader_reads_a_burst_of_events_at_once(tmp_path: Path) -> None:
@@ -340,6 +340,9 @@ def test_the_inotify_reader_reads_a_burst_of_events_at_once(tmp_path: Path) -> N
         observer.stop()
         observer.join(5)
     assert reads <= elapsed / READ_BURST_S + 2, (reads, elapsed)
+
+
+# -- quarantine -----------------------------------------------------------------
 
 
 def test_quarantine_names_are_cut_by_bytes_and_stay_apart() -> None:
