@@ -366,8 +366,15 @@ class Store:
         try:
             try:
                 if link:
-                    self._in_folder(folder, lambda: self._link(source, temp))
-                else:
+                    try:
+                        self._in_folder(folder, lambda: self._link(source, temp))
+                    except OSError as error:
+                        # A re-sent instance across file systems: linkat says EEXIST
+                        # for the final name before it says EXDEV for the temporary one.
+                        if error.errno not in _NO_LINK:
+                            raise
+                        link = False
+                if not link:
                     self._in_folder(folder, lambda: self._copy(source, temp, sync=sync))
             except OSError as error:
                 raise self._placing_error(error, source, temp) from error
