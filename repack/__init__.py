@@ -45,7 +45,7 @@ from ._source import (
     open_path,
     open_root,
 )
-from ._store import LOCK_DIR, TEMP_PREFIX, Store, sweep_stale_temps
+from ._store import LOCK_DIR, TEMP_PREFIX, Store, probe_writable, sweep_stale_temps
 from ._template import Layout, NamedLayout, Template, parse_template
 
 __all__ = [
@@ -88,6 +88,7 @@ __all__ = [
     "parse_template",
     "plan_placement",
     "printable",
+    "probe_writable",
     "read_instance",
     "read_source",
     "repack_file",

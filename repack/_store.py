@@ -52,7 +52,14 @@ from ._json import dumps, printable
 from ._seahash import seahash
 from ._source import SourceFile
 
-__all__ = ["LOCK_DIR", "TEMP_PREFIX", "Store", "is_stale_temp", "sweep_stale_temps"]
+__all__ = [
+    "LOCK_DIR",
+    "TEMP_PREFIX",
+    "Store",
+    "is_stale_temp",
+    "probe_writable",
+    "sweep_stale_temps",
+]
 
 #: Prefix of every temporary file this package creates (the watcher ignores them).
 TEMP_PREFIX = ".pypx-tmp-"
@@ -135,6 +142,43 @@ def sweep_stale_temps(root: Path) -> int:
             except OSError:
                 continue  # gone already, or not ours to remove
     return removed
+
+
+_PROBE_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def probe_writable(folder: str | os.PathLike[str], *, follow_links: bool = True) -> None:
+    """Prove that a file can be made in ``folder``, touching no name anyone else can plant.
+
+    The folder may be writable by others (the incoming folder is), so a
+    predictable name in it could be a planted link, FIFO or folder: the
+    probe is an unnamed file (``O_TMPFILE``) in the folder's descriptor, or,
+    where the file system has none, a fresh random name created exclusively
+    (``O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK``) and removed at once.
+    Nothing can block it. ``follow_links=False`` refuses a folder that is
+    itself a symbolic link (``ELOOP``). Raises :class:`OSError`.
+    """
+    flags = _PROBE_FOLDER_FLAGS | (0 if follow_links else os.O_NOFOLLOW)
+    directory = os.open(folder, flags)
+    try:
+        try:
+            descriptor = os.open(
+                ".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=directory
+            )
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            name = _temp_name(Path()).name
+            descriptor = os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                0o600,
+                dir_fd=directory,
+            )
+            os.unlink(name, dir_fd=directory)
+        os.close(descriptor)
+    finally:
+        os.close(directory)
 
 
 def _unlink_quietly(path: Path) -> None:

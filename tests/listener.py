@@ -24,13 +24,20 @@ STARTED: list[Listener] = []
 class Listener:
     """A running ``pypx-listener`` whose JSON event lines are collected."""
 
-    def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         self.root = root
         self.incoming = root / "incoming"
         self.data = root / "data"
         self.log = root / "log"
         self.quarantine = root / "quarantine"
         self.command = [
+            *prefix,  # a wrapper such as ``unshare``: the service is its last program
             installed("pypx-listener"),
             "--incoming", str(self.incoming),
             "--datadir", str(self.data),
@@ -160,9 +167,11 @@ class Listener:
 
 
 @contextlib.contextmanager
-def listener(root: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Listener]:
+def listener(
+    root: Path, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+) -> Iterator[Listener]:
     """Start a listener; always stop (or kill) it afterwards."""
-    running = Listener(root, *args, env=env).start()
+    running = Listener(root, *args, env=env, prefix=prefix).start()
     try:
         yield running
     finally:

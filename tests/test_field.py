@@ -7,12 +7,14 @@ fix.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from .helpers import small_filesystem
+from .dcmtk import free_port, wait_for
+from .helpers import get, small_filesystem
 from .listener import listener
 
 pytestmark = pytest.mark.slow
@@ -48,3 +50,65 @@ def test_an_instance_sent_again_is_repacked_when_incoming_and_data_are_separate_
     data = sorted(running.data.rglob("*.dcm"))
     assert len(data) == 3
     assert sorted(p.read_bytes() for p in data) == sorted(p.read_bytes() for p in example_files[:3])
+
+
+# -- probes: a name planted where the service proves a folder writable ------------
+
+#: The service as PID 1 of a PID namespace of its own, as in every container.
+AS_PID_1 = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
+FOLDERS = ("incoming", "data", "log", "quarantine")
+
+
+def _plant(tmp_path: Path, kind: str, outside: Path) -> list[Path]:
+    """Plant, in each of the four folders, what a predictable probe name would open."""
+    planted = []
+    for name in FOLDERS:
+        folder = tmp_path / name
+        folder.mkdir(exist_ok=True)
+        for probe in (".pypx-tmp-probe-1", ".pypx-tmp-probe-2"):
+            target = folder / probe
+            if kind == "link":
+                target.symlink_to(outside)
+            elif kind == "fifo":
+                os.mkfifo(target)
+            else:
+                target.mkdir()
+            planted.append(target)
+    return planted
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo", "folder"])
+def test_names_planted_at_the_start_up_probe_are_never_opened(tmp_path: Path, kind: str) -> None:
+    """A link is not followed (the outside file keeps its bytes), a FIFO cannot hang the
+    start, a folder cannot make the service refuse to start."""
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious\n")
+    planted = _plant(tmp_path, kind, outside)
+    with listener(tmp_path, prefix=AS_PID_1) as running:
+        assert running.of("watcher.started")[0]["pid"] == 1
+        running.kill()
+    assert outside.read_bytes() == b"precious\n"
+    assert all(os.path.lexists(path) for path in planted)
+
+
+def test_readiness_never_writes_through_an_incoming_folder_replaced_by_a_link(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    port = free_port()
+    args = ("--metrics-port", str(port), "--metrics-host", "127.0.0.1")
+    with listener(tmp_path, *args) as running:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: get(base + "/readyz")[0] == 200, 20, "/readyz")
+        running.incoming.rename(tmp_path / "incoming.old")
+        running.incoming.symlink_to(outside)
+        before = os.stat(outside).st_mtime_ns
+        for _ in range(5):
+            status, body = get(base + "/readyz")
+            assert status == 503
+            assert "symbolic link" in body or "not a folder" in body
+        # A name made and removed in a folder changes its mtime.
+        assert os.stat(outside).st_mtime_ns == before
+        assert list(outside.iterdir()) == []
+        assert running.stop() == 0

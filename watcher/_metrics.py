@@ -15,6 +15,7 @@ once), and a connection that sends nothing is closed after
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -27,7 +28,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from repack import TEMP_PREFIX
+from repack import probe_writable
 
 __all__ = ["MAX_CONNECTIONS", "READ_TIMEOUT", "HealthServer", "Metrics", "Readiness"]
 
@@ -140,12 +141,14 @@ class Readiness:
         if not self.watching.is_set():
             found.append("not watching the incoming folder")
         for name, folder in self.folders.items():
-            probe = folder / f"{TEMP_PREFIX}ready-{os.getpid()}-{threading.get_ident()}"
             try:
-                probe.write_bytes(b"")
-                probe.unlink()
+                probe_writable(folder, follow_links=name != "incoming")
             except OSError as error:
-                found.append(f"{name} {folder} not writable: {error.strerror or error}")
+                if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                    what = "a symbolic link" if os.path.islink(folder) else "something else"
+                    found.append(f"{name} {folder} is {what}, not a folder")
+                else:
+                    found.append(f"{name} {folder} not writable: {error.strerror or error}")
         if self.storescp_port is not None:
             with socket.socket() as probe_socket:
                 probe_socket.settimeout(0.5)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from repack import TEMP_PREFIX, Store, get_logger, line_writer, sweep_stale_temps
+from repack import TEMP_PREFIX, Store, get_logger, line_writer, probe_writable, sweep_stale_temps
 
 from ._completion import Candidate, CompletionTracker
 from ._counts import Counts
@@ -195,10 +195,11 @@ class Service:
         for name, folder in folders.items():
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                probe = folder / f"{TEMP_PREFIX}probe-{os.getpid()}"
-                probe.write_bytes(b"")
-                probe.unlink()
+                # Others may write into the incoming folder: never follow it as a link.
+                probe_writable(folder, follow_links=name != "incoming")
             except OSError as error:
+                if name == "incoming" and error.errno in (errno.ELOOP, errno.ENOTDIR):
+                    break  # said just below, with its own hint
                 raise ConfigError(
                     f"--{name} {folder} is not usable: {error.strerror or error}",
                     hint=_why_not_usable(folder, error),
