@@ -212,6 +212,13 @@ def _jobs_of(arguments: argparse.Namespace, roots: list[int]) -> list[_Job]:
         if not path.is_dir():
             jobs.append(_named_file(path))
             continue
+        if arguments.cleanup and path.is_symlink():
+            # Its files would be moved out of wherever it points: refused, as a
+            # link to a file is. Without --cleanup they are only read (copied).
+            raise CliError(
+                f"{printable(text)} is a symbolic link to a folder; --cleanup never follows one",
+                hint="name the folder itself, or leave out --cleanup to copy what it holds",
+            )
         try:
             root = open_root(path.resolve())
         except OSError as error:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import run_cli, write_dicom
 from .dcmtk import free_port, wait_for
 from .helpers import get, small_filesystem
 from .listener import listener
@@ -112,3 +113,29 @@ def test_readiness_never_writes_through_an_incoming_folder_replaced_by_a_link(
         assert os.stat(outside).st_mtime_ns == before
         assert list(outside.iterdir()) == []
         assert running.stop() == 0
+
+
+# -- pypx-repack and a link to an outside folder ------------------------------------
+
+
+def test_pypx_repack_cleanup_refuses_a_link_to_a_folder_named_on_its_command_line(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside"
+    files = [write_dicom(outside / f"MR.{n}") for n in range(3)]
+    before = {path: path.read_bytes() for path in files}
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "linkdir").symlink_to(outside)
+    data = tmp_path / "data"
+    refused = run_cli("--datadir", data, "--cleanup", given / "linkdir")
+    assert refused.returncode == 2
+    assert "symbolic link to a folder" in refused.stderr
+    assert "hint:" in refused.stderr
+    assert {path: path.read_bytes() for path in files} == before
+    assert not data.exists() or list(data.rglob("*.dcm")) == []
+    # Without --cleanup the link is followed for reading only: copies, the originals stay.
+    copied = run_cli("--datadir", data, given / "linkdir")
+    assert copied.returncode == 0, copied.stderr
+    assert len(list(data.rglob("*.dcm"))) == 3
+    assert {path: path.read_bytes() for path in files} == before
