@@ -167,9 +167,12 @@ def test_an_incoming_folder_renamed_and_made_again_is_watched_again(tmp_path: Pa
         # A link in its place is not a folder to watch: not ready, and said why.
         shutil.rmtree(running.incoming)
         running.incoming.symlink_to(old)
-        wait_for(lambda: get(ready)[0] == 503, 10, "/readyz to fail")
-        problems = orjson.loads(get(ready)[1])["problems"]
-        assert any("missing or not a folder" in str(p) for p in problems)
+        assert get(ready)[0] == 503  # the folder probe never follows the link
+        wait_for(lambda: "missing or not a folder" in get(ready)[1], 10, "the watcher's reason")
+        status, body = get(ready)
+        assert status == 503
+        problems = orjson.loads(body)["problems"]
+        assert any("is a symbolic link, not a folder" in str(p) for p in problems)
         running.incoming.unlink()
         running.incoming.mkdir()
         wait_for(lambda: get(ready)[0] == 200, 10, "/readyz to recover")
