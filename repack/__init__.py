@@ -37,6 +37,7 @@ from ._repack import MissingElement, Placement, Repacker, RepackOutcome, plan_pl
 from ._sanitize import sanitize_component
 from ._seahash import seahash_hex
 from ._source import (
+    Others,
     SourceFile,
     file_type,
     folder_beneath,
@@ -62,6 +63,7 @@ __all__ = [
     "NamedLayout",
     "NotDicomError",
     "NotRegularFileError",
+    "Others",
     "Placement",
     "RepackError",
     "RepackOutcome",

@@ -253,6 +253,8 @@ class Repacker:
         :func:`repack.open_beneath` and calls :meth:`repack_source`.
         """
         with open_path(os.path.abspath(src)) as source:
+            if self.move:
+                source.others()  # a file anyone else holds open is copied, never linked
             return self.repack_source(source)
 
     def repack_source(self, source: SourceFile) -> RepackOutcome:

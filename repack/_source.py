@@ -29,15 +29,19 @@ Every :class:`OSError` of these steps is translated here into the
 from __future__ import annotations
 
 import errno as errno_codes
+import fcntl
 import os
+import signal
 import stat as stat_module
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
 from ._errors import NotRegularFileError, SourceVanishedError, StorageError
 
 __all__ = [
+    "Others",
     "SourceFile",
     "file_type",
     "folder_beneath",
@@ -96,6 +100,19 @@ def relative_parts(relative: str | os.PathLike[str]) -> list[str]:
     return parts
 
 
+class Others(StrEnum):
+    """Who else holds an input file open (see :meth:`SourceFile.others`)."""
+
+    #: Nobody: no other descriptor of the file exists.
+    NONE = "none"
+    #: Other processes have it open, none of them for writing.
+    READERS = "readers"
+    #: A process has it open for writing: it may still be written.
+    WRITER = "writer"
+    #: No lease could be taken (another owner and no ``CAP_LEASE``, or no leases here).
+    UNKNOWN = "unknown"
+
+
 @dataclass
 class SourceFile:
     """An input file opened by :func:`open_beneath`: its descriptor and its folder's.
@@ -113,6 +130,9 @@ class SourceFile:
     #: The root the walk started from, and the folder components below it.
     root: int = -1
     folders: tuple[str, ...] = ()
+    #: Whether another process may hold a descriptor of it (a caller that
+    #: cannot prove otherwise, with a lease, leaves this True).
+    open_elsewhere: bool = True
     _owns_folder: bool = field(default=True, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -126,8 +146,53 @@ class SourceFile:
 
     @property
     def shared(self) -> bool:
-        """Whether another name links the same inode (never publish it by a link)."""
-        return self.stat.st_nlink > 1
+        """Whether anyone else may reach the inode: then it is copied, never linked.
+
+        A hard link into the data tree would publish the very inode, so it is
+        only made for a file this process can prove is its own to keep: no
+        other name links it (a hard link to an outside file), its owner is
+        this process's user (an owner can always open it for writing again,
+        through ``/proc/PID/fd``), no group or other write bit, and no other
+        process holds it open (:attr:`open_elsewhere`).
+        """
+        info = self.stat
+        return (
+            info.st_nlink > 1
+            or info.st_uid != os.geteuid()
+            or bool(info.st_mode & (stat_module.S_IWGRP | stat_module.S_IWOTH))
+            or self.open_elsewhere
+        )
+
+    def others(self) -> Others:
+        """Who else holds the file open, as far as a lease can tell; sets :attr:`open_elsewhere`.
+
+        A write lease (``F_SETLEASE``) is granted only while no other
+        descriptor of the file exists; a read lease only while none is open
+        for writing. Each is released at once: this is a test, not a hold.
+        Leases need the file's owner or ``CAP_LEASE``, and a file system
+        that has them (not NFS): else :attr:`Others.UNKNOWN`. A lease break
+        sends the holder ``SIGIO``, whose default action ends the process: a
+        process that neither ignores nor handles it takes no lease (UNKNOWN).
+        """
+        descriptor = self.descriptor
+        self.open_elsewhere = True
+        if signal.getsignal(signal.SIGIO) is signal.SIG_DFL:
+            return Others.UNKNOWN
+        try:
+            fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as error:
+            if error.errno != errno_codes.EAGAIN:
+                return Others.UNKNOWN
+        else:
+            fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            self.open_elsewhere = False
+            return Others.NONE
+        try:
+            fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as error:
+            return Others.WRITER if error.errno == errno_codes.EAGAIN else Others.UNKNOWN
+        fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return Others.READERS
 
     def display(self) -> str:
         """The path as printable text (undecodable bytes escaped)."""

@@ -7,13 +7,17 @@ fix.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli, write_dicom
+from .conftest import make_dataset, run_cli, write_dicom
 from .dcmtk import free_port, wait_for
 from .helpers import get, small_filesystem
 from .listener import listener
@@ -139,3 +143,132 @@ def test_pypx_repack_cleanup_refuses_a_link_to_a_folder_named_on_its_command_lin
     assert copied.returncode == 0, copied.stderr
     assert len(list(data.rglob("*.dcm"))) == 3
     assert {path: path.read_bytes() for path in files} == before
+
+
+# -- a sender keeps no write access to its repacked file ----------------------------
+
+
+def _write_through(descriptor: int) -> None:
+    """What the sender does after the repack: open its descriptor again, for writing."""
+    with open(f"/proc/self/fd/{descriptor}", "r+b") as again:
+        again.write(b"TAMPERED")
+
+
+@pytest.mark.parametrize("how", ["another owner", "a descriptor held open"])
+def test_a_sender_keeps_no_write_access_to_its_repacked_file(tmp_path: Path, how: str) -> None:
+    """An inode the service cannot prove its own is copied into a file it owns."""
+    staged = write_dicom(tmp_path / "staged" / "MR.1")
+    original = staged.read_bytes()
+    if how == "another owner":
+        os.chown(staged, 65534, 65534)
+    with listener(tmp_path, "--settle", "0.2") as running:
+        descriptor = os.open(staged, os.O_RDONLY)
+        try:
+            staged.rename(running.incoming / "MR.1")  # same file system: the same inode
+            running.wait_for(lambda: running.count("repack.done") == 1, 20, "repack.done")
+            (repacked,) = running.data_files()
+            assert repacked.stat().st_ino != os.fstat(descriptor).st_ino
+            assert repacked.stat().st_uid == os.geteuid()
+            _write_through(descriptor)
+        finally:
+            os.close(descriptor)
+        assert repacked.read_bytes() == original
+        assert running.stop() == 0
+
+
+def test_a_file_nobody_else_holds_is_still_linked_not_copied(tmp_path: Path) -> None:
+    """The common case keeps its speed: storescp's own file, closed, is linked."""
+    staged = write_dicom(tmp_path / "staged" / "MR.1")
+    inode = staged.stat().st_ino
+    with listener(tmp_path, "--settle", "0.2") as running:
+        staged.rename(running.incoming / "MR.1")
+        running.wait_for(lambda: running.count("repack.done") == 1, 20, "repack.done")
+        assert running.stop() == 0
+    (repacked,) = running.data_files()
+    assert repacked.stat().st_ino == inode
+
+
+# -- without lease rights, a file whose writer may come back is not cut -----------
+
+AS_NOBODY = ("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups")
+
+
+def _non_image_in_two_parts() -> tuple[bytes, bytes]:
+    """A non-image instance (a text SR: no pixel data to prove it whole), split at an
+    element boundary after its three UIDs, so that its first part looks complete."""
+    ds = make_dataset(SOPClassUID="1.2.840.10008.5.1.4.1.1.88.11")
+    for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+                    "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation",
+                    "PixelData"):  # fmt: skip
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.ContentDescription = "x" * 2000
+    with tempfile.TemporaryDirectory() as scratch:
+        whole = write_dicom(Path(scratch) / "whole", ds).read_bytes()
+        head_ds = copy.deepcopy(ds)
+        for element in list(head_ds):
+            if element.tag > 0x0020000E:
+                del head_ds[element.tag]
+        head = write_dicom(Path(scratch) / "head", head_ds).read_bytes()
+    assert whole.startswith(head)
+    assert len(head) < len(whole)
+    return head, whole[len(head) :]
+
+
+@pytest.fixture
+def unprivileged_root() -> Iterator[Path]:
+    """Folders for a service running as nobody (pytest's own temporary folders are 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="pypx-nobody-"))
+    for name in FOLDERS:
+        (root / name).mkdir()
+        os.chown(root / name, 65534, 65534)
+    os.chmod(root / "incoming", 0o1777)  # noqa: S103 - a shared spool: others write into it
+    os.chmod(root, 0o755)  # noqa: S103 - nobody must reach the folders
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_without_lease_rights_a_paused_writer_is_not_cut_at_an_element_boundary(
+    unprivileged_root: Path,
+) -> None:
+    """The service runs as nobody; root writes a non-image with one descriptor and
+    pauses where the file looks complete: no lease can prove the writer is still there,
+    so no close event means no repack until it has been quiet for --unleased-settle."""
+    head, tail = _non_image_in_two_parts()
+    args = ("--settle", "0.2", "--quarantine-after", "60", "--unleased-settle", "60")
+    with listener(unprivileged_root, *args, prefix=AS_NOBODY) as running:
+        path = running.incoming / "SR.1"
+        with open(path, "wb") as writer:
+            writer.write(head)
+            writer.flush()
+            # Long enough for many settle periods and lease-less attempts.
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                assert running.count("repack.done") == 0, "cut while its writer held it"
+                time.sleep(0.1)
+            writer.write(tail)
+        running.wait_for(lambda: running.count("repack.done") == 1, 20, "repack at the close")
+        assert running.stop() == 0
+    (done,) = running.of("repack.done")
+    assert done["size"] == len(head) + len(tail)
+    (repacked,) = running.data_files()
+    assert repacked.read_bytes() == head + tail
+
+
+def test_without_lease_rights_a_quiet_file_without_a_close_event_is_repacked_later(
+    unprivileged_root: Path,
+) -> None:
+    """A file whose close watchdog missed (a new subfolder's first file) still goes,
+    once it has not changed for --unleased-settle seconds."""
+    head, tail = _non_image_in_two_parts()
+    staged = unprivileged_root / "staged"
+    staged.write_bytes(head + tail)  # root's file: no lease for nobody
+    args = ("--settle", "0.2", "--unleased-settle", "1.5")
+    with listener(unprivileged_root, *args, prefix=AS_NOBODY) as running:
+        started = time.monotonic()
+        staged.rename(running.incoming / "SR.1")  # no close event: only a move
+        running.wait_for(lambda: running.count("repack.done") == 1, 20, "repack.done")
+        assert time.monotonic() - started >= 1.5
+        assert running.stop() == 0

@@ -24,12 +24,12 @@ SURFACES = {
         "MissingElement", "Placement", "plan_placement",
         # opening untrusted inputs
         "SourceFile", "open_root", "open_beneath", "open_path", "folder_beneath", "file_type",
-        "open_folder_beneath",
+        "open_folder_beneath", "Others",
         # layouts
         "Layout", "NamedLayout", "Template", "parse_template", "sanitize_component",
         "seahash_hex",
         # writing
-        "Store", "sweep_stale_temps", "json_bytes", "dumps", "printable",
+        "Store", "sweep_stale_temps", "probe_writable", "json_bytes", "dumps", "printable",
         # events
         "configure_logging", "get_logger", "line_renderer", "line_writer",
         # errors

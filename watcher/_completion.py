@@ -15,9 +15,20 @@ reports closes). The rule, measured to find every file and no partial one:
 * each ``(path, inode, size, mtime)`` version is processed once; a re-sent
   instance is a new version and is processed again.
 
+A candidate is :attr:`Candidate.closed` when its writer closed it, or when
+its version has not changed for ``unleased_settle`` seconds since the
+tracker first saw it: a worker that cannot take a lease (another owner, no
+``CAP_LEASE``) repacks only such a file. Ages are measured from when the
+tracker first saw a version, never from its mtime alone, which anyone can set
+to the future.
+
 The tracker holds at most ``capacity`` pending paths: past that it drops
 what it is told and raises :attr:`CompletionTracker.overflowed`, and the
 service rescans the folder later, so a backlog waits on disk, not in memory.
+Files that cannot progress must not starve those that can: scans hand over
+at most :data:`SCAN_SHARE` of the capacity (the rest is kept for files that
+events announce), and files waiting out their quarantine delay hold at most
+:data:`HELD_SHARE` of it (more are forgotten, and found by a later scan).
 Thread-safe: the dispatcher records, workers report back.
 """
 
@@ -34,7 +45,19 @@ from typing import NamedTuple
 
 from repack import printable
 
-__all__ = ["Candidate", "CompletionTracker", "Signature", "signature_of"]
+__all__ = [
+    "HELD_SHARE",
+    "SCAN_SHARE",
+    "Candidate",
+    "CompletionTracker",
+    "Signature",
+    "signature_of",
+]
+
+#: The share of the capacity that scans may fill; the rest is for files events announce.
+SCAN_SHARE = 0.75
+#: The share of the capacity that files waiting to be quarantined may hold.
+HELD_SHARE = 0.5
 
 
 class Signature(NamedTuple):
@@ -56,6 +79,10 @@ class Candidate:
     path: str
     signature: Signature
     attempt: int = 0
+    #: Its writer closed it, or it has been quiet for the unleased settle period.
+    closed: bool = False
+    #: When the tracker first saw this version (its monotonic clock).
+    seen: float = 0.0
 
     @property
     def shown(self) -> str:
@@ -77,6 +104,8 @@ class _Pending:
     closed: bool = False
     attempt: int = 0
     in_flight: bool = False
+    #: When ``signature`` was first seen (monotonic).
+    seen: float = 0.0
     #: The last failure, and how many attempts in a row failed that way.
     failure: str = ""
     repeats: int = 0
@@ -90,12 +119,14 @@ class CompletionTracker:
         settle: float,
         *,
         capacity: int = 10_000,
+        unleased_settle: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         stat: Callable[[str], os.stat_result] = os.lstat,
     ) -> None:
         self.settle = settle
         self.capacity = capacity
+        self.unleased_settle = unleased_settle
         self._clock = clock
         self._wall_clock = wall_clock
         self._stat = stat
@@ -104,6 +135,8 @@ class CompletionTracker:
         self._heap: list[tuple[float, int, str]] = []
         self._order = itertools.count()
         self._done: dict[str, Signature] = {}
+        #: Paths waiting out their quarantine delay (see :meth:`hold`).
+        self._held: set[str] = set()
         #: Set when something was dropped for lack of room: rescan later.
         self.overflowed = False
 
@@ -111,7 +144,12 @@ class CompletionTracker:
 
     def _schedule(self, path: str, entry: _Pending, due: float) -> None:
         entry.due = due
+        self._held.discard(path)
         heapq.heappush(self._heap, (due, next(self._order), path))
+
+    def _forget(self, path: str) -> None:
+        del self._pending[path]
+        self._held.discard(path)
 
     def _entry(self, path: str) -> _Pending | None:
         entry = self._pending.get(path)
@@ -149,8 +187,9 @@ class CompletionTracker:
             if entry is None:
                 return
             entry.signature = signature
+            entry.seen = self._clock()
             settled = self._wall_clock() - stat.st_mtime >= self.settle
-            self._schedule(path, entry, self._clock() + (0 if settled else self.settle))
+            self._schedule(path, entry, entry.seen + (0 if settled else self.settle))
 
     def deleted(self, path: str) -> None:
         """The file is gone: forget it (unless a worker holds it)."""
@@ -158,7 +197,7 @@ class CompletionTracker:
             self._done.pop(path, None)
             entry = self._pending.get(path)
             if entry is not None and not entry.in_flight:
-                del self._pending[path]
+                self._forget(path)
 
     # -- deciding ------------------------------------------------------------
 
@@ -180,18 +219,20 @@ class CompletionTracker:
                 try:
                     signature = signature_of(self._stat(path))
                 except OSError:
-                    del self._pending[path]
+                    self._forget(path)
                     continue
                 if self._done.get(path) == signature:
-                    del self._pending[path]
+                    self._forget(path)
                     continue
-                if entry.closed or entry.signature == signature:
-                    entry.in_flight = True
-                    entry.signature = signature
-                    ready.append(Candidate(path, signature, entry.attempt))
-                else:
-                    entry.signature = signature
-                    self._schedule(path, entry, now + self.settle)
+                if entry.signature != signature:
+                    entry.signature, entry.seen = signature, now
+                    if not entry.closed:
+                        self._schedule(path, entry, now + self.settle)
+                        continue
+                entry.in_flight = True
+                self._held.discard(path)
+                closed = entry.closed or now - entry.seen >= self.unleased_settle
+                ready.append(Candidate(path, signature, entry.attempt, closed, entry.seen))
         return ready
 
     # -- outcomes (from workers) ---------------------------------------------
@@ -201,7 +242,7 @@ class CompletionTracker:
         with self._lock:
             entry = self._pending.get(candidate.path)
             if entry is not None and entry.in_flight:
-                del self._pending[candidate.path]
+                self._forget(candidate.path)
             if remember:
                 self._done[candidate.path] = candidate.signature
             else:
@@ -236,6 +277,42 @@ class CompletionTracker:
             entry.signature = candidate.signature
             self._schedule(candidate.path, entry, self._clock() + delay)
 
+    def until_quiet(self, candidate: Candidate) -> None:
+        """Look again once the version has been quiet for the unleased settle period."""
+        with self._lock:
+            entry = self._pending.get(candidate.path)
+            if entry is None:
+                return
+            entry.in_flight = False
+            entry.closed = False
+            due = max(self._clock(), candidate.seen + self.unleased_settle)
+            self._schedule(candidate.path, entry, due)
+
+    def hold(self, candidate: Candidate, delay: float) -> bool:
+        """Keep a file that cannot be repacked for ``delay`` seconds before it is quarantined.
+
+        False, and the file is forgotten (a later scan finds it again), when
+        held files already fill :data:`HELD_SHARE` of the capacity.
+        """
+        with self._lock:
+            entry = self._pending.get(candidate.path)
+            if entry is None:
+                return False
+            if len(self._held) >= self.capacity * HELD_SHARE:
+                self._forget(candidate.path)
+                return False
+            entry.in_flight = False
+            entry.closed = False
+            entry.signature = candidate.signature
+            self._schedule(candidate.path, entry, self._clock() + delay)
+            self._held.add(candidate.path)
+            return True
+
+    def quiet_for(self, candidate: Candidate) -> float:
+        """Seconds the candidate's version has not changed: since its mtime, or since the
+        tracker first saw it when that is longer (an mtime can be set to the future)."""
+        return max(self._wall_clock() - candidate.mtime, self._clock() - candidate.seen)
+
     # -- introspection -------------------------------------------------------
 
     def pending_count(self) -> int:
@@ -243,9 +320,9 @@ class CompletionTracker:
             return len(self._pending)
 
     def room(self) -> int:
-        """How many more paths it can hold before it drops what it is told."""
+        """How many more paths a scan may hand over (:data:`SCAN_SHARE` of the capacity)."""
         with self._lock:
-            return self.capacity - len(self._pending)
+            return max(0, int(self.capacity * SCAN_SHARE) - len(self._pending))
 
     def failing(self, repeats: int) -> int:
         """How many files failed at least ``repeats`` times in a row the same way."""

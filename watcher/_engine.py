@@ -14,12 +14,13 @@ Claiming a file (:func:`repack_claimed`), in this order:
 2. take an ``flock`` on it, so that several services on one folder repack
    each instance once (the lock dies with its process);
 3. check that its name still holds that same version;
-4. check that no process holds it open for writing: a read lease
-   (``F_SETLEASE``) is refused while any writer has it open. This is the
-   proof a settled file needs when no close event was seen (a pause at an
-   element boundary looks like a complete file). Where leases are not
-   available (another owner without ``CAP_LEASE``, network file systems) the
-   settle period and the completeness check are all there is.
+4. ask who else holds it open (:meth:`repack.SourceFile.others`, a lease
+   test): a writer means it may still grow (a pause at an element boundary
+   looks like a complete file), so it is looked at again later; any other
+   descriptor means it is copied, never linked, into the data tree. Where
+   no lease can be taken (another owner without ``CAP_LEASE``, network file
+   systems) only a close event, or a quiet period the parent measures, lets
+   the file through (:attr:`Job.closed`).
 
 A child ignores SIGINT and SIGTERM (the parent decides when to stop) and
 exits when its pipe closes, so it finishes the file it holds even if the
@@ -53,6 +54,7 @@ from typing import Any, NamedTuple
 from repack import (
     InvalidInstanceError,
     Layout,
+    Others,
     Repacker,
     SourceFile,
     SourceVanishedError,
@@ -103,10 +105,15 @@ class Outcome(StrEnum):
     """What became of one file."""
 
     DONE = "done"
-    #: Another service holds it, or it changed since it was seen: leave it.
+    #: Another process holds its lock (another service, a one-shot): look again later.
     UNCLAIMED = "unclaimed"
+    #: It changed since it was seen: leave it (its change brings a new event).
+    CHANGED = "changed"
     #: A process still has it open for writing: look again later.
     BUSY = "busy"
+    #: No lease could tell whether a writer holds it, and no close was seen:
+    #: wait until it has been quiet long enough.
+    UNPROVEN = "unproven"
     VANISHED = "vanished"
     #: It can never be repacked: quarantine it.
     INVALID = "invalid"
@@ -122,6 +129,8 @@ class Job(NamedTuple):
     relative: str
     root: Identity
     attempt: int = 0
+    #: Its writer closed it, or it has been quiet long enough: no lease is needed.
+    closed: bool = False
 
 
 class SeriesRef(NamedTuple):
@@ -211,19 +220,7 @@ def _collected() -> Iterator[list[str]]:
 # -- claiming and repacking one file -----------------------------------------
 
 
-def _being_written(descriptor: int) -> bool:
-    """Whether some process has the file open for writing (False when it cannot tell)."""
-    try:
-        fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-    except OSError as error:
-        # EAGAIN: a writer has it open. EACCES (someone else's file, no
-        # CAP_LEASE) or EINVAL (no leases here, e.g. NFS): cannot tell.
-        return error.errno == errno_codes.EAGAIN
-    fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-    return False
-
-
-def _claim(source: SourceFile) -> Outcome | None:
+def _claim(source: SourceFile, *, closed: bool) -> Outcome | None:
     """Why this worker must not repack ``source`` now, or None when it may."""
     try:
         fcntl.flock(source.descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -234,17 +231,25 @@ def _claim(source: SourceFile) -> Outcome | None:
             f"cannot lock {source.display()}: {error.strerror}", errno=error.errno
         ) from error
     if not source.unchanged():
-        return Outcome.UNCLAIMED
-    if _being_written(source.descriptor):
+        return Outcome.CHANGED
+    others = source.others()
+    if others is Others.WRITER:
         return Outcome.BUSY
+    if others is Others.UNKNOWN and not closed:
+        return Outcome.UNPROVEN
     return None
 
 
-def repack_claimed(repacker: Repacker, root: int, relative: str, shown_as: Path) -> Result:
-    """Claim and repack the file ``relative`` below the folder ``root``; never raises."""
+def repack_claimed(
+    repacker: Repacker, root: int, relative: str, shown_as: Path, *, closed: bool = False
+) -> Result:
+    """Claim and repack the file ``relative`` below the folder ``root``; never raises.
+
+    ``closed``: its writer is known to have closed it (see :attr:`Job.closed`).
+    """
     started = time.perf_counter()
     with _collected() as warned:
-        result = _repack(repacker, root, relative, shown_as)
+        result = _repack(repacker, root, relative, shown_as, closed)
     if result.outcome is Outcome.DONE:
         result = replace(result, seconds=time.perf_counter() - started)
     if warned:
@@ -252,10 +257,10 @@ def repack_claimed(repacker: Repacker, root: int, relative: str, shown_as: Path)
     return result
 
 
-def _repack(repacker: Repacker, root: int, relative: str, shown_as: Path) -> Result:
+def _repack(repacker: Repacker, root: int, relative: str, shown_as: Path, closed: bool) -> Result:
     try:
         with open_beneath(root, relative, shown_as=shown_as) as source:
-            refused = _claim(source)
+            refused = _claim(source, closed=closed)
             if refused is not None:
                 return Result(refused)
             outcome = repacker.repack_source(source)
@@ -434,7 +439,9 @@ def _run(repacker: Repacker, root: IncomingRoot, job: Job) -> Result:
     descriptor = root.current(job.root)
     if descriptor is None:  # the folder this file was seen in is no longer there
         return Result(Outcome.VANISHED)
-    return repack_claimed(repacker, descriptor, job.relative, root.path / job.relative)
+    return repack_claimed(
+        repacker, descriptor, job.relative, root.path / job.relative, closed=job.closed
+    )
 
 
 def worker_command(descriptor: int) -> list[str]:

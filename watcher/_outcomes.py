@@ -4,12 +4,19 @@
 outcome    action
 =========  ==============================================================
 done       ``repack.done``; the series is told; copy mode remembers the version
-unclaimed  forgotten (another service has it, or it changed: a new event comes)
+unclaimed  looked at again after the settle period (another process holds its
+           lock; while it does, the file is still counted as waiting)
+changed    forgotten (it changed since it was seen: its change brings an event)
 busy       looked at again after the settle period (a writer still has it open)
+unproven   looked at again once unchanged for ``unleased_settle`` seconds (no
+           lease could tell whether a writer holds it, and no close was seen)
 vanished   forgotten
 invalid    quarantined, once it has not changed for ``quarantine_after``
-           seconds (a slow or paused sender is never cut off; a name that is
-           not a regular file cannot be "still written" and goes at once)
+           seconds, counted from when the service first saw that version
+           (a slow or paused sender is never cut off; a future mtime does not
+           delay it for ever; a name that is not a regular file cannot be
+           "still written" and goes at once). Files waiting so hold at most
+           half of ``--pending-limit``; more are left for a later scan.
 storage    retried with exponential back-off, the file staying where it is
 crashed    retried; after :data:`CRASHES_BEFORE_QUARANTINE` crashes on the same
            file (a file that kills or stalls its worker), quarantined
@@ -23,7 +30,6 @@ row says so once at error level (``repack.stuck``) and is counted in the
 from __future__ import annotations
 
 import errno
-import time
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +82,13 @@ class OutcomeRouter:
             self.log.warning("repack.warning", src=candidate.shown, warning=warning)
         if outcome is Outcome.DONE:
             self._done(candidate, result)
-        elif outcome is Outcome.BUSY:
-            self.log.debug("repack.busy", src=candidate.shown)
+        elif outcome in (Outcome.BUSY, Outcome.UNCLAIMED):
+            self.log.debug(f"repack.{outcome}", src=candidate.shown)
             self.tracker.recheck(candidate, self.settings.settle)
-        elif outcome in (Outcome.UNCLAIMED, Outcome.VANISHED):
+        elif outcome is Outcome.UNPROVEN:
+            self.log.debug("repack.unproven", src=candidate.shown)
+            self.tracker.until_quiet(candidate)
+        elif outcome in (Outcome.CHANGED, Outcome.VANISHED):
             if outcome is Outcome.VANISHED:
                 self.counts.add("vanished")
             self.tracker.finished(candidate, remember=False)
@@ -117,14 +126,14 @@ class OutcomeRouter:
 
     def _invalid(self, candidate: Candidate, reason: str, message: str) -> None:
         if reason != NotRegularFileError.reason:
-            age = time.time() - candidate.mtime
-            wait = self.settings.quarantine_after - age
+            wait = self.settings.quarantine_after - self.tracker.quiet_for(candidate)
             if wait > 0:
                 # Maybe still being written (a slow or paused sender): look again.
                 self.log.debug(
                     "repack.incomplete", src=candidate.shown, error=message, recheck_s=wait
                 )
-                self.tracker.recheck(candidate, wait + 0.05)
+                if not self.tracker.hold(candidate, wait + 0.05):
+                    self.log.debug("repack.left_for_later", src=candidate.shown)
                 return
         self._quarantine(candidate, reason, message)
 

@@ -145,7 +145,11 @@ class Service:
             for _ in range(settings.workers)
         ]
         self.root = IncomingRoot(settings.incoming)
-        self.tracker = CompletionTracker(settings.settle, capacity=settings.pending_limit)
+        self.tracker = CompletionTracker(
+            settings.settle,
+            capacity=settings.pending_limit,
+            unleased_settle=settings.unleased_settle,
+        )
         self.series = SeriesTracker(settings.series_quiet)
         # Small: the dispatcher empties it every round; a storm beyond it costs a rescan.
         self.inbox = Inbox(capacity=_INBOX_CAPACITY)
@@ -520,7 +524,7 @@ class Service:
 
     def _handle(self, index: int, candidates: list[Candidate]) -> None:
         identity = self.root.identity
-        jobs = [Job(self.root.relative(c.path), identity, c.attempt) for c in candidates]
+        jobs = [Job(self.root.relative(c.path), identity, c.attempt, c.closed) for c in candidates]
         results = self.engines[index].repack(jobs)
         lines = [result.line for result in results if result.line is not None]
         if lines and self._write_lines is not None:

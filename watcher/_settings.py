@@ -53,6 +53,7 @@ class Settings:
     worker_nice: int = 10
     queue_size: int = 64
     settle: float = 1.0
+    unleased_settle: float = 30.0
     scan_interval: float = 30.0
     series_quiet: float = 30.0
     quarantine_after: float = 10.0
@@ -144,6 +145,13 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
     ),
     ("queue-size", _positive(int), "64", "files queued for the workers at most"),
     ("settle", _positive(float), "1.0", "seconds a file must stay unchanged without a close event"),
+    (
+        "unleased-settle",
+        _positive(float),
+        "30",
+        "seconds a file that no lease can test (another owner, no CAP_LEASE; NFS) must stay"
+        " unchanged when no close event was seen",
+    ),
     ("scan-interval", _positive(float), "30", "seconds between reconciliation scans"),
     (
         "series-quiet",
