@@ -8,6 +8,7 @@ fix.
 from __future__ import annotations
 
 import copy
+import fcntl
 import os
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ import pytest
 
 from .conftest import make_dataset, run_cli, write_dicom
 from .dcmtk import free_port, wait_for
-from .helpers import get, small_filesystem
+from .helpers import get, metric, small_filesystem
 from .listener import listener
 
 pytestmark = pytest.mark.slow
@@ -271,4 +272,74 @@ def test_without_lease_rights_a_quiet_file_without_a_close_event_is_repacked_lat
         staged.rename(running.incoming / "SR.1")  # no close event: only a move
         running.wait_for(lambda: running.count("repack.done") == 1, 20, "repack.done")
         assert time.monotonic() - started >= 1.5
+        assert running.stop() == 0
+
+
+# -- files that cannot progress never stop the others ---------------------------------
+
+FUTURE = time.time() + 365 * 86400
+
+
+def _junk(folder: Path, count: int, *, mtime: float = FUTURE) -> list[Path]:
+    made = []
+    for n in range(count):
+        path = folder / f"junk.{n:05d}"
+        path.write_bytes(b"not DICOM at all\n" * 8)
+        os.utime(path, (mtime, mtime))
+        made.append(path)
+    return made
+
+
+def test_junk_with_a_future_mtime_is_quarantined_after_the_quarantine_delay(
+    tmp_path: Path,
+) -> None:
+    args = ("--settle", "0.2", "--quarantine-after", "1", "--scan-interval", "1")
+    with listener(tmp_path, *args) as running:
+        _junk(running.incoming, 3)
+        running.wait_for(lambda: running.count("repack.failed") == 3, 15, "3 quarantined")
+        assert running.stop() == 0
+    assert running.incoming_files() == []
+    assert {e["reason"] for e in running.of("repack.failed")} == {"not-dicom"}
+
+
+def test_junk_that_fills_the_pending_limit_does_not_starve_a_good_file(tmp_path: Path) -> None:
+    """Junk waiting out its quarantine delay holds half the pending limit at most; a
+    good file announced by its close gets in at once, and the junk still all goes."""
+    args = ("--settle", "0.2", "--quarantine-after", "2", "--scan-interval", "1",
+            "--pending-limit", "40", "--log-level", "debug")  # fmt: skip
+    with listener(tmp_path, *args) as running:
+        _junk(running.incoming, 100)
+        # The junk is read, found bad and held (the rest waits on disk).
+        running.wait_for(lambda: running.count("repack.incomplete") >= 20, 10, "junk held")
+        write_dicom(running.incoming / "MR.good")
+        running.wait_for(lambda: running.count("repack.done") == 1, 5, "the good file")
+        running.wait_for(lambda: running.count("repack.failed") == 100, 60, "all junk quarantined")
+        assert running.stop() == 0
+    assert running.incoming_files() == []
+
+
+def test_a_file_locked_by_another_process_stays_visible_until_it_is_repacked(
+    tmp_path: Path,
+) -> None:
+    """Another service or a one-shot holds its flock: it is still a file waiting, in the
+    queue depth and the age of the oldest, and it goes once the lock is released."""
+    port = free_port()
+    args = ("--settle", "0.2", "--metrics-port", str(port), "--metrics-host", "127.0.0.1")
+    staged = write_dicom(tmp_path / "staged" / "MR.1")
+    with listener(tmp_path, *args) as running:
+        base = f"http://127.0.0.1:{port}"
+        with open(staged, "rb") as holder:
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            staged.rename(running.incoming / "MR.1")
+            wait_for(
+                lambda: (
+                    metric(get(base + "/metrics")[1], "pypx_listener_oldest_unprocessed_seconds")
+                    > 1.5
+                ),
+                20,
+                "the locked file to be counted as waiting",
+            )
+            assert metric(get(base + "/metrics")[1], "pypx_listener_queue_depth") == 1
+            assert running.count("repack.done") == 0
+        running.wait_for(lambda: running.count("repack.done") == 1, 20, "repack once unlocked")
         assert running.stop() == 0
