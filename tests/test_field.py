@@ -11,7 +11,9 @@ import copy
 import fcntl
 import os
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -343,3 +345,47 @@ def test_a_file_locked_by_another_process_stays_visible_until_it_is_repacked(
             assert running.count("repack.done") == 0
         running.wait_for(lambda: running.count("repack.done") == 1, 20, "repack once unlocked")
         assert running.stop() == 0
+
+
+# -- the health answer under a slow-client attack ----------------------------------
+
+
+def test_health_stays_reachable_while_slow_clients_trickle_their_requests(
+    tmp_path: Path,
+) -> None:
+    """40 clients send a request a byte at a time, reconnecting when dropped: each read
+    is quick, so a per-read timeout never fires; the probe must still be answered."""
+    port = free_port()
+    args = ("--metrics-port", str(port), "--metrics-host", "127.0.0.1")
+    with listener(tmp_path, *args):
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: get(base + "/healthz")[0] == 200, 20, "/healthz")
+        stop = threading.Event()
+        connected: list[int] = []
+
+        def trickle() -> None:
+            while not stop.is_set():
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=2) as slow:
+                        connected.append(1)
+                        for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 10_000:
+                            slow.send(bytes([byte]))
+                            if stop.wait(0.2):
+                                return
+                except OSError:
+                    continue  # dropped: connect again, as an attacker would
+
+        attackers = [threading.Thread(target=trickle, daemon=True) for _ in range(40)]
+        for attacker in attackers:
+            attacker.start()
+        try:
+            wait_for(lambda: len(connected) >= 40, 10, "every attacker connected")
+            answered = 0
+            for _ in range(10):
+                status, _body = get(base + "/healthz", timeout=1)
+                answered += status == 200
+        finally:
+            stop.set()
+            for attacker in attackers:
+                attacker.join(5)
+        assert answered == 10
