@@ -31,7 +31,13 @@ from ._errors import (
     TemplateError,
     TruncatedFileError,
 )
-from ._events import configure_logging, get_logger, line_renderer, line_writer
+from ._events import (
+    configure_logging,
+    get_logger,
+    line_renderer,
+    line_writer,
+    output_blocked_for,
+)
 from ._json import dumps, json_bytes, printable
 from ._repack import MissingElement, Placement, Repacker, RepackOutcome, plan_placement, repack_file
 from ._sanitize import sanitize_component
@@ -87,6 +93,7 @@ __all__ = [
     "open_folder_beneath",
     "open_path",
     "open_root",
+    "output_blocked_for",
     "parse_template",
     "plan_placement",
     "printable",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, BinaryIO, TextIO, cast
 
@@ -21,7 +22,13 @@ from pydicom import config as pydicom_config
 
 from ._json import dumps
 
-__all__ = ["configure_logging", "get_logger", "line_renderer", "line_writer"]
+__all__ = [
+    "configure_logging",
+    "get_logger",
+    "line_renderer",
+    "line_writer",
+    "output_blocked_for",
+]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
@@ -51,6 +58,14 @@ class _GuardedOutput:
         self._on_lost = on_lost
         self._lost = False
         self._lock = threading.Lock()
+        #: When the write under way started (monotonic), or None: a reader that
+        #: stopped reading blocks it for as long as it does not read.
+        self.writing_since: float | None = None
+
+    def blocked_for(self) -> float:
+        """Seconds the write under way has waited (0 when none is under way)."""
+        since = self.writing_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
     def _lose(self) -> None:
         with self._lock:
@@ -63,19 +78,39 @@ class _GuardedOutput:
     def write(self, data: bytes) -> int:
         if self._lost:
             return len(data)
+        self.writing_since = time.monotonic()
         try:
             return self._binary.write(data)
         except (BrokenPipeError, ConnectionResetError):
             self._lose()
             return len(data)
+        finally:
+            self.writing_since = None
 
     def flush(self) -> None:
         if self._lost:
             return
+        self.writing_since = time.monotonic()
         try:
             self._binary.flush()
         except (BrokenPipeError, ConnectionResetError):
             self._lose()
+        finally:
+            self.writing_since = None
+
+
+#: The JSON event stream configured last (None on a terminal, or before any).
+_output: _GuardedOutput | None = None
+
+
+def output_blocked_for() -> float:
+    """Seconds the event stream's current write has waited for its reader (0 if none).
+
+    A pipe or log shipper that stops reading blocks every event (and so
+    every thread that logs) without an error: this is how a health check
+    sees it.
+    """
+    return 0.0 if _output is None else _output.blocked_for()
 
 
 def _orjson_dumps(event: Any, **_: Any) -> bytes:
@@ -116,8 +151,11 @@ def configure_logging(
         guarded = _GuardedOutput(cast(BinaryIO, binary), on_output_lost)
         factory = structlog.BytesLoggerFactory(cast(BinaryIO, guarded))
     else:
+        guarded = None
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
         factory = structlog.PrintLoggerFactory(stream)
+    global _output  # noqa: PLW0603 - one event stream per process, as structlog's config
+    _output = guarded
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level.lower(), 20)),

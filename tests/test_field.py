@@ -7,11 +7,15 @@ fix.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fcntl
 import os
+import select
 import shutil
+import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -22,7 +26,7 @@ import pytest
 
 from .conftest import make_dataset, run_cli, write_dicom
 from .dcmtk import free_port, wait_for
-from .helpers import get, metric, small_filesystem
+from .helpers import get, installed, metric, small_filesystem
 from .listener import listener
 
 pytestmark = pytest.mark.slow
@@ -389,3 +393,63 @@ def test_health_stays_reachable_while_slow_clients_trickle_their_requests(
             for attacker in attackers:
                 attacker.join(5)
         assert answered == 10
+
+
+# -- a blocked event stream ------------------------------------------------------------
+
+
+def test_a_blocked_event_stream_fails_health_and_sigterm_still_exits_in_time(
+    tmp_path: Path,
+) -> None:
+    """stdout is a pipe nobody reads: repacking waits on it (events are never dropped),
+    /healthz says so, one SIGTERM exits within --stop-timeout, and no file is lost."""
+    from watcher._service import OUTPUT_BLOCKED_S  # noqa: PLC0415
+
+    port = free_port()
+    read_end, write_end = os.pipe()
+    folders = {name: tmp_path / name for name in ("incoming", "datadir", "logdir", "quarantine")}
+    process = subprocess.Popen(
+        [installed("pypx-listener"), *(f"--{k}={v}" for k, v in folders.items()),
+         "--settle", "0.2", "--stop-timeout", "3", "--metrics-port", str(port),
+         "--metrics-host", "127.0.0.1"],
+        stdout=write_end, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    filler = -1
+    try:
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b'"watcher.started"' not in seen and time.monotonic() < deadline:
+            if select.select([read_end], [], [], 1)[0]:
+                seen += os.read(read_end, 65536)
+        assert b'"watcher.started"' in seen
+        wait_for(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 20, "/healthz")
+        # Fill the pipe to the last byte, through a non-blocking second open of it.
+        filler = os.open(f"/proc/self/fd/{write_end}", os.O_WRONLY | os.O_NONBLOCK)
+        for chunk in (b"#" * 4096, b"#"):
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(filler, chunk)
+        sent = [write_dicom(folders["incoming"] / f"MR.{n}") for n in range(20)]
+        wait_for(
+            lambda: "event stream" in get(f"http://127.0.0.1:{port}/healthz")[1],
+            OUTPUT_BLOCKED_S + 20,
+            "/healthz to report the blocked event stream",
+        )
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 503
+        asked = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(3 + 5)
+        assert time.monotonic() - asked <= 3 + 1.5
+        assert code == 128 + signal.SIGTERM
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+        for descriptor in (filler, read_end, write_end):
+            if descriptor >= 0:
+                os.close(descriptor)
+    # Nothing lost: each instance is still waiting, or repacked with its image log.
+    waiting = {p.name for p in folders["incoming"].iterdir()}
+    repacked = list(folders["datadir"].rglob("*.dcm"))
+    assert len(waiting) + len(repacked) == len(sent)
+    assert len(list(folders["logdir"].glob("seriesData/*-img/*.json"))) == len(repacked)

@@ -31,7 +31,7 @@ SURFACES = {
         # writing
         "Store", "sweep_stale_temps", "probe_writable", "json_bytes", "dumps", "printable",
         # events
-        "configure_logging", "get_logger", "line_renderer", "line_writer",
+        "configure_logging", "get_logger", "line_renderer", "line_writer", "output_blocked_for",
         # errors
         "RepackError", "TemplateError", "InvalidInstanceError", "NotDicomError",
         "TruncatedFileError", "MalformedFileError", "NotRegularFileError",

@@ -13,7 +13,10 @@ without its events.
 The first signal stops watching and lets the workers finish (or hand back)
 what they hold, within ``--stop-timeout``; the exit status is then 0. A
 second signal exits at once: every write is atomic and a source is only
-removed after its copy and logs exist, so even that loses nothing.
+removed after its copy and logs exist, so even that loses nothing. The same
+holds when the clean stop itself cannot finish by ``--stop-timeout`` after
+the signal (nothing reads the event stream, so every line waits): the
+workers are killed and the service exits with 128 + the signal's number.
 
 Signals are acted on by a thread of their own (:func:`_handle_signals`),
 never inside a Python signal handler: a handler runs in the main thread
@@ -25,9 +28,11 @@ the lock its own thread held.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
@@ -59,8 +64,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     install_warning_collector()
     log = get_logger()
     running: list[Service] = []
-    signals: list[int] = []
-    _handle_signals(stop_requested, signals, running, log)
+    signals: list[tuple[int, float]] = []
+    _handle_signals(stop_requested, signals, running, log, settings.stop_timeout)
     for name in unknown_variables(os.environ):
         log.warning(
             "watcher.unknown_setting",
@@ -76,10 +81,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         service.announce()
         stop_requested.wait()
         if signals:
-            log.info("watcher.stopping", signal=signal.Signals(signals[0]).name)
+            log.info("watcher.stopping", signal=signal.Signals(signals[0][0]).name)
     finally:
         operations.stop()
-        service.stop()
+        timeout = None
+        if signals:  # finish before the signals thread's deadline
+            left = settings.stop_timeout - (time.monotonic() - signals[0][1])
+            timeout = max(0.1, left - _STOP_MARGIN_S)
+        service.stop(timeout)
     if output_lost.is_set():
         # Nothing more goes to the closed pipe, not even the interpreter's last flush.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -92,22 +101,30 @@ def run(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-#: How long a second signal waits for its ``watcher.killed`` line to be written.
+#: How long a forced exit waits for its ``watcher.killed`` line to be written.
 _LAST_WORD_S = 1.0
+#: What the clean stop leaves of ``--stop-timeout`` for a forced exit's last word.
+_STOP_MARGIN_S = 1.0
 
 
 def _handle_signals(
-    stop_requested: threading.Event, signals: list[int], running: list[Service], log: Any
+    stop_requested: threading.Event,
+    signals: list[tuple[int, float]],
+    running: list[Service],
+    log: Any,
+    stop_timeout: float,
 ) -> None:
     """Act on SIGTERM and SIGINT in a thread of their own; call from the main thread.
 
     The C-level handler only writes the signal's number into a pipe
     (``signal.set_wakeup_fd``); the Python-level handler does nothing. The
     ``signals`` thread reads the pipe: the first signal is noted in
-    ``signals`` and asks the service to stop (the main thread says so); a
-    later one (or one after the event stream was lost) kills the workers and
-    exits at once, whatever the other threads hold. This thread never waits
-    for the event stream, so a stalled reader cannot keep it from the second.
+    ``signals`` with its time and asks the service to stop (the main thread
+    says so); a later one (or one after the event stream was lost), or
+    ``stop_timeout`` seconds after the first without a clean exit, kills the
+    workers and exits at once, whatever the other threads hold. This thread
+    never waits for the event stream, so a stalled reader cannot keep it
+    from exiting.
     """
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
@@ -116,26 +133,35 @@ def _handle_signals(
         signal.signal(signum, _noted_by_the_wakeup_fd)
     signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break must never end the service
 
+    def exit_now(number: int, reason: str) -> None:
+        for service in running:  # no worker process outlives the service
+            service.kill_workers()
+        # A stalled stream must not hold up the exit: the line gets a second.
+        last_word = threading.Thread(
+            target=lambda: log.warning(
+                "watcher.killed", signal=signal.Signals(number).name, reason=reason
+            ),
+            daemon=True,
+        )
+        last_word.start()
+        last_word.join(_LAST_WORD_S)
+        os._exit(128 + number)
+
     def act() -> None:
         while True:
+            deadline = None
+            if signals:
+                deadline = max(0.0, stop_timeout - (time.monotonic() - signals[0][1]))
+            if not select.select([read_end], [], [], deadline)[0]:
+                exit_now(signals[0][0], f"the stop did not finish within {stop_timeout:g} s")
             for number in os.read(read_end, 64):
                 if number not in (signal.SIGTERM, signal.SIGINT):
                     continue
-                name = signal.Signals(number).name
                 if not stop_requested.is_set():
-                    signals.append(number)
+                    signals.append((number, time.monotonic()))
                     stop_requested.set()
                     continue
-                for service in running:  # no worker process outlives the service
-                    service.kill_workers()
-                # A stalled stream must not hold up the exit: the line gets a second.
-                last_word = threading.Thread(
-                    target=lambda name=name: log.warning("watcher.killed", signal=name),
-                    daemon=True,
-                )
-                last_word.start()
-                last_word.join(_LAST_WORD_S)
-                os._exit(128 + number)
+                exit_now(number, "a second signal")
 
     threading.Thread(target=act, name="signals", daemon=True).start()
 

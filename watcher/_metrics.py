@@ -7,10 +7,9 @@
               are writable and (supervised mode) storescp accepts
               connections; 503 with the reasons else.
 
-The server is reachable from outside the pod, so it is bounded: at most
-:data:`MAX_CONNECTIONS` connections are served at once (more are closed at
-once), and a connection that sends nothing is closed after
-:data:`READ_TIMEOUT` seconds.
+The server is reachable from outside the pod: it is one thread that never
+waits on a client, with a deadline for each whole request and a cap on open
+connections that drops the oldest (see :mod:`watcher._http`).
 """
 
 from __future__ import annotations
@@ -21,21 +20,16 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from repack import probe_writable
 
-__all__ = ["MAX_CONNECTIONS", "READ_TIMEOUT", "HealthServer", "Metrics", "Readiness"]
+from ._http import MAX_CONNECTIONS, REQUEST_TIMEOUT, Answer, ProbeServer
 
-#: Connections served at once; more are closed without an answer.
-MAX_CONNECTIONS = 16
-#: Seconds a connection may take to send its request.
-READ_TIMEOUT = 5.0
+__all__ = ["HealthServer", "Metrics", "Readiness"]
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
@@ -157,36 +151,8 @@ class Readiness:
         return found
 
 
-class _BoundedServer(ThreadingHTTPServer):
-    """A thread per connection, but never more than ``limit`` at once."""
-
-    daemon_threads = True
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], limit: int
-    ) -> None:
-        self._slots = threading.BoundedSemaphore(limit)
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # over the cap: closed at once
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-
 class HealthServer:
-    """A small, bounded HTTP server for /metrics, /healthz and /readyz.
+    """/metrics, /healthz and /readyz over a :class:`~watcher._http.ProbeServer`.
 
     Binds its port when constructed, so a port in use is found before the
     service announces that it started.
@@ -201,53 +167,32 @@ class HealthServer:
         alive: Callable[[], list[str]] = list,
         *,
         limit: int = MAX_CONNECTIONS,
-        read_timeout: float = READ_TIMEOUT,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            timeout = read_timeout
-
-            def do_GET(self) -> None:
-                outer.answer(self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # scrapes are not events
-
         self.metrics = metrics
         self.readiness = readiness
         #: The reasons the service is not alive (empty when it is).
         self.alive = alive
-        self.server = _BoundedServer((host, port), Handler, limit)
-        self.port = int(self.server.server_address[1])
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, name="metrics", daemon=True
+        self.server = ProbeServer(
+            host, port, self.answer, limit=limit, request_timeout=request_timeout
         )
+        self.port = self.server.port
 
-    def answer(self, request: BaseHTTPRequestHandler) -> None:
-        path = request.path.split("?", 1)[0]
+    def answer(self, path: str) -> Answer:
         if path == "/metrics":
-            body, status, kind = self.metrics.render(), 200, CONTENT_TYPE_LATEST
-        elif path == "/healthz":
+            return 200, CONTENT_TYPE_LATEST, self.metrics.render()
+        if path == "/healthz":
             problems = self.alive()
             body = json.dumps({"alive": not problems, "problems": problems}).encode()
-            status, kind = (503 if problems else 200), "application/json"
-        elif path == "/readyz":
+            return (503 if problems else 200), "application/json", body
+        if path == "/readyz":
             problems = self.readiness.problems()
             body = json.dumps({"ready": not problems, "problems": problems}).encode()
-            status, kind = (503 if problems else 200), "application/json"
-        else:
-            body, status, kind = b"not found\n", 404, "text/plain"
-        request.send_response(status)
-        request.send_header("Content-Type", kind)
-        request.send_header("Content-Length", str(len(body)))
-        request.end_headers()
-        request.wfile.write(body)
+            return (503 if problems else 200), "application/json", body
+        return 404, "text/plain", b"not found\n"
 
     def start(self) -> None:
-        self.thread.start()
+        self.server.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self.server.stop()

@@ -28,7 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from repack import TEMP_PREFIX, Store, get_logger, line_writer, probe_writable, sweep_stale_temps
+from repack import (
+    TEMP_PREFIX,
+    Store,
+    get_logger,
+    line_writer,
+    output_blocked_for,
+    probe_writable,
+    sweep_stale_temps,
+)
 
 from ._completion import Candidate, CompletionTracker
 from ._counts import Counts
@@ -44,8 +52,10 @@ from ._scan import FolderScan
 from ._series import SeriesTracker
 from ._settings import Settings
 
-__all__ = ["Service"]
+__all__ = ["OUTPUT_BLOCKED_S", "Service"]
 
+#: Seconds one event write may wait for its reader before ``/healthz`` fails.
+OUTPUT_BLOCKED_S = 10.0
 _HOUSEKEEPING_S = 0.5
 #: Files a worker takes from the queue in one go (only what is already queued).
 _BATCH = 16
@@ -285,6 +295,12 @@ class Service:
             problems.append(
                 f"repack worker {index} has been on one file for more than"
                 f" {self.settings.stall_timeout:g} s"
+            )
+        blocked = output_blocked_for()
+        if blocked >= OUTPUT_BLOCKED_S:
+            problems.append(
+                f"the event stream (stdout) has taken no line for {blocked:.0f} s: nothing reads"
+                " it, and repacking waits for it"
             )
         return problems
 
