@@ -54,6 +54,7 @@ from ._tags import PIXEL_TAGS, ROWS, UNDEFINED_LENGTH, must_have_pixels
 __all__ = [
     "DEFER_BYTES",
     "MAX_HEADER_READS",
+    "MAX_LOADED_BYTES",
     "NOT_DEFINED",
     "REQUIRED_KEYWORDS",
     "Instance",
@@ -67,6 +68,11 @@ DEFER_BYTES = 64 * 1024
 
 #: Reads of a header (about two per element) after which a file is refused.
 MAX_HEADER_READS = 1_000_000
+
+#: Bytes of values one full read may load in all (deferred values included when
+#: they are used): a file of many values just under :data:`DEFER_BYTES` each
+#: would otherwise load them all, whatever their number.
+MAX_LOADED_BYTES = 128 * 1024 * 1024
 
 #: px's value for an element that is absent.
 NOT_DEFINED = "Not defined"
@@ -459,8 +465,12 @@ def _tail_is_delimiter(fp: _Seekable, size: int) -> bool:
     return fp.read(8) in _DELIMITERS
 
 
-class _WorkLimitError(Exception):
-    """The header takes more reads than any real instance needs."""
+class _WorkLimitError(MalformedFileError):
+    """The header takes more reads, or loads more bytes, than any real instance needs.
+
+    A :class:`MalformedFileError` wherever it is raised: deferred values are
+    read long after :func:`_read_full` returned.
+    """
 
 
 class _BoundedFile:
@@ -471,8 +481,11 @@ class _BoundedFile:
     descriptor's number. Each read is counted: a crafted file (gigabytes of
     zeros after a ``DICM`` marker parse as millions of empty elements) is
     refused after :data:`MAX_HEADER_READS` reads instead of keeping a worker
-    busy for half an hour. Having no ``name``, it is what pydicom reads
-    deferred values from, never a path opened again.
+    busy for half an hour, and the bytes read are counted too, so that one
+    file never loads more than :data:`MAX_LOADED_BYTES` into a worker (a
+    sparse file of many values just under the deferral size). Having no
+    ``name``, it is what pydicom reads deferred values from, never a path
+    opened again.
     """
 
     def __init__(self, descriptor: int) -> None:
@@ -480,12 +493,24 @@ class _BoundedFile:
         # Closed when the dataset that reads deferred values through it goes.
         weakref.finalize(self, self._file.close)
         self.reads = 0
+        self.loaded = 0
 
     def read(self, size: int = -1) -> bytes:
         self.reads += 1
         if self.reads > MAX_HEADER_READS:
-            raise _WorkLimitError
-        return self._file.read(size)
+            raise _WorkLimitError(
+                f"the header needs more than {MAX_HEADER_READS:,} reads: not a DICOM header"
+            )
+        if size < 0 or self.loaded + size > MAX_LOADED_BYTES:
+            size = MAX_LOADED_BYTES + 1 - self.loaded  # never more than one past the bound
+        data = self._file.read(size)
+        self.loaded += len(data)
+        if self.loaded > MAX_LOADED_BYTES:
+            raise _WorkLimitError(
+                f"its values add up to more than {MAX_LOADED_BYTES >> 20} MiB: refused, so that"
+                " one file cannot exhaust a worker's memory"
+            )
+        return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return self._file.seek(offset, whence)
@@ -500,10 +525,8 @@ def _read_full(source: SourceFile) -> Dataset:
     fp = _BoundedFile(source.descriptor)
     try:
         dataset = dcmread(fp, defer_size=DEFER_BYTES)
-    except _WorkLimitError as error:
-        raise MalformedFileError(
-            f"the header needs more than {MAX_HEADER_READS:,} reads: not a DICOM header"
-        ) from error
+    except _WorkLimitError:
+        raise
     except InvalidDicomError as error:
         raise NotDicomError(f"not a DICOM file: {error}") from error
     except (EOFError, struct.error, StopIteration) as error:

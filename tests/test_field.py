@@ -15,7 +15,9 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -453,3 +455,50 @@ def test_a_blocked_event_stream_fails_health_and_sigterm_still_exits_in_time(
     repacked = list(folders["datadir"].rglob("*.dcm"))
     assert len(waiting) + len(repacked) == len(sent)
     assert len(list(folders["logdir"].glob("seriesData/*-img/*.json"))) == len(repacked)
+
+
+# -- memory is bounded by what a worker loads, not by the file ---------------------
+
+
+def _sparse_header_bomb(path: Path, count: int = 16_000, length: int = 64_000) -> int:
+    """A valid non-image instance followed by ``count`` private OB values of ``length``
+    bytes each, just under the deferral size, all holes on disk; returns its size."""
+    head, tail = _non_image_in_two_parts()
+    with path.open("wb") as out:
+        out.write(head + tail)
+        group, element = 0x7001, 0x1000
+        out.write(struct.pack("<HH2sH", group, 0x0010, b"LO", 4) + b"PYPX")
+        for _ in range(count):
+            if element > 0x10FF:  # this creator's block is full: the next private group
+                group, element = group + 2, 0x1000
+                out.write(struct.pack("<HH2sH", group, 0x0010, b"LO", 4) + b"PYPX")
+            out.write(struct.pack("<HH2sHI", group, element, b"OB", 0, length))
+            out.seek(length, os.SEEK_CUR)
+            element += 1
+        out.truncate()
+        return out.tell()
+
+
+def test_one_file_cannot_make_a_worker_load_more_than_the_bound(tmp_path: Path) -> None:
+    from repack._dicom import MAX_LOADED_BYTES  # noqa: PLC0415
+
+    bomb = tmp_path / "incoming" / "SR.bomb"
+    bomb.parent.mkdir()
+    size = _sparse_header_bomb(bomb)
+    assert size > 1_000_000_000
+    assert os.stat(bomb).st_blocks * 512 < 100_000_000  # holes: almost nothing on disk
+    measured = subprocess.run(
+        [sys.executable, "-c",
+         "import resource, subprocess, sys;"
+         "code = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+         "print(code.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);"
+         "print(code.stderr, file=sys.stderr)",
+         installed("pypx-repack"), "--datadir", str(tmp_path / "data"),
+         "--logdir", str(tmp_path / "log"), str(bomb)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    code, peak_kib = map(int, measured.stdout.split())
+    assert code == 1, measured.stderr
+    assert f"more than {MAX_LOADED_BYTES >> 20} MiB" in measured.stderr
+    assert peak_kib * 1024 < MAX_LOADED_BYTES + 150_000_000
+    assert bomb.exists()  # refused, untouched
