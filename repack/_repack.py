@@ -318,18 +318,9 @@ class Repacker:
         assert self.logdir is not None  # noqa: S101 - checked by the caller
         paths = self._paths_of(instance, self.logdir)
         store = self._store
-        self._record_study(instance, paths)
-        if paths.study_meta not in self._written:
-            store.create_once(paths.study_meta, json_bytes(study_meta_document(instance)))
-            self._remember(paths.study_meta)
-        new_series = False
-        if paths.study_series not in self._written:
-            new_series = store.create_once(
-                paths.study_series,
-                json_bytes(study_series_document(instance, str(series_dir))),
-            )
-            store.create_once(paths.series_meta, json_bytes(series_meta_document(instance)))
-            self._remember(paths.study_series)
+        # Published from the bottom up (image, series, study, patient), so that a
+        # reader that finds a file also finds every file it leads to: pypx's
+        # readers list a study's series folder as soon as the study meta exists.
         nlink = None
         if self.move and instance.stat is not None and stat.st_ino == instance.stat.st_ino:
             # The data file is a hard link to the source, which goes next: record
@@ -344,9 +335,19 @@ class Repacker:
             temp_dir=paths.series_data,
             folder=paths.images,
         )
-        if paths.pack not in self._written:
+        new_series = False
+        if paths.study_series not in self._written:
+            store.create_once(paths.series_meta, json_bytes(series_meta_document(instance)))
             store.create_once(paths.pack, _SERIES_PACK)
-            self._remember(paths.pack)
+            new_series = store.create_once(
+                paths.study_series,
+                json_bytes(study_series_document(instance, str(series_dir))),
+            )
+            self._remember(paths.study_series)
+        if paths.study_meta not in self._written:
+            store.create_once(paths.study_meta, json_bytes(study_meta_document(instance)))
+            self._remember(paths.study_meta)
+        self._record_study(instance, paths)
         return new_series
 
     def _record_study(self, instance: Instance, paths: LogPaths) -> None:

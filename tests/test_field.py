@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import json
 import os
 import select
 import shutil
@@ -30,6 +31,7 @@ from .conftest import make_dataset, run_cli, write_dicom
 from .dcmtk import free_port, wait_for
 from .helpers import get, installed, metric, small_filesystem
 from .listener import listener
+from .workload import plan, write_workload
 
 pytestmark = pytest.mark.slow
 
@@ -211,7 +213,7 @@ def _non_image_in_two_parts() -> tuple[bytes, bytes]:
                     "PixelData"):  # fmt: skip
         if keyword in ds:
             delattr(ds, keyword)
-    ds.ContentDescription = "x" * 2000
+    ds.ImageComments = "x" * 2000  # LT: a long value, within its VR
     with tempfile.TemporaryDirectory() as scratch:
         whole = write_dicom(Path(scratch) / "whole", ds).read_bytes()
         head_ds = copy.deepcopy(ds)
@@ -502,3 +504,37 @@ def test_one_file_cannot_make_a_worker_load_more_than_the_bound(tmp_path: Path) 
     assert f"more than {MAX_LOADED_BYTES >> 20} MiB" in measured.stderr
     assert peak_kib * 1024 < MAX_LOADED_BYTES + 150_000_000
     assert bomb.exists()  # refused, untouched
+
+
+# -- pypx's readers during ingest ------------------------------------------------------
+
+
+@pytest.mark.parity
+def test_pypx_readers_never_find_a_parent_whose_children_are_missing(
+    tmp_path: Path, px_output: Path
+) -> None:
+    """px-status's reads of pypx 3.10.16, in a loop while the service ingests 120 new
+    studies: no exception, and no patient, study or series that leads to nothing."""
+    python = px_output.parent / "pypx" / "bin" / "python"
+    stopfile = tmp_path / "stop"
+    with listener(tmp_path, "--settle", "0.2") as running:
+        running.log.mkdir(parents=True, exist_ok=True)
+        reader = subprocess.Popen(
+            [str(python), str(Path(__file__).with_name("pypx_reader.py")), str(running.log),
+             str(stopfile)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            staged = write_workload(tmp_path / "staged", plan(4, 30, 1, 2))
+            for path in staged:  # one at a time, so the reader sees every new study appear
+                path.rename(running.incoming / path.name)
+            running.wait_for(lambda: running.count("repack.done") == len(staged), 60, "ingest")
+        finally:
+            stopfile.touch()
+            out, err = reader.communicate(timeout=120)
+        assert running.stop() == 0
+    assert reader.returncode == 0, err
+    result = json.loads(out)
+    assert result["reads"] > 100, result
+    assert result["errors"] == 0, result["first_errors"]
+    assert result["dangling"] == 0, result["first_dangling"]
