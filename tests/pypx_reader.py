@@ -27,6 +27,7 @@ def main() -> None:
     logdir, stopfile = sys.argv[1], sys.argv[2]
     db = smdb.SMDB(Namespace(str_logDir=logdir))
     reads, errors, dangling = 0, [], []
+    complete = set()  # studies found whole: they only grow, so each is read until then
     while not os.path.exists(stopfile):
         for patient_file in glob.glob(os.path.join(logdir, "patientData", "*.json")):
             reads += 1
@@ -34,20 +35,16 @@ def main() -> None:
                 with open(patient_file) as handle:
                     patients = json.load(handle)
                 for record in patients.values():
-                    for study in record["StudyList"]:
-                        status = db.study_seriesContainsVerify(study, "-", False)
-                        if not status["study"]["seriesListInStudy"]["status"]:
-                            dangling.append(f"{patient_file} lists {study}: no series yet")
-                        for series in status["study"]["seriesListInStudy"]["seriesList"]:
-                            if not db.series_statusGet(series)["status"]:
-                                dangling.append(f"{study} lists {series}: no series meta")
-                            if db.series_receivedAndRequested(series)["received"]["count"] < 1:
-                                dangling.append(f"{study} lists {series}: no image file")
+                    for study in set(record["StudyList"]) - complete:
+                        if check_study(db, study, dangling):
+                            complete.add(study)
             except Exception:  # what px-status would die of
                 errors.append(traceback.format_exc(limit=2))
         for study_meta in glob.glob(os.path.join(logdir, "studyData", "*-meta.json")):
-            reads += 1
             study = os.path.basename(study_meta)[: -len("-meta.json")]
+            if study in complete:
+                continue
+            reads += 1
             try:
                 db.study_seriesListGet(study)
             except Exception:
@@ -63,6 +60,22 @@ def main() -> None:
             }
         )
     )
+
+
+def check_study(db, study, dangling):
+    """Read a study listed by its patient as px-status does; whether it was whole."""
+    status = db.study_seriesContainsVerify(study, "-", False)
+    whole = status["study"]["seriesListInStudy"]["status"]
+    if not whole:
+        dangling.append(f"the patient lists {study}: no series yet")
+    for series in status["study"]["seriesListInStudy"]["seriesList"]:
+        if not db.series_statusGet(series)["status"]:
+            dangling.append(f"{study} lists {series}: no series meta")
+            whole = False
+        if db.series_receivedAndRequested(series)["received"]["count"] < 1:
+            dangling.append(f"{study} lists {series}: no image file")
+            whole = False
+    return whole
 
 
 if __name__ == "__main__":

@@ -513,7 +513,7 @@ def test_one_file_cannot_make_a_worker_load_more_than_the_bound(tmp_path: Path) 
 def test_pypx_readers_never_find_a_parent_whose_children_are_missing(
     tmp_path: Path, px_output: Path
 ) -> None:
-    """px-status's reads of pypx 3.10.16, in a loop while the service ingests 120 new
+    """px-status's reads of pypx 3.10.16, in a loop while the service ingests 200 new
     studies: no exception, and no patient, study or series that leads to nothing."""
     python = px_output.parent / "pypx" / "bin" / "python"
     stopfile = tmp_path / "stop"
@@ -525,7 +525,7 @@ def test_pypx_readers_never_find_a_parent_whose_children_are_missing(
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
-            staged = write_workload(tmp_path / "staged", plan(4, 30, 1, 2))
+            staged = write_workload(tmp_path / "staged", plan(4, 50, 1, 1))
             for path in staged:  # one at a time, so the reader sees every new study appear
                 path.rename(running.incoming / path.name)
             running.wait_for(lambda: running.count("repack.done") == len(staged), 60, "ingest")
