@@ -259,7 +259,9 @@ def _path_text(element: DataElement | None) -> str | None:
             text = str(value)
     except Exception:  # an unprintable value reads as absent
         return None
-    text = text.replace("\x00", "").strip(" ")
+    # Trailing NULs are padding (pydicom strips them from most values, px too);
+    # one inside a value is a character like any other, which the sanitiser maps.
+    text = text.rstrip("\x00 ").lstrip(" ")
     return text or None
 
 

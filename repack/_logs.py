@@ -154,11 +154,19 @@ class LogPaths:
     @classmethod
     def of(cls, logdir: Path, instance: Instance) -> LogPaths:
         """The paths for the series of ``instance``."""
+        def name(keyword: str, suffix: str) -> str:
+            # A value of several values (path text joins them with "\\", which no
+            # single value of these VRs holds) is no name: px would use its list repr.
+            text = instance.text(keyword) or ""
+            if "\\" in text:
+                return safe_log_name(text, suffix=suffix, several=True)
+            return safe_log_name(instance.px_value(keyword), suffix=suffix)
+
         return cls(
             logdir,
-            safe_log_name(instance.px_value("PatientID"), suffix=".json"),
-            safe_log_name(instance.px_value("StudyInstanceUID"), suffix=_UID_SUFFIX),
-            safe_log_name(instance.px_value("SeriesInstanceUID"), suffix=_UID_SUFFIX),
+            name("PatientID", ".json"),
+            name("StudyInstanceUID", _UID_SUFFIX),
+            name("SeriesInstanceUID", _UID_SUFFIX),
         )
 
     @functools.cached_property

@@ -42,12 +42,13 @@ def _shorten(name: str, limit: int) -> str:
 def sanitize_component(text: str, *, max_bytes: int = MAX_COMPONENT_BYTES) -> str:
     """Make ``text`` a safe single path component, as px-repack names folders.
 
-    NUL bytes are removed, then every run of characters outside
-    ``[A-Za-z0-9.-]`` becomes one ``_`` (px-repack's rule). A result that is
-    empty, ``.`` or ``..`` becomes ``_`` or underscores; one longer than
-    ``max_bytes`` is shortened with a hash suffix.
+    Every run of characters outside ``[A-Za-z0-9.-]`` becomes one ``_``
+    (px-repack's rule; a NUL inside a value too, so ``1.2\\x003`` never
+    becomes the different UID ``1.23``). A result that is empty, ``.`` or
+    ``..`` becomes ``_`` or underscores; one longer than ``max_bytes`` is
+    shortened with a hash suffix.
     """
-    cleaned = _DISALLOWED.sub("_", text.replace("\x00", ""))
+    cleaned = _DISALLOWED.sub("_", text)
     if cleaned in ("", ".", ".."):
         cleaned = "_" * max(1, len(cleaned))
     return _shorten(cleaned, max_bytes)
@@ -68,12 +69,18 @@ def is_safe_name(name: str, *, suffix: str = "") -> bool:
     )
 
 
-def safe_log_name(name: str, *, suffix: str = "") -> str:
+def safe_log_name(name: str, *, suffix: str = "", several: bool = False) -> str:
     """The name under which a log file for ``name`` is stored, without ``suffix``.
 
-    ``name`` itself when :func:`is_safe_name`, else its sanitised form, short
-    enough that ``result + suffix`` fits in one component.
+    ``name`` itself when :func:`is_safe_name` and it is one value; else
+    (``several``: the element holds several values, and ``name`` is their
+    Python list) its sanitised form followed by ``-`` and 16 hex digits of
+    the SeaHash of ``name``, short enough that ``result + suffix`` fits in
+    one component. The hash keeps apart names that sanitise alike (``a/b``
+    and ``a_b``; ``1.2\\x003`` and ``1.23``), so two IDs never share a file.
     """
-    if is_safe_name(name, suffix=suffix):
+    if not several and is_safe_name(name, suffix=suffix):
         return name
-    return sanitize_component(name, max_bytes=MAX_COMPONENT_BYTES - len(suffix.encode("utf-8")))
+    digest = "-" + format(seahash(name.encode("utf-8", "surrogatepass")), "016x")
+    room = MAX_COMPONENT_BYTES - len(suffix.encode("utf-8")) - len(digest)
+    return sanitize_component(name, max_bytes=room) + digest

@@ -25,7 +25,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
+
+from repack import Repacker
+from repack._sanitize import safe_log_name
 
 from .conftest import make_dataset, run_cli, write_dicom
 from .dcmtk import free_port, wait_for
@@ -538,3 +542,38 @@ def test_pypx_readers_never_find_a_parent_whose_children_are_missing(
     assert result["reads"] > 100, result
     assert result["errors"] == 0, result["first_errors"]
     assert result["dangling"] == 0, result["first_dangling"]
+
+
+# -- names that sanitise alike never share a file -----------------------------------
+
+
+def test_a_nul_inside_a_uid_never_makes_it_another_uid(tmp_path: Path) -> None:
+    """``1.2.3\\x004`` is not ``1.2.34``: both instances keep their data file and log."""
+    series = make_dataset()
+    first = write_dicom(tmp_path / "in" / "a", make_dataset(
+        SOPInstanceUID="1.2.3\x004", StudyInstanceUID=series.StudyInstanceUID,
+        SeriesInstanceUID=series.SeriesInstanceUID))  # fmt: skip
+    second = write_dicom(tmp_path / "in" / "b", make_dataset(
+        SOPInstanceUID="1.2.34", StudyInstanceUID=series.StudyInstanceUID,
+        SeriesInstanceUID=series.SeriesInstanceUID))  # fmt: skip
+    repacker = Repacker(tmp_path / "data", tmp_path / "log")
+    outcomes = [repacker.repack(first), repacker.repack(second)]
+    assert outcomes[0].dst != outcomes[1].dst
+    assert str(outcomes[0].dst).endswith("1.2.3_4.dcm")
+    assert len(list((tmp_path / "data").rglob("*.dcm"))) == 2
+    assert len(list((tmp_path / "log").glob("seriesData/*-img/*.json"))) == 2
+    assert safe_log_name("1.2.3\x004") != safe_log_name("1.2.34")
+    assert safe_log_name("a/b") != safe_log_name("a_b") == "a_b"
+
+
+def test_a_multi_valued_patient_id_names_no_log_file_after_a_python_list(
+    tmp_path: Path,
+) -> None:
+    source = write_dicom(tmp_path / "in" / "a", PatientID=["a", "b", "..", ".."])
+    Repacker(tmp_path / "data", tmp_path / "log").repack(source)
+    (patient,) = (tmp_path / "log" / "patientData").iterdir()
+    assert "[" not in patient.name
+    assert "'" not in patient.name
+    assert patient.name.startswith("a_b_.._..-")
+    # The file's content keeps px's value, as px's readers compare it.
+    assert list(orjson.loads(patient.read_bytes())) == ["['a', 'b', '..', '..']"]

@@ -22,7 +22,7 @@ from .conftest import make_dataset
         ("MR-Brain w/o Contrast", "MR-Brain_w_o_Contrast"),
         ("a  b\tc", "a_b_c"),
         ("é€漢字", "_"),
-        ("x\x00y", "xy"),
+        ("x\x00y", "x_y"),
         ("", "_"),
         (".", "_"),
         ("..", "__"),
