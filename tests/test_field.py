@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import signal
+import site
 import socket
 import struct
 import subprocess
@@ -577,3 +578,36 @@ def test_a_multi_valued_patient_id_names_no_log_file_after_a_python_list(
     assert patient.name.startswith("a_b_.._..-")
     # The file's content keeps px's value, as px's readers compare it.
     assert list(orjson.loads(patient.read_bytes())) == ["['a', 'b', '..', '..']"]
+
+
+# -- a worker interpreter that cannot be run --------------------------------------------
+
+
+def test_a_worker_interpreter_that_cannot_be_run_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    """The service runs from an interpreter it may not execute (started through the
+    dynamic loader, as some sandboxes do): its workers cannot start."""
+    loader = next(iter(sorted(Path("/").glob("lib*/ld-linux*.so.*"))), None)
+    assert loader is not None, "no dynamic loader found"
+    interpreter = tmp_path / "bin" / "python3"
+    interpreter.parent.mkdir()
+    shutil.copy(os.path.realpath(sys.executable), interpreter)
+    interpreter.chmod(0o644)  # readable, not executable
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONHOME": sys.base_prefix,
+        "PYTHONPATH": os.pathsep.join([*site.getsitepackages(), str(root)]),
+    }
+    result = subprocess.run(
+        [str(loader), str(interpreter), "-c",
+         "import sys; sys.argv = ['pypx-listener']; from watcher._cli import main; main()"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2
+    assert "cannot run the worker interpreter" in lines[0]
+    assert "Permission denied" in lines[0]
+    assert lines[1].startswith("pypx-listener: hint: ")
+    assert '"watcher.started"' not in result.stdout

@@ -462,23 +462,33 @@ class Engine:
         self._process: subprocess.Popen[bytes] | None = None
         self._connection: Connection | None = None
         self._renderer: Renderer | None = None
+        #: Why the worker process could not even be started (see :meth:`wait_ready`).
+        self._start_failure: str | None = None
 
     def start(self) -> None:
         if not self.use_process:
             return
         ours, theirs = socket.socketpair()
         with ours, theirs:
-            self._process = subprocess.Popen(
-                worker_command(theirs.fileno()),
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
+            command = worker_command(theirs.fileno())
+            try:
+                self._process = subprocess.Popen(
+                    command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
+                )
+            except OSError as error:
+                self._start_failure = (
+                    f"cannot run the worker interpreter {command[0]}: {error.strerror or error}"
+                )
+                return
+            self._start_failure = None
             self._connection = Connection(ours.detach())
         with contextlib.suppress(OSError):  # it died at once: wait_ready reports it
             self._connection.send(self.config)
 
     def wait_ready(self, timeout: float) -> str | None:
         """Wait until the worker has warmed up; the reason it could not, or None."""
+        if self._start_failure is not None:
+            return self._start_failure
         if self._connection is None:
             if self._repacker is None or self._root is None:
                 return "the worker was not started"

@@ -242,10 +242,18 @@ class Service:
             problem = engine.wait_ready(60)
             if problem is not None:
                 self.kill_workers()
+                hint = (
+                    "check that the package is installed completely (pip install .)"
+                    " and that the folders are readable"
+                )
+                if problem.startswith("cannot run the worker interpreter"):
+                    hint = (
+                        "workers run the service's own interpreter (sys.executable): make it"
+                        " executable for this user, or use --worker-mode thread"
+                    )
                 raise ConfigError(
                     f"a repack worker could not start: {problem}",
-                    hint="check that the package is installed completely (pip install .)"
-                    " and that the folders are readable",
+                    hint=hint,
                     exit_code=EXIT_STARTUP,
                 )
         self.pool.start()
