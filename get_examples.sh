@@ -5,6 +5,9 @@
 #   DIR/FNNDSC-SAG-anon-3d6e850/          the instances, read-only
 #   DIR/pypx/                             a venv with pypx==3.10.16 and pydicom<3
 #   DIR/px-repack-output/{data,log}       what the real px-repack makes of them
+#   DIR/px-repack-corpus/files/           pydicom 2.4's own test files (read-only)
+#   DIR/px-repack-corpus/runs/FILE/{data,log}
+#                                         the real px-repack's output for each of them
 #
 #   ./get_examples.sh [DIR] [--instances-only]
 #
@@ -28,7 +31,7 @@ instances_only=0
 for argument in "$@"; do
     case "$argument" in
         --instances-only) instances_only=1 ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "get_examples: unknown option $argument (see --help)" >&2; exit 2 ;;
         *) dir="$argument" ;;
     esac
@@ -114,5 +117,39 @@ if [ ! -f px-repack-output/.complete ]; then
     mv "$work/px-repack-output" px-repack-output
     touch px-repack-output/.complete
     rm -rf "$work"
+fi
+if [ ! -f px-repack-corpus/.complete ]; then
+    # Files nobody here wrote: pydicom's own test corpus (every regular file of its
+    # test_files and charset_files, not only *.dcm), each repacked by the real px-repack
+    # into a tree of its own, so that each file's output can be compared alone.
+    echo "get_examples: running the real px-repack over pydicom's test files into $dir/px-repack-corpus"
+    work="$(mktemp -d "$dir/.get-examples-XXXXXX")"
+    data_dir="$(pypx/bin/python -c 'import os, pydicom.data; print(os.path.dirname(pydicom.data.__file__))')"
+    mkdir -p "$work/px-repack-corpus/files" "$work/px-repack-corpus/runs"
+    (cd "$data_dir" && find test_files charset_files -type f ! -name '*.py' ! -name '*.pyc' \
+        -exec cp --parents -t "$work/px-repack-corpus/files" {} +)
+    chmod -R a-w "$work/px-repack-corpus/files"
+    total=0
+    while IFS= read -r -d '' relative; do
+        run="$work/px-repack-corpus/runs/$relative"
+        mkdir -p "$run"
+        # px stores the data dir as typed: relative, as the parity tests expect.
+        (cd "$run" && timeout 120 "$dir/pypx/bin/px-repack" \
+            --xcrdir "$work/px-repack-corpus/files/$(dirname "$relative")" \
+            --xcrfile "$(basename "$relative")" --datadir data --logdir log --verbosity 0 \
+            >/dev/null 2>&1) || true  # a file px cannot repack is part of the reference
+        total=$((total + 1))
+    done < <(cd "$work/px-repack-corpus/files" && find . -type f -printf '%P\0' | sort -z)
+    if [ "$total" -lt 90 ]; then
+        rm -rf "$work"
+        fail "found only $total files in pydicom's test corpus at $data_dir" \
+             "remove $dir/pypx and run me again"
+    fi
+    # The runs were made where they now lie no more: they name their folder "data" relative.
+    rm -rf px-repack-corpus
+    mv "$work/px-repack-corpus" px-repack-corpus
+    touch px-repack-corpus/.complete
+    rm -rf "$work"
+    echo "get_examples: px-repack ran over $total files of pydicom's test corpus"
 fi
 echo "get_examples: ready in $dir"

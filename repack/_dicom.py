@@ -38,7 +38,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.valuerep import IS, DSfloat
 
 from ._errors import (
     MalformedFileError,
@@ -290,6 +291,17 @@ class Instance:
     _complete: list[Dataset] = field(default_factory=list, compare=False, repr=False)
     _elements: dict[str, _Converted] = field(default_factory=dict, compare=False, repr=False)
 
+    @functools.cached_property
+    def image_without_pixels(self) -> bool:
+        """Whether this is an image storage instance that carries no pixel data.
+
+        Complete as sent (its last element ends the file, and it has no Image
+        Pixel module to describe pixels it lacks); repacked as px-repack does,
+        and said so in the event. Only a full read can tell: the fast header
+        reader hands such a file to it.
+        """
+        return self.wanted is None and _image_without_pixels(self.dataset)
+
     def complete_dataset(self) -> Dataset:
         """Every top-level element (read once, on first use, for a partial instance)."""
         if self.wanted is None or self.full_reader is None:
@@ -332,6 +344,10 @@ class Instance:
         """
         return self._converted(keyword).path_text()
 
+    def present(self, keyword: str) -> bool:
+        """Whether the element is in the instance (empty or not) and can be read."""
+        return self._converted(keyword).element is not None
+
     def px_value(self, keyword: str) -> str:
         """The element as px writes it into the JSON logs.
 
@@ -371,8 +387,8 @@ class Instance:
 
 
 def _tag_24(tag: BaseTag) -> str:
-    """A tag as pydicom 2.4 printed it (px ran on it): ``(0040, 0007)``, not ``(0040,0007)``."""
-    return f"({tag.group:04X}, {tag.element:04X})"
+    """A tag as pydicom 2.4 printed it (px ran on it): ``(0008, 114a)``, not ``(0008,114A)``."""
+    return f"({tag.group:04x}, {tag.element:04x})"
 
 
 def _dump_item(item: Dataset, indent: int) -> str:
@@ -389,18 +405,46 @@ def _dump_item(item: Dataset, indent: int) -> str:
                 lines.append(deeper + "---------")
         else:
             text = str(element)
+            repval = element.repval
+            if text.endswith(repval) and not repval.startswith("Array of"):
+                text = text[: len(text) - len(repval)] + _repr_24(element.value)
             lines.append(here + _tag_24(element.tag) + text[len(str(element.tag)) :])
     return "\n".join(lines)
 
 
+def _repr_24(value: Any) -> str:
+    """``repr()`` of a value as pydicom 2.4 wrote it in a dump.
+
+    Where 3 differs: a UID shows its name, a DS its float (``'1000.0'``, not
+    the file's ``'1000.00000000000'``), an IS its int, a tag ``(0062, 000b)``.
+    """
+    if isinstance(value, UID):
+        return value.name
+    if isinstance(value, DSfloat):
+        return f"'{float.__repr__(value)}'"
+    if isinstance(value, IS):
+        return f"'{int.__repr__(value)}'"
+    if isinstance(value, BaseTag):
+        return _tag_24(value)
+    if isinstance(value, MultiValue | list) and value and isinstance(value[0], BaseTag):
+        return "[" + ", ".join(_tag_24(tag) for tag in value) + "]"
+    return repr(value)
+
+
 def _px_string(element: DataElement) -> str:
-    """``str()`` of the value, as px (on pydicom 2.4) wrote it."""
+    """``str()`` of the value, as px (on pydicom 2.4) wrote it.
+
+    An empty number is ``None`` there (``"None"``), an empty sequence ``[]``,
+    an empty text ``""``; tags are spelled as 2.4 spelled them.
+    """
     value = element.value
-    if _is_empty(value):
-        return ""
     try:
         if isinstance(value, Sequence):  # items are joined with no separator, as pydicom does
             return "[" + "".join(_dump_item(item, 0) for item in value) + "]"
+        if isinstance(value, BaseTag):
+            return _tag_24(value)
+        if isinstance(value, MultiValue | list) and value and isinstance(value[0], BaseTag):
+            return "[" + ", ".join(_tag_24(tag) for tag in value) + "]"
         return str(value)
     except Exception:  # never let one odd value (or a deep sequence) stop the logs
         return f"<unprintable {type(value).__name__}>"
@@ -449,15 +493,25 @@ def _ends_complete(dataset: Dataset, fp: _Seekable, size: int) -> str | None:
             return f"{trailing} trailing byte(s) after the last element"
     elif not _tail_is_delimiter(fp, size):
         return "undefined-length value not closed"
-    if _is_image(dataset) and not PIXEL_TAGS.intersection(elements):
-        return "an image without pixel data"
+    if ROWS in elements and not PIXEL_TAGS.intersection(elements):
+        # What a file cut after its header looks like. An image storage instance
+        # with no Image Pixel module at all is another thing: sent so (px-repack
+        # repacks it too), and reported by Instance.image_without_pixels.
+        return "its Image Pixel module describes pixel data that is not there"
     return None
 
 
-def _is_image(dataset: Dataset) -> bool:
-    """Whether the instance must carry pixel data (an image storage class)."""
-    sop_class = dataset.file_meta.get("MediaStorageSOPClassUID")
-    return must_have_pixels(ROWS in dataset._dict, str(sop_class) if sop_class else None)
+def _image_without_pixels(dataset: Dataset) -> bool:
+    """Whether an image storage instance carries no pixel data (nor any Rows)."""
+    if PIXEL_TAGS.intersection(dataset._dict):
+        return False
+    # Its raw bytes: converting a corrupt meta element would raise here, past
+    # the translation boundary.
+    item = dataset.file_meta.get_item(0x00020002)  # MediaStorageSOPClassUID
+    value = item.value if item is not None else None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace").rstrip("\x00 ")
+    return must_have_pixels(ROWS in dataset._dict, str(value) if value else None)
 
 
 def _tail_is_delimiter(fp: _Seekable, size: int) -> bool:

@@ -154,6 +154,7 @@ class LogPaths:
     @classmethod
     def of(cls, logdir: Path, instance: Instance) -> LogPaths:
         """The paths for the series of ``instance``."""
+
         def name(keyword: str, suffix: str) -> str:
             # A value of several values (path text joins them with "\\", which no
             # single value of these VRs holds) is no name: px would use its list repr.

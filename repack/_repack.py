@@ -102,7 +102,18 @@ def _missing_element(instance: Instance, keyword: str) -> MissingElement:
 def plan_placement(instance: Instance, layout: Layout) -> Placement:
     """Render the four templates of ``layout`` for ``instance``."""
     values: Mapping[str, str | None] = {k: instance.text(k) for k in layout.keywords}
-    root, study, series, image = (t.render(values) for t in layout.templates)
+    if layout.px:
+        # px-repack's rules: str() of each present element, fields left as text.
+        present = {k: instance.px_value(k) for k in layout.keywords if instance.present(k)}
+        root, study, series, image = (
+            t.render_px(
+                {k: present[k] for k in t.keywords if k in present},
+                tuple(k for k in t.fields if values[k] is None),
+            )
+            for t in layout.templates
+        )
+    else:
+        root, study, series, image = (t.render(values) for t in layout.templates)
     missing_keywords = dict.fromkeys(k for r in (root, study, series, image) for k in r.missing)
     return Placement(
         root=root.text,
@@ -129,6 +140,8 @@ class RepackOutcome:
     source_removed: bool = False
     new_series: bool = False
     duration_ms: float = 0.0
+    #: What the event should say about the instance as sent (not an error).
+    notes: tuple[str, ...] = ()
 
     def event_fields(self) -> dict[str, Any]:
         """The fields of the ``repack.done`` event line (rx-repack's keys)."""
@@ -142,6 +155,8 @@ class RepackOutcome:
         }
         if self.missing:
             fields["missing"] = [m.as_dict() for m in self.missing]
+        if self.notes:
+            fields["notes"] = list(self.notes)
         return fields
 
 
@@ -170,7 +185,14 @@ def _outcome(
         source_removed=removed,
         new_series=new_series,
         duration_ms=(time.perf_counter() - started) * 1000,
+        notes=(_NO_PIXELS,) if instance.image_without_pixels else (),
     )
+
+
+_NO_PIXELS = (
+    "an image storage instance without pixel data (and without an Image Pixel module):"
+    " repacked as sent, as px-repack does"
+)
 
 
 class Repacker:

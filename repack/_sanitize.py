@@ -58,11 +58,13 @@ def is_safe_name(name: str, *, suffix: str = "") -> bool:
     """Whether ``name + suffix`` can be used as-is as one file name.
 
     Ordinary PatientIDs and UIDs (including ones with spaces, which pypx
-    readers look up verbatim) are safe; separators, NUL and control
-    characters, ``.``/``..``, empty names and over-long names are not.
+    readers look up verbatim) are safe, and so is an empty one whose suffix
+    makes a name (px writes an empty PatientID's file as ``.json``, and pypx's
+    readers look it up so); separators, NUL and control characters, and names
+    that are empty, ``.``, ``..`` or over-long once the suffix is added, are not.
     """
     return (
-        name not in ("", ".", "..")
+        name + suffix not in ("", ".", "..")
         and "/" not in name
         and _CONTROL.search(name) is None
         and len((name + suffix).encode("utf-8", "surrogatepass")) <= MAX_COMPONENT_BYTES

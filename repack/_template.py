@@ -18,11 +18,18 @@ keyword from pydicom's dictionary) optionally preceded by one function:
 ``nospc|C``
     px-repack's no-space: runs of non-word characters become ``C``.
 
-A function applies to the element it is written against (px-repack applied
-them positionally, which shifted them onto neighbours). An element that is
-absent or empty renders as its bare keyword, with no function applied, and
-is reported as missing. Templates are parsed once, so an invalid one is an
-error before any file is touched.
+In the ``rx-repack`` layout (and custom templates) a function applies to the
+element it is written against, and an element that is absent or empty
+renders as its bare keyword, with no function applied. The ``px-repack-*``
+layouts follow px-repack's own substitution to the letter, so that a site
+moving from px-repack keeps its tree (:meth:`Template.render_px`): every
+present element whose keyword appears in the template's text is replaced by
+``str()`` of its value (``""`` when empty, ``None`` for an empty number),
+functions are paired with elements by position (px's bug, kept: an absent
+element shifts its function onto the next one), and a field nobody replaced
+stays as text (``%StudyDescription`` -> ``_StudyDescription``). Either way an
+absent or empty element is reported as missing. Templates are parsed once,
+so an invalid one is an error before any file is touched.
 """
 
 from __future__ import annotations
@@ -118,6 +125,43 @@ class RenderedComponent:
 _RENDERED_AT_MOST = 256
 
 
+@functools.cache
+def _every_keyword() -> tuple[str, ...]:
+    """Every keyword of pydicom's dictionary that names one tag."""
+    return tuple(sorted(k for k in keyword_dict if k))
+
+
+def _px_function(astr: str, func: str, value: str) -> tuple[str, str]:
+    """px-repack's function processing for one field: the template without the
+    function's ``_name|args_`` text, and the value it makes. ``func`` is the text
+    after the field's ``%`` (px's token), whichever element it was paired with."""
+    # px's order: md5, strmsk, nospc, name, pad; then rx-repack's seahash (px 3.12).
+    for name in ("md5", "strmsk", "nospc", "pad", "seahash"):
+        if name not in func:
+            continue
+        spec = func.split("_")[1:][0] if "_" in func else func
+        args = spec.split("|")
+        if name == "md5":
+            value = hashlib.md5(value.encode("utf-8"), usedforsecurity=False).hexdigest()
+            if len(args) > 1 and args[1]:
+                value = value[: int(args[1])]
+        elif name == "seahash":
+            value = seahash_hex(value)
+            if len(args) > 1 and args[1]:
+                value = value[: int(args[1])]
+        elif name == "strmsk":
+            mask = args[1] if len(args) > 1 else ""
+            value = "".join(v if m == "*" else m for v, m in zip(value, mask, strict=False))
+        elif name == "nospc":
+            joiner = args[1] if len(args) > 1 else ""
+            value = joiner.join(re.sub(r"\W+", " ", value).split())
+        elif len(args) > 1 and args[1]:  # pad
+            width, _, fill = args[1].partition(",")
+            value = value.rjust(int(width), fill or "0")
+        astr = astr.replace(f"_{spec}_", "")
+    return astr, value
+
+
 @dataclass(frozen=True)
 class Template:
     """A parsed template: literal strings and :class:`Field` objects in order.
@@ -130,14 +174,60 @@ class Template:
 
     source: str
     parts: tuple[str | Field, ...]
-    _rendered: dict[tuple[str | None, ...], RenderedComponent] = field(
+    #: Render by px-repack's rules (:meth:`render_px`), not field by field.
+    px: bool = False
+    _rendered: dict[tuple[object, ...], RenderedComponent] = field(
         default_factory=dict, compare=False, repr=False
     )
 
     @functools.cached_property
-    def keywords(self) -> tuple[str, ...]:
-        """The DICOM keywords the template reads, in order."""
+    def fields(self) -> tuple[str, ...]:
+        """The keywords of the template's own fields, in order."""
         return tuple(p.keyword for p in self.parts if isinstance(p, Field))
+
+    @functools.cached_property
+    def px_tokens(self) -> tuple[str, ...]:
+        """px's view of the template: the text after each ``%``."""
+        return tuple(self.source.split("%")[1:])
+
+    @functools.cached_property
+    def keywords(self) -> tuple[str, ...]:
+        """The DICOM keywords the template reads: its fields, and (px rules) every
+        keyword that appears anywhere in a field's text, which px replaces too."""
+        if not self.px:
+            return self.fields
+        tokens = self.px_tokens
+        found = (k for k in _every_keyword() if any(k in token for token in tokens))
+        return tuple(dict.fromkeys((*self.fields, *found)))
+
+    def render_px(
+        self, present: Mapping[str, str], missing: tuple[str, ...] = ()
+    ) -> RenderedComponent:
+        """Render as px-repack 3.10 did (``tagsInString_process``), then sanitise.
+
+        ``present`` maps each of :attr:`keywords` that the instance has to
+        ``str()`` of its value as pydicom 2.4 gave it; ``missing`` is what to
+        report as missing.
+        """
+        key = (*sorted(present.items()), missing)
+        found = self._rendered.get(key)
+        if found is None:
+            if len(self._rendered) >= _RENDERED_AT_MOST:
+                self._rendered.clear()
+            found = self._rendered[key] = self._render_px(present, missing)
+        return found
+
+    def _render_px(self, present: Mapping[str, str], missing: tuple[str, ...]) -> RenderedComponent:
+        astr = self.source
+        tokens = self.px_tokens
+        # px: the dataset's keywords (sorted, as Dataset.dir() lists them) that
+        # appear in a token, in the order of the first token each appears in.
+        substituted = [k for k in sorted(present) if any(k in token for token in tokens)]
+        substituted.sort(key=lambda k: next(i for i, t in enumerate(tokens) if k in t))
+        for keyword, func in zip(substituted, tokens, strict=False):
+            astr, value = _px_function(astr, func, present[keyword])
+            astr = astr.replace("%" + keyword, value)
+        return RenderedComponent(sanitize_component(astr), missing)
 
     def render(self, values: Mapping[str, str | None]) -> RenderedComponent:
         """Render with ``values`` (keyword -> text or ``None``) and sanitise."""
@@ -170,8 +260,10 @@ def _longest_keyword(word: str) -> str | None:
     return None
 
 
-def parse_template(source: str) -> Template:
+def parse_template(source: str, *, px: bool = False) -> Template:
     """Parse a px-repack ``%`` template, raising :class:`TemplateError` if invalid.
+
+    ``px``: render it by px-repack's rules (:meth:`Template.render_px`).
 
     The keyword after ``%`` is the longest prefix of the following letters and
     digits that is a DICOM keyword, as px-repack matched it; the rest is text.
@@ -199,7 +291,7 @@ def parse_template(source: str) -> Template:
         position = match.end()
     if position < len(source):
         parts.append(source[position:])
-    return Template(source, tuple(parts))
+    return Template(source, tuple(parts), px)
 
 
 class NamedLayout(StrEnum):
@@ -249,18 +341,25 @@ class Layout:
             known = ", ".join(n.value for n in NamedLayout)
             raise TemplateError(f"unknown layout {name!r} (known: {known})") from None
         overridden = any(t is not None for t in (root, study, series, image))
+        px = layout is not NamedLayout.RX_REPACK
         return cls(
-            root=parse_template(root or _ROOT),
-            study=parse_template(study or _STUDY),
-            series=parse_template(series or _SERIES[layout]),
-            image=parse_template(image or _IMAGE),
+            root=parse_template(root or _ROOT, px=px),
+            study=parse_template(study or _STUDY, px=px),
+            series=parse_template(series or _SERIES[layout], px=px),
+            image=parse_template(image or _IMAGE, px=px),
             name=layout.value + ("+custom" if overridden else ""),
         )
+
+    @property
+    def px(self) -> bool:
+        """Whether the templates follow px-repack's rules (a ``px-repack-*`` layout)."""
+        return self.root.px
 
     @classmethod
     def from_sources(cls, sources: tuple[str, str, str, str], name: str = "custom") -> Layout:
         """A layout from its four template strings (how it crosses a process boundary)."""
-        root, study, series, image = (parse_template(s) for s in sources)
+        px = name.startswith("px-repack")
+        root, study, series, image = (parse_template(s, px=px) for s in sources)
         return cls(root, study, series, image, name)
 
     @property

@@ -117,7 +117,9 @@ def test_named_layouts() -> None:
 
 def test_layout_overrides_and_unknown_layout() -> None:
     layout = Layout.named("px-repack-3.10", image="%SOPInstanceUID.dcm")
-    assert layout.image.keywords == ("SOPInstanceUID",)
+    assert layout.image.fields == ("SOPInstanceUID",)
+    # px replaces every present keyword found in a field's text ("UID" is one).
+    assert layout.image.keywords == ("SOPInstanceUID", "UID")
     assert layout.name == "px-repack-3.10+custom"
     with pytest.raises(TemplateError, match="unknown layout"):
         Layout.named("rx-repack-2")

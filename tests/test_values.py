@@ -23,14 +23,21 @@ def test_px_values_absent_empty_and_present() -> None:
     assert instance.px_value("PatientName") == "Doe^Jane"
 
 
-def test_series_number_is_a_string_and_empty_numbers_are_empty() -> None:
+def test_series_number_is_a_string_and_empty_values_are_as_px_wrote_them(
+    tmp_path: Path,
+) -> None:
+    """px wrote str() of pydicom 2.4's value: an empty number is None there."""
     ds = make_dataset()
     ds.AcquisitionNumber = None
     ds.EchoTime = ""
-    instance = Instance(ds)
+    ds.StudyDescription = ""
+    ds.add_new(0x00081140, "SQ", [])  # ReferencedImageSequence, empty
+    instance = read_instance(write_dicom(tmp_path / "empty", ds))
     assert instance.px_value("SeriesNumber") == "3"
-    assert instance.px_value("AcquisitionNumber") == ""
-    assert instance.px_value("EchoTime") == ""
+    assert instance.px_value("AcquisitionNumber") == "None"
+    assert instance.px_value("EchoTime") == "None"
+    assert instance.px_value("StudyDescription") == ""
+    assert instance.px_value("ReferencedImageSequence") == "[]"
     assert instance.text("AcquisitionNumber") is None
 
 
