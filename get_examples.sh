@@ -31,7 +31,7 @@ instances_only=0
 for argument in "$@"; do
     case "$argument" in
         --instances-only) instances_only=1 ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "get_examples: unknown option $argument (see --help)" >&2; exit 2 ;;
         *) dir="$argument" ;;
     esac
