@@ -8,6 +8,8 @@
 #   DIR/px-repack-corpus/files/           pydicom 2.4's own test files (read-only)
 #   DIR/px-repack-corpus/runs/FILE/{data,log}
 #                                         the real px-repack's output for each of them
+#   DIR/pypx-3.12/, DIR/px-repack-corpus/runs-3.12/
+#                                         the same with pypx==3.12.6
 #
 #   ./get_examples.sh [DIR] [--instances-only]
 #
@@ -31,7 +33,7 @@ instances_only=0
 for argument in "$@"; do
     case "$argument" in
         --instances-only) instances_only=1 ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "get_examples: unknown option $argument (see --help)" >&2; exit 2 ;;
         *) dir="$argument" ;;
     esac
@@ -86,19 +88,35 @@ fi
 echo "get_examples: $expected instances in $dir/$name"
 [ "$instances_only" -eq 1 ] && exit 0
 
-if [ ! -x pypx/bin/px-repack ] || ! pypx/bin/python -c 'import pypx, pydicom' 2>/dev/null; then
-    echo "get_examples: installing pypx==3.10.16 (with pydicom<3: pypx packs nothing with pydicom 3)"
-    # A venv only works where it was made: built in place, from scratch, and
-    # removed again unless pypx imports from it.
-    rm -rf pypx
-    if ! "$python" -m venv pypx \
-        || ! pypx/bin/pip install --quiet --disable-pip-version-check 'pypx==3.10.16' 'pydicom<3' \
-        || ! pypx/bin/python -c 'import pypx, pydicom' 2>/dev/null; then
-        rm -rf pypx
-        fail "cannot install pypx==3.10.16 from PyPI" \
-             "check that $python has venv (apt-get install python3-venv) and that PyPI is reachable"
+px_over_corpus() {  # $1: a px-repack, $2: the corpus files, $3: a new folder for its runs
+    # One px-repack per file (about a second each, mostly its start), on every core.
+    # px stores the data dir as typed: relative, as the parity tests expect. A file
+    # px cannot repack is part of the reference, so its failure is not ours.
+    mkdir -p "$3"
+    (cd "$2" && find . -type f -printf '%P\0' | sort -z) \
+        | PX="$1" FILES="$2" RUNS="$3" xargs -0 -r -P "$(nproc 2>/dev/null || echo 2)" -I '{}' \
+          bash -c 'run="$RUNS/$1"; mkdir -p "$run" && cd "$run" || exit 0
+            timeout 120 "$PX" --xcrdir "$FILES/$(dirname "$1")" --xcrfile "$(basename "$1")" \
+                --datadir data --logdir log --verbosity 0 >/dev/null 2>&1 || true' _ '{}'
+}
+
+install_pypx() {  # $1: a venv folder, $2: the pypx version
+    if [ ! -x "$1/bin/px-repack" ] || ! "$1/bin/python" -c 'import pypx, pydicom' 2>/dev/null; then
+        echo "get_examples: installing pypx==$2 (with pydicom<3: pypx packs nothing with pydicom 3)"
+        # A venv only works where it was made: built in place, from scratch, and
+        # removed again unless pypx imports from it.
+        rm -rf "$1"
+        if ! "$python" -m venv "$1" \
+            || ! "$1/bin/pip" install --quiet --disable-pip-version-check "pypx==$2" 'pydicom<3' \
+            || ! "$1/bin/python" -c 'import pypx, pydicom' 2>/dev/null; then
+            rm -rf "$1"
+            fail "cannot install pypx==$2 from PyPI" \
+                 "check that $python has venv (apt-get install python3-venv) and that PyPI is reachable"
+        fi
     fi
-fi
+}
+
+install_pypx pypx 3.10.16
 
 if [ ! -f px-repack-output/.complete ]; then
     echo "get_examples: running the real px-repack into $dir/px-repack-output"
@@ -129,16 +147,8 @@ if [ ! -f px-repack-corpus/.complete ]; then
     (cd "$data_dir" && find test_files charset_files -type f ! -name '*.py' ! -name '*.pyc' \
         -exec cp --parents -t "$work/px-repack-corpus/files" {} +)
     chmod -R a-w "$work/px-repack-corpus/files"
-    # One px-repack per file (about a second each, mostly its start), on every core.
-    # px stores the data dir as typed: relative, as the parity tests expect. A file
-    # px cannot repack is part of the reference, so its failure is not ours.
-    (cd "$work/px-repack-corpus/files" && find . -type f -printf '%P\0' | sort -z) \
-        | PX="$dir/pypx/bin/px-repack" CORPUS="$work/px-repack-corpus" \
-          xargs -0 -r -P "$(nproc 2>/dev/null || echo 2)" -I '{}' bash -c '
-            run="$CORPUS/runs/$1"; mkdir -p "$run" && cd "$run" || exit 0
-            timeout 120 "$PX" --xcrdir "$CORPUS/files/$(dirname "$1")" \
-                --xcrfile "$(basename "$1")" --datadir data --logdir log --verbosity 0 \
-                >/dev/null 2>&1 || true' _ '{}'
+    px_over_corpus "$dir/pypx/bin/px-repack" "$work/px-repack-corpus/files" \
+        "$work/px-repack-corpus/runs"
     total="$(find "$work/px-repack-corpus/files" -type f | wc -l)"
     if [ "$total" -lt 90 ]; then
         rm -rf "$work"
@@ -151,5 +161,17 @@ if [ ! -f px-repack-corpus/.complete ]; then
     touch px-repack-corpus/.complete
     rm -rf "$work"
     echo "get_examples: px-repack ran over $total files of pydicom's test corpus"
+fi
+
+# The px-repack-3.12 layout's reference: the same corpus through pypx 3.12.6.
+install_pypx pypx-3.12 3.12.6
+if [ ! -f px-repack-corpus/.complete-3.12 ]; then
+    echo "get_examples: running px-repack 3.12.6 over the same files into px-repack-corpus/runs-3.12"
+    work="$(mktemp -d "$dir/.get-examples-XXXXXX")"
+    px_over_corpus "$dir/pypx-3.12/bin/px-repack" "$dir/px-repack-corpus/files" "$work/runs-3.12"
+    rm -rf px-repack-corpus/runs-3.12
+    mv "$work/runs-3.12" px-repack-corpus/runs-3.12
+    touch px-repack-corpus/.complete-3.12
+    rm -rf "$work"
 fi
 echo "get_examples: ready in $dir"

@@ -131,12 +131,19 @@ def _every_keyword() -> tuple[str, ...]:
     return tuple(sorted(k for k in keyword_dict if k))
 
 
-def _px_function(astr: str, func: str, value: str) -> tuple[str, str]:
+#: px-repack's functions, in the order it applies them (``name`` is not supported).
+PX_FUNCTIONS = {
+    "px-repack-3.10": ("md5", "strmsk", "nospc", "pad"),
+    "px-repack-3.12": ("seahash", "md5", "strmsk", "nospc", "pad"),
+}
+
+
+def _px_function(astr: str, func: str, value: str, functions: tuple[str, ...]) -> tuple[str, str]:
     """px-repack's function processing for one field: the template without the
     function's ``_name|args_`` text, and the value it makes. ``func`` is the text
-    after the field's ``%`` (px's token), whichever element it was paired with."""
-    # px's order: md5, strmsk, nospc, name, pad; then rx-repack's seahash (px 3.12).
-    for name in ("md5", "strmsk", "nospc", "pad", "seahash"):
+    after the field's ``%`` (px's token), whichever element it was paired with;
+    each of ``functions`` whose name is in it applies, in that order."""
+    for name in functions:
         if name not in func:
             continue
         spec = func.split("_")[1:][0] if "_" in func else func
@@ -174,8 +181,9 @@ class Template:
 
     source: str
     parts: tuple[str | Field, ...]
-    #: Render by px-repack's rules (:meth:`render_px`), not field by field.
-    px: bool = False
+    #: The px-repack functions it applies, in order, when it renders by px-repack's
+    #: rules (:meth:`render_px`); empty: rendered field by field.
+    px_functions: tuple[str, ...] = ()
     _rendered: dict[tuple[object, ...], RenderedComponent] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -189,6 +197,11 @@ class Template:
     def px_tokens(self) -> tuple[str, ...]:
         """px's view of the template: the text after each ``%``."""
         return tuple(self.source.split("%")[1:])
+
+    @property
+    def px(self) -> bool:
+        """Whether it renders by px-repack's rules."""
+        return bool(self.px_functions)
 
     @functools.cached_property
     def keywords(self) -> tuple[str, ...]:
@@ -225,7 +238,7 @@ class Template:
         substituted = [k for k in sorted(present) if any(k in token for token in tokens)]
         substituted.sort(key=lambda k: next(i for i, t in enumerate(tokens) if k in t))
         for keyword, func in zip(substituted, tokens, strict=False):
-            astr, value = _px_function(astr, func, present[keyword])
+            astr, value = _px_function(astr, func, present[keyword], self.px_functions)
             astr = astr.replace("%" + keyword, value)
         return RenderedComponent(sanitize_component(astr), missing)
 
@@ -260,10 +273,11 @@ def _longest_keyword(word: str) -> str | None:
     return None
 
 
-def parse_template(source: str, *, px: bool = False) -> Template:
+def parse_template(source: str, *, px: str | None = None) -> Template:
     """Parse a px-repack ``%`` template, raising :class:`TemplateError` if invalid.
 
-    ``px``: render it by px-repack's rules (:meth:`Template.render_px`).
+    ``px``: render it by the rules of that px-repack layout
+    (``"px-repack-3.10"``, ``"px-repack-3.12"``; :meth:`Template.render_px`).
 
     The keyword after ``%`` is the longest prefix of the following letters and
     digits that is a DICOM keyword, as px-repack matched it; the rest is text.
@@ -291,7 +305,7 @@ def parse_template(source: str, *, px: bool = False) -> Template:
         position = match.end()
     if position < len(source):
         parts.append(source[position:])
-    return Template(source, tuple(parts), px)
+    return Template(source, tuple(parts), PX_FUNCTIONS[px] if px else ())
 
 
 class NamedLayout(StrEnum):
@@ -341,7 +355,7 @@ class Layout:
             known = ", ".join(n.value for n in NamedLayout)
             raise TemplateError(f"unknown layout {name!r} (known: {known})") from None
         overridden = any(t is not None for t in (root, study, series, image))
-        px = layout is not NamedLayout.RX_REPACK
+        px = None if layout is NamedLayout.RX_REPACK else layout.value
         return cls(
             root=parse_template(root or _ROOT, px=px),
             study=parse_template(study or _STUDY, px=px),
@@ -358,7 +372,7 @@ class Layout:
     @classmethod
     def from_sources(cls, sources: tuple[str, str, str, str], name: str = "custom") -> Layout:
         """A layout from its four template strings (how it crosses a process boundary)."""
-        px = name.startswith("px-repack")
+        px = next((n for n in PX_FUNCTIONS if name.startswith(n)), None)
         root, study, series, image = (parse_template(s, px=px) for s in sources)
         return cls(root, study, series, image, name)
 

@@ -1,13 +1,12 @@
 """Parity with the real px-repack 3.10.16 on files nobody here wrote: pydicom's own test corpus.
 
 ``get_examples.sh`` copies every file of pydicom 2.4's ``test_files`` and
-``charset_files`` and runs the real px-repack on each, into a tree of its
-own. Here each file is repacked again by ``Repacker`` with the
-``px-repack-3.10`` layout (and the 3.12 layout, whose rules are the same
-but for the series folder) into a fresh tree, and the two trees are
-compared: the data file's path and bytes, and every log file, parsed (stat
-fields, inode numbers, times and the absolute form of px's relative paths
-aside).
+``charset_files`` and runs the real px-repack 3.10.16 and 3.12.6 on each,
+into a tree of its own. Here each file is repacked again by ``Repacker``
+with the ``px-repack-3.10`` and ``px-repack-3.12`` layouts into a fresh
+tree, and the two trees are compared: the data file's path and bytes, and
+every log file, parsed (stat fields, inode numbers, times and the absolute
+form of px's relative paths aside).
 
 A file px repacks and we refuse must be refused for a reason listed in
 :data:`REFUSED_FOR_CAUSE` (the README's parity section says why); nothing
@@ -92,10 +91,16 @@ def normalised(document: Any, px_cwd: Path | None) -> Any:
     return document
 
 
+#: Where each layout's reference is: what the real px-repack of that version made.
+RUNS = {"px-repack-3.10": ("runs", ".complete"), "px-repack-3.12": ("runs-3.12", ".complete-3.12")}
+
+
 def differences(relative: str, layout: str, scratch: Path) -> list[str]:
     """What differs between px's output for one corpus file and ours."""
     base = corpus()
-    run = base / "runs" / relative
+    runs, complete = RUNS[layout]
+    _need(base / complete, f"the {layout} reference")
+    run = base / runs / relative
     source = base / "files" / relative
     ours = scratch / relative.replace("/", "_")
     repacker = Repacker(ours / "data", ours / "log", Layout.named(layout), move=False)
@@ -152,7 +157,7 @@ def _first_difference(theirs: Any, mine: Any, where: str = "") -> str:
 
 # pydicom warns about many of these files; the service reports them, here they are noise.
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("layout", ["px-repack-3.10"])
+@pytest.mark.parametrize("layout", sorted(RUNS))
 def test_every_corpus_file_lands_where_px_puts_it_with_the_same_logs(
     layout: str, tmp_path: Path
 ) -> None:
