@@ -4,25 +4,42 @@
 #   docker run -v incoming:/srv/incoming -v data:/srv/data -v log:/srv/log pypx-listener
 #   docker run -p 11113:11113 -v incoming:/srv/incoming pypx-listener \
 #       storescp --fork -od /srv/incoming -pm -sp 11113
-FROM python:3.11-slim-bookworm AS build
+#
+# Debian's own Python 3.11 on debian:bookworm-slim: the same interpreter as the
+# README's commands use, and a base that is reproduced exactly where no image
+# registry is reachable (debootstrap --variant=minbase). Dependencies are pinned
+# by constraints.txt, which the tests install from too.
+FROM debian:bookworm-slim AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY repack ./repack
 COPY watcher ./watcher
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# A venv, copied whole into the final stage: no wheel files in any layer.
+RUN python3 -m venv /opt/pypx-listener \
+    && /opt/pypx-listener/bin/pip install --no-cache-dir --disable-pip-version-check \
+        --constraint constraints.txt . \
+    && /opt/pypx-listener/bin/pip uninstall --yes --quiet pip
 
-FROM python:3.11-slim-bookworm
+FROM debian:bookworm-slim
+# tini is PID 1: storescp has no SIGTERM handler, and as PID 1 the kernel would
+# drop the signal (docker stop then waits and kills). tini passes it on, to the
+# whole process group (-g: storescp --fork children too), and reaps them.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends dcmtk \
+    && apt-get install -y --no-install-recommends python3 dcmtk tini \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-RUN useradd --system --uid 10001 --home-dir /srv --shell /usr/sbin/nologin pypx \
+COPY --from=build /opt/pypx-listener /opt/pypx-listener
+# uid and gid 10001, as the Kubernetes manifest's securityContext says.
+RUN groupadd --system --gid 10001 pypx \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /srv --shell /usr/sbin/nologin pypx \
     && mkdir -p /srv/incoming /srv/data /srv/log /srv/quarantine \
-    && chown -R pypx:pypx /srv
-USER pypx
+    && chown -R 10001:10001 /srv
+USER 10001:10001
 WORKDIR /srv
-ENV PYTHONUNBUFFERED=1 \
+ENV PATH=/opt/pypx-listener/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONUNBUFFERED=1 \
     TCP_NODELAY=1 \
     PYPX_LISTENER_INCOMING=/srv/incoming \
     PYPX_LISTENER_DATADIR=/srv/data \
@@ -30,13 +47,12 @@ ENV PYTHONUNBUFFERED=1 \
     PYPX_LISTENER_QUARANTINE=/srv/quarantine \
     PYPX_LISTENER_METRICS_PORT=9100 \
     PYPX_LISTENER_LOG_FORMAT=json
-VOLUME ["/srv/incoming", "/srv/data", "/srv/log", "/srv/quarantine"]
+# No VOLUME: the volumes are the compose file's and the manifest's to name.
 EXPOSE 9100 11113
-# Exec form: the service is PID 1 and receives docker stop's SIGTERM itself.
-# One check for whichever program runs: /healthz for pypx-listener, the DICOM
-# port for storescp (it reads what PID 1 is).
+# One check for whichever program runs under tini: /healthz for pypx-listener,
+# the DICOM port for storescp.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["pypx-healthcheck"]
 STOPSIGNAL SIGTERM
-ENTRYPOINT []
+ENTRYPOINT ["/usr/bin/tini", "-g", "--"]
 CMD ["pypx-listener"]

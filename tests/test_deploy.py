@@ -134,8 +134,11 @@ def _remap(value: str, root: Path, ports: dict[str, str]) -> str:
     return value
 
 
-def _dockerfile() -> tuple[list[str], dict[str, str], list[str]]:
+def _dockerfile() -> tuple[list[str], list[str], dict[str, str], list[str]]:
+    """The final stage's ENTRYPOINT, CMD, ENV (but PATH, the image's own) and HEALTHCHECK."""
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    text = text[text.rindex("\nFROM ") :]
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
     command = json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
     health = json.loads(
         re.search(r"^HEALTHCHECK .*?CMD (\[.*\])$", text, re.MULTILINE).group(1)  # type: ignore[union-attr]
@@ -145,7 +148,8 @@ def _dockerfile() -> tuple[list[str], dict[str, str], list[str]]:
         for pair in shlex.split(block):
             key, _, value = pair.partition("=")
             env[key] = value
-    return command, env, health
+    env.pop("PATH", None)
+    return entrypoint, command, env, health
 
 
 @pytest.mark.dcmtk
@@ -169,22 +173,25 @@ def test_compose_and_dockerfile_commands_work_as_written(
     assert [name for name, service in services.items() if "build" in service] == ["storescp"]
     assert scp["image"] == sidecar["image"]
     assert sidecar["pull_policy"] == "never"
-    docker_cmd, docker_env, health = _dockerfile()
+    entrypoint, docker_cmd, docker_env, health = _dockerfile()
+    assert Path(entrypoint[0]).name == "tini"  # storescp as PID 1 would ignore SIGTERM
     assert sidecar["command"] == docker_cmd  # the compose sidecar runs the image's CMD
     env = {**docker_env, **{k: str(v) for k, v in sidecar["environment"].items()}}
     env = {k: _remap(v, tmp_path, ports) for k, v in env.items()}
+    # Each under the image's init, as in its container: the HEALTHCHECK is given
+    # the init's pid (its PID 1) and must check the program the init runs.
     storescp_process = subprocess.Popen(
-        scp_command, env={**os.environ, **scp_env}, start_new_session=True,
+        [*entrypoint, *scp_command], env={**os.environ, **scp_env}, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         running = Listener(tmp_path, env=env)
-        running.command = [installed(docker_cmd[0]), *docker_cmd[1:]]  # exactly the CMD
+        running.command = [*entrypoint, installed(docker_cmd[0]), *docker_cmd[1:]]
         running.start()
         try:
             assert running.of("watcher.started")[0]["incoming"] == f"{tmp_path}/srv/incoming"
             # The image's one HEALTHCHECK, as written, for each program the image runs
-            # (--pid: here the program is not PID 1, as it is in its container).
+            # (--pid: here the init is not PID 1, as it is in its container).
             assert health == ["pypx-healthcheck"]
             health_env = {**os.environ, **env}
 
@@ -216,7 +223,9 @@ def test_kubernetes_example_wires_probes_to_the_health_endpoints() -> None:
     sidecar = containers["pypx-listener"]
     assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert containers["storescp"]["command"][0] == "storescp"
+    assert containers["storescp"]["args"][0] == "storescp"
+    # args, not command: the image's ENTRYPOINT (its init) must stay PID 1.
+    assert all("command" not in c for c in containers.values())
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert "emptyDir" in volumes["incoming"]
     assert "persistentVolumeClaim" in volumes["pypx"]

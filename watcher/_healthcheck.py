@@ -2,7 +2,9 @@
 
 One image runs either ``pypx-listener`` or an unmodified ``storescp``, and
 Docker runs one HEALTHCHECK command for both. So the command asks what the
-container's main process is (PID 1, or ``--pid``) and checks that:
+container's main process is (PID 1, or ``--pid``; when that is an init such
+as tini, ``docker run --init``'s or podman's catatonit, the program it runs)
+and checks that:
 
 * ``pypx-listener``: ``GET /healthz`` on its metrics port (``--metrics-port``
   on its command line, else ``PYPX_LISTENER_METRICS_PORT``); without a metrics
@@ -69,10 +71,30 @@ def _check_storescp(arguments: list[str]) -> tuple[bool, str]:
         return False, f"storescp on port {ports[-1]}: {error}"
 
 
+#: Programs that run as PID 1 only to pass signals on and reap children.
+_INITS = frozenset({"tini", "tini-static", "dumb-init", "docker-init", "catatonit"})
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return sorted(found)
+
+
 def check(pid: int) -> tuple[bool, str]:
     """Whether the program running as ``pid`` is healthy, and what was checked."""
     try:
         arguments = _command_line(pid)
+        while arguments and Path(arguments[0]).name in _INITS:
+            children = _children(pid)
+            if not children:
+                return False, f"{arguments[0]} runs no program"
+            pid = children[0]
+            arguments = _command_line(pid)
     except OSError:
         return False, f"no process {pid}"
     names = [Path(a).name for a in arguments[:2]]

@@ -13,6 +13,7 @@ reported by :func:`unknown_variables`, and warned about at start.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -85,12 +86,60 @@ class Settings:
         return {k: str(v) if isinstance(v, Path) else v for k, v in described.items()}
 
 
-def default_workers() -> int:
-    """The number of cores this process may use (its CPU affinity), at least 1."""
+#: Memory one worker process needs at most, with room (about 45 MB measured).
+WORKER_MEMORY = 64 * 1024 * 1024
+_CGROUP = Path("/sys/fs/cgroup")
+
+
+def _cgroup_limits(root: Path = _CGROUP) -> tuple[float | None, int | None]:
+    """This container's CPU limit (in cores) and memory limit (bytes), where set.
+
+    cgroup v2 (``cpu.max``, ``memory.max``) or v1 (``cpu.cfs_quota_us`` and
+    ``cpu.cfs_period_us``, ``memory.limit_in_bytes``); None for no limit.
+    """
+
+    def read(*names: str) -> list[str] | None:
+        for name in names:
+            try:
+                return (root / name).read_text().split()
+            except OSError:
+                continue
+        return None
+
+    cpus: float | None = None
+    quota = read("cpu.max")
+    if quota and quota[0] != "max" and len(quota) == 2:
+        cpus = int(quota[0]) / int(quota[1])
+    elif quota is None:
+        v1 = read("cpu/cpu.cfs_quota_us", "cpu,cpuacct/cpu.cfs_quota_us")
+        period = read("cpu/cpu.cfs_period_us", "cpu,cpuacct/cpu.cfs_period_us")
+        if v1 and period and int(v1[0]) > 0:
+            cpus = int(v1[0]) / int(period[0])
+    memory: int | None = None
+    limit = read("memory.max", "memory/memory.limit_in_bytes")
+    if limit and limit[0].isdigit() and int(limit[0]) < 1 << 60:  # v1 says "no limit" so
+        memory = int(limit[0])
+    return cpus, memory
+
+
+def default_workers(root: Path = _CGROUP) -> int:
+    """One worker per core this process may use, within its container's limits.
+
+    The cores of its CPU affinity, but no more than its CPU limit (rounded
+    up) and no more than fit its memory limit at :data:`WORKER_MEMORY` each,
+    beside the service itself (a 512 MiB pod on a 24-core node was killed at
+    start with 24 workers). At least 1.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        workers = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        workers = os.cpu_count() or 1
+    cpus, memory = _cgroup_limits(root)
+    if cpus is not None:
+        workers = min(workers, math.ceil(cpus))
+    if memory is not None:
+        workers = min(workers, memory // WORKER_MEMORY - 1)
+    return max(1, workers)
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -135,7 +184,12 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
     ("logdir", Path, "log", "pypx log folder (patientData, studyData, seriesData)"),
     ("quarantine", Path, "quarantine", "where files that can never be repacked go, with a note"),
     ("mode", str, "move", "move: the incoming folder is a spool; copy: keep incoming files"),
-    ("workers", _positive(int), str(default_workers()), "repack workers (default: usable cores)"),
+    (
+        "workers",
+        _positive(int),
+        str(default_workers()),
+        "repack workers (default: usable cores, within the container's CPU and memory limits)",
+    ),
     ("worker-mode", str, "process", "process: one process per worker (all cores); thread"),
     (
         "worker-nice",
