@@ -16,7 +16,6 @@ import pytest
 
 from watcher._settings import WORKER_MEMORY, default_workers
 
-
 # -- the worker count within a container's limits ----------------------------------
 
 
