@@ -18,7 +18,13 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY repack ./repack
 COPY watcher ./watcher
 # A venv, copied whole into the final stage: no wheel files in any layer.
-RUN python3 -m venv /opt/pypx-listener \
+# Where pip must trust a proxy's certificate, give it a pip.conf (and the
+# certificate it names) as build secrets: mounted for this step alone, never
+# in a layer. E.g. podman build --secret id=pip.conf,src=pip.conf
+#   --secret id=ca.crt,src=/etc/ssl/certs/ca-certificates.crt (cert = /run/secrets/ca.crt).
+RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt \
+    if [ -s /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi \
+    && python3 -m venv /opt/pypx-listener \
     && /opt/pypx-listener/bin/pip install --no-cache-dir --disable-pip-version-check \
         --constraint constraints.txt . \
     && /opt/pypx-listener/bin/pip uninstall --yes --quiet pip

@@ -10,11 +10,21 @@ leaves it out, the README's test command (and so CI) runs it.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from watcher._settings import WORKER_MEMORY, default_workers
+
+from .dcmtk import _port_open, require_dcmtk, storescu, wait_for
+from .helpers import BIN, get
 
 # -- the worker count within a container's limits ----------------------------------
 
@@ -38,3 +48,176 @@ def test_the_default_worker_count_keeps_within_the_container_limits(
     tmp_path: Path, cpu: str, memory: str, expected: int
 ) -> None:
     assert default_workers(_cgroup(tmp_path, cpu, memory)) == min(expected, default_workers())
+
+
+# -- the image, built and run through the compose file ------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_CONTAINER = ROOT.parent / "shared" / "container"
+BASE_IMAGE = "docker.io/library/debian:bookworm-slim"
+DICOM_PORT, METRICS_PORT = 11113, 9100  # as the compose file publishes them
+
+
+def _needed(what: str) -> None:
+    message = f"{what}: install podman, runc and podman-compose (the README's test command does)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def engine() -> dict[str, str]:
+    """The environment podman and podman-compose run in, with the base image present."""
+    if shutil.which("podman") is None:
+        _needed("no podman")
+    compose = BIN / "podman-compose"
+    if not compose.exists():
+        _needed("no podman-compose beside the interpreter")
+    env = {**os.environ, "BUILDAH_FORMAT": "docker"}  # OCI images drop HEALTHCHECK
+    if (SHARED_CONTAINER / "containers.conf").exists():  # this machine's podman settings
+        env["CONTAINERS_CONF"] = str(SHARED_CONTAINER / "containers.conf")
+    exists = subprocess.run(["podman", "image", "exists", BASE_IMAGE], env=env, check=False)
+    if exists.returncode != 0:
+        # No image registry here: a stand-in made by debootstrap, the same packages.
+        maker = SHARED_CONTAINER / "make-base-images.sh"
+        command = ["bash", str(maker)] if maker.exists() else ["podman", "pull", BASE_IMAGE]
+        made = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900,
+                              check=False)  # fmt: skip
+        assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+    return env
+
+
+def _build_arguments(scratch: Path) -> str:
+    """podman build arguments for a machine whose pip trusts a proxy's certificate.
+
+    The certificate and a pip.conf naming it are given as build secrets (see
+    the Dockerfile): mounted for the install step alone, never in the image.
+    """
+    config = Path("/etc/pip.conf")
+    cert = None
+    if config.exists():
+        for line in config.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "cert" and Path(value.strip()).exists():
+                cert = value.strip()
+    if cert is None:
+        return ""
+    pip_conf = scratch / "pip.conf"
+    pip_conf.write_text("[global]\ncert = /run/secrets/ca.crt\n")
+    return f"--secret id=pip.conf,src={pip_conf} --secret id=ca.crt,src={cert}"
+
+
+class Compose:
+    """The project's docker-compose.yml under podman-compose, as a project of its own."""
+
+    def __init__(self, env: dict[str, str], project: str) -> None:
+        self.env = env
+        self.project = project
+        self.base = [
+            str(BIN / "podman-compose"),
+            "-p",
+            project,
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+        ]
+        self.lines: list[str] = []
+        self._follower: subprocess.Popen[str] | None = None
+        self._reader = threading.Thread()
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([*self.base, *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, check=False)  # fmt: skip
+        assert done.returncode == 0, (
+            f"podman-compose {args}: {done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
+        return done
+
+    def container(self, service: str) -> str:
+        return f"{self.project}_{service}_1"
+
+    def follow(self, service: str) -> None:
+        """Collect the service's log lines (its events) as they come."""
+        self._follower = subprocess.Popen(
+            ["podman", "logs", "-f", self.container(service)], env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        stdout = self._follower.stdout
+        assert stdout is not None
+        self._reader = threading.Thread(target=lambda: self.lines.extend(stdout), daemon=True)
+        self._reader.start()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        found = []
+        for line in list(self.lines):
+            if line.startswith("{"):
+                event = orjson.loads(line)
+                if event.get("event") == name:
+                    found.append(event)
+        return found
+
+    def volume(self, name: str) -> Path:
+        shown = subprocess.run(
+            ["podman", "volume", "inspect", f"{self.project}_{name}", "--format",
+             "{{.Mountpoint}}"], env=self.env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return Path(shown.stdout.strip())
+
+    def healthy(self, service: str) -> bool:
+        command = ["podman", "healthcheck", "run", self.container(service)]
+        checked = subprocess.run(
+            command, env=self.env, capture_output=True, check=False, timeout=60
+        )
+        return checked.returncode == 0
+
+    def close(self) -> None:
+        subprocess.run([*self.base, "down", "-v"], env=self.env, capture_output=True,
+                       timeout=120, check=False)  # fmt: skip
+        if self._follower is not None:
+            self._follower.kill()
+            self._follower.wait(10)
+            self._reader.join(10)
+            if self._follower.stdout is not None:
+                self._follower.stdout.close()
+
+
+@pytest.mark.image
+@pytest.mark.dcmtk
+@pytest.mark.slow
+def test_the_image_under_compose_receives_resends_reports_health_and_stops_cleanly(
+    engine: dict[str, str], example_files: list[Path], tmp_path: Path
+) -> None:
+    """docker-compose.yml as users run it: build, up, 192 instances from the host over
+    loopback, 10 of them again (incoming and data are separate volumes), both
+    HEALTHCHECKs, then down in under 5 s with a clean watcher.stopped."""
+    require_dcmtk()
+    compose = Compose(engine, f"pypxtest{os.getpid()}")
+    try:
+        compose.run("--podman-build-args", _build_arguments(tmp_path), "build", timeout=900)
+        compose.run("up", "-d", timeout=300)
+        compose.follow("pypx-listener")
+        wait_for(lambda: _port_open(DICOM_PORT), 60, "storescp's port")
+        wait_for(lambda: len(compose.events("watcher.started")) == 1, 60, "watcher.started")
+        storescu(DICOM_PORT, example_files)
+        wait_for(lambda: len(compose.events("repack.done")) == 192, 120, "192 repack.done")
+        storescu(DICOM_PORT, example_files[:10])  # sent again: a new file, the same place
+        wait_for(lambda: len(compose.events("repack.done")) == 202, 60, "202 repack.done")
+        assert compose.events("repack.retry") == []
+        assert compose.events("repack.failed") == []
+        data, log = compose.volume("data"), compose.volume("log")
+        assert len(list(data.rglob("*.dcm"))) == 192
+        assert len(list(log.glob("seriesData/*-img/*.json"))) == 192
+        assert {(p.stat().st_uid, p.stat().st_gid) for p in data.rglob("*.dcm")} == {(10001, 10001)}
+        assert list(compose.volume("incoming").rglob("MR.*")) == []
+        assert get(f"http://127.0.0.1:{METRICS_PORT}/healthz")[0] == 200
+        assert compose.healthy("storescp")
+        assert compose.healthy("pypx-listener")
+        started = time.monotonic()
+        compose.run("down", timeout=120)
+        took = time.monotonic() - started
+        wait_for(lambda: len(compose.events("watcher.stopped")) == 1, 10, "watcher.stopped")
+        (stopped,) = compose.events("watcher.stopped")
+        assert stopped["clean"] is True
+        assert stopped["repacked"] == 202
+        assert took < 5, f"compose down took {took:.1f} s"
+    finally:
+        compose.close()
