@@ -221,3 +221,64 @@ def test_the_image_under_compose_receives_resends_reports_health_and_stops_clean
         assert took < 5, f"compose down took {took:.1f} s"
     finally:
         compose.close()
+
+
+# -- the Kubernetes manifest ----------------------------------------------------------
+
+MANIFEST = ROOT / "deploy" / "kubernetes.yaml"
+
+
+def test_the_kubernetes_manifest_is_valid_against_the_api_schemas() -> None:
+    checked = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", str(MANIFEST)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.image
+@pytest.mark.slow
+def test_the_kubernetes_manifest_runs_under_podman_kube_play(
+    engine: dict[str, str], tmp_path: Path
+) -> None:
+    """The pod as the manifest has it (restricted security context, read-only root file
+    system, tini as PID 1): both containers healthy, and a stop that is quick and clean."""
+    build = [
+        "podman", "build", "--format", "docker", "-t", "pypx-listener:0.1.0",
+        *_build_arguments(tmp_path).split(), str(ROOT),
+    ]  # fmt: skip
+    built = subprocess.run(build, env=engine, capture_output=True, text=True, timeout=900,
+                           check=False)  # fmt: skip
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+
+    def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["podman", *args], env=engine, capture_output=True, text=True,
+                              timeout=timeout, check=False)  # fmt: skip
+
+    def clean_up() -> None:
+        podman("kube", "down", str(MANIFEST))
+        podman("volume", "rm", "-f", "pypx-data")
+
+    clean_up()
+    try:
+        played = podman("kube", "play", str(MANIFEST), timeout=300)
+        assert played.returncode == 0, played.stdout + played.stderr
+        pod = "pypx-listener-pod-0"
+        for container in ("storescp", "pypx-listener"):
+            name = f"{pod}-{container}"
+            # The image's own HEALTHCHECK (kube play turns the manifest's probes into
+            # podman healthchecks of its own, with tools the image does not have).
+            wait_for(lambda n=name: podman("exec", n, "pypx-healthcheck").returncode == 0, 60,
+                     f"{container} healthy")  # fmt: skip
+            init = podman("exec", name, "cat", "/proc/1/cmdline").stdout.split("\0")
+            assert init[:3] == ["/usr/bin/tini", "-g", "--"]
+            assert "Read-only file system" in podman("exec", name, "touch", "/x").stderr
+        started = time.monotonic()
+        assert podman("pod", "stop", pod).returncode == 0
+        took = time.monotonic() - started
+        lines = podman("logs", f"{pod}-pypx-listener").stdout.splitlines()
+        stopped = [orjson.loads(line) for line in lines if '"watcher.stopped"' in line]
+        assert [event["clean"] for event in stopped] == [True]
+        assert took < 5, f"the pod took {took:.1f} s to stop"
+    finally:
+        clean_up()
