@@ -180,11 +180,14 @@ def get_logger(**context: Any) -> Any:
 
 
 def line_renderer(level: str = "info") -> Callable[..., bytes | None] | None:
-    """Render an event to its JSON line, as the configured logger would print it.
+    """Render an ``info`` event to its JSON line, as the configured logger would print it.
 
     For a worker process that prepares its events for the process that
     prints them: the same processors, the same renderer, but the line is
-    returned instead of written (None when the level filters it out). None
+    returned instead of written. ``level`` is the configured level: below
+    it, nothing is rendered (None). The event itself is always ``info``
+    (it once took the configured level: every ``repack.done`` said "debug"
+    under ``--log-level debug``, and "warning" was printed anyway). None
     when events are not JSON lines (a terminal): then events are logged the
     ordinary way.
     """
@@ -197,8 +200,7 @@ def line_renderer(level: str = "info") -> Callable[..., bytes | None] | None:
         processors=config["processors"],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level.lower(), 20)),
     )
-    method = logger.info if level == "info" else getattr(logger, level)
-    return cast("Callable[..., bytes | None]", method)
+    return cast("Callable[..., bytes | None]", logger.info)
 
 
 def line_writer() -> Callable[[bytes], None] | None:

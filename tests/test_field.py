@@ -611,3 +611,23 @@ def test_a_worker_interpreter_that_cannot_be_run_is_one_line_and_exit_3(tmp_path
     assert "Permission denied" in lines[0]
     assert lines[1].startswith("pypx-listener: hint: ")
     assert '"watcher.started"' not in result.stdout
+
+
+# -- the level of repack.done -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("level", "shown"), [("debug", True), ("info", True), ("warning", False)])
+def test_repack_done_is_an_info_event_whatever_the_configured_level(
+    tmp_path: Path, level: str, shown: bool
+) -> None:
+    """The worker rendered it at the configured level: "debug" under --log-level debug,
+    and printed (as "warning") under --log-level warning."""
+    with listener(tmp_path, "--settle", "0.2", "--log-level", level) as running:
+        write_dicom(running.incoming / "MR.1")
+        if shown:
+            running.wait_for(lambda: running.count("repack.done") == 1, 20, "repack.done")
+            assert running.of("repack.done")[0]["level"] == "info"
+        else:
+            wait_for(lambda: not running.incoming_files(), 20, "the file repacked")
+        assert running.stop() == 0
+    assert running.count("repack.done") == (1 if shown else 0)
