@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,11 +26,13 @@ import pytest
 __all__ = [
     "children",
     "fill",
+    "fill_pipe",
     "get",
     "installed",
     "kernel_setting",
     "metric",
     "proc_stat",
+    "read_until",
     "remount",
     "small_filesystem",
     "thread_count",
@@ -159,3 +163,30 @@ def kernel_setting(knob: Path, value: int) -> Iterator[None]:
         yield
     finally:
         knob.write_text(original)
+
+
+def read_until(descriptor: int, marker: bytes, timeout: float = 60) -> bytes:
+    """Read a pipe until ``marker`` has come (fails the test after ``timeout`` s)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen and time.monotonic() < deadline:
+        if select.select([descriptor], [], [], 1)[0]:
+            seen += os.read(descriptor, 65536)
+    assert marker in seen, f"{marker!r} did not come within {timeout:.0f} s"
+    return seen
+
+
+def fill_pipe(write_end: int) -> int:
+    """Fill the pipe of ``write_end`` to the last byte; return the filler's descriptor.
+
+    A second open of the same pipe, non-blocking for the test alone. Whole
+    pages first, then byte by byte: a pipe refuses a page once less than a
+    page is free, and what is left would let a few short lines through.
+    The caller closes the descriptor.
+    """
+    filler = os.open(f"/proc/self/fd/{write_end}", os.O_WRONLY | os.O_NONBLOCK)
+    for chunk in (b"#" * 4096, b"#"):
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(filler, chunk)
+    return filler

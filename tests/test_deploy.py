@@ -226,6 +226,22 @@ def test_kubernetes_example_wires_probes_to_the_health_endpoints() -> None:
     assert containers["storescp"]["args"][0] == "storescp"
     # args, not command: the image's ENTRYPOINT (its init) must stay PID 1.
     assert all("command" not in c for c in containers.values())
+    # Pod Security "restricted", and what a locally built image and one RWO volume need.
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsGroup"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    for container in containers.values():
+        assert container["imagePullPolicy"] == "IfNotPresent"
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+        }
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    environment = {e["name"]: e["value"] for e in sidecar["env"]}
+    assert environment["PYPX_LISTENER_WORKERS"] == "2"
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert "emptyDir" in volumes["incoming"]
     assert "persistentVolumeClaim" in volumes["pypx"]

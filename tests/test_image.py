@@ -162,6 +162,12 @@ class Compose:
         )  # fmt: skip
         return Path(shown.stdout.strip())
 
+    def inspect_image(self) -> dict[str, Any]:
+        command = ["podman", "image", "inspect", "pypx-listener:0.1.0"]
+        shown = subprocess.run(command, env=self.env, capture_output=True, check=True, timeout=60)
+        image: dict[str, Any] = orjson.loads(shown.stdout)[0]
+        return image
+
     def healthy(self, service: str) -> bool:
         command = ["podman", "healthcheck", "run", self.container(service)]
         checked = subprocess.run(
@@ -211,6 +217,20 @@ def test_the_image_under_compose_receives_resends_reports_health_and_stops_clean
         assert get(f"http://127.0.0.1:{METRICS_PORT}/healthz")[0] == 200
         assert compose.healthy("storescp")
         assert compose.healthy("pypx-listener")
+        # The README's log recipe: without colour codes, every line is one JSON event.
+        logs = compose.run("logs", "--no-log-prefix", "--no-color", "pypx-listener").stdout
+        events = [orjson.loads(line) for line in logs.splitlines() if line.strip()]
+        assert sum(event["event"] == "repack.done" for event in events) == 202
+        # No VOLUME (anonymous volumes for every container), nothing of the build left.
+        image = compose.inspect_image()
+        assert not image["Config"].get("Volumes")
+        assert image["Config"]["User"] == "10001:10001"
+        leftovers = subprocess.run(
+            ["podman", "run", "--rm", "--entrypoint", "sh", "pypx-listener:0.1.0", "-c",
+             "ls -d /wheels /etc/pip.conf /run/secrets /opt/pypx-listener/bin/pip 2>/dev/null"],
+            env=engine, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert leftovers.stdout.strip() == ""
         started = time.monotonic()
         compose.run("down", timeout=120)
         took = time.monotonic() - started

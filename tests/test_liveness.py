@@ -24,10 +24,12 @@ from .conftest import make_dataset, write_dicom
 from .dcmtk import free_port, wait_for
 from .helpers import (
     fill,
+    fill_pipe,
     get,
     installed,
     kernel_setting,
     metric,
+    read_until,
     small_filesystem,
     worker_processes,
 )
@@ -402,21 +404,9 @@ def test_a_second_signal_exits_at_once_even_while_the_event_stream_is_stalled(
     filler = -1
     workers: list[int] = []
     try:
-        seen = b""
-        deadline = time.monotonic() + 60
-        while b'"watcher.started"' not in seen and time.monotonic() < deadline:
-            if select.select([read_end], [], [], 1)[0]:
-                seen += os.read(read_end, 65536)
-        assert b'"watcher.started"' in seen
+        read_until(read_end, b'"watcher.started"')
         workers = worker_processes(process.pid)
-        # A second open of the same pipe, non-blocking for the test alone.
-        filler = os.open(f"/proc/self/fd/{write_end}", os.O_WRONLY | os.O_NONBLOCK)
-        # Whole pages first, then byte by byte: a pipe refuses a page once less than a
-        # page is free, and what is left would let a few short lines through.
-        for chunk in (b"#" * 4096, b"#"):
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    os.write(filler, chunk)
+        filler = fill_pipe(write_end)
         process.send_signal(signal.SIGTERM)
         wait_for(lambda: _blocked_writing_events(process.pid), 30, "a write to the full stream")
         process.send_signal(signal.SIGTERM)
