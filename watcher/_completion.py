@@ -266,27 +266,26 @@ class CompletionTracker:
             self._schedule(candidate.path, entry, self._clock() + delay)
             return entry.repeats
 
+    def _requeue(self, candidate: Candidate, due: float) -> _Pending | None:
+        """Put a candidate back to wait until ``due``, no attempt counted (lock held)."""
+        entry = self._pending.get(candidate.path)
+        if entry is None:
+            return None
+        entry.in_flight = False
+        entry.closed = False
+        entry.signature = candidate.signature
+        self._schedule(candidate.path, entry, due)
+        return entry
+
     def recheck(self, candidate: Candidate, delay: float) -> None:
         """Look again after ``delay`` without counting an attempt (a file still changing)."""
         with self._lock:
-            entry = self._pending.get(candidate.path)
-            if entry is None:
-                return
-            entry.in_flight = False
-            entry.closed = False
-            entry.signature = candidate.signature
-            self._schedule(candidate.path, entry, self._clock() + delay)
+            self._requeue(candidate, self._clock() + delay)
 
     def until_quiet(self, candidate: Candidate) -> None:
         """Look again once the version has been quiet for the unleased settle period."""
         with self._lock:
-            entry = self._pending.get(candidate.path)
-            if entry is None:
-                return
-            entry.in_flight = False
-            entry.closed = False
-            due = max(self._clock(), candidate.seen + self.unleased_settle)
-            self._schedule(candidate.path, entry, due)
+            self._requeue(candidate, max(self._clock(), candidate.seen + self.unleased_settle))
 
     def hold(self, candidate: Candidate, delay: float) -> bool:
         """Keep a file that cannot be repacked for ``delay`` seconds before it is quarantined.
@@ -295,16 +294,12 @@ class CompletionTracker:
         held files already fill :data:`HELD_SHARE` of the capacity.
         """
         with self._lock:
-            entry = self._pending.get(candidate.path)
-            if entry is None:
+            if candidate.path not in self._pending:
                 return False
             if len(self._held) >= self.capacity * HELD_SHARE:
                 self._forget(candidate.path)
                 return False
-            entry.in_flight = False
-            entry.closed = False
-            entry.signature = candidate.signature
-            self._schedule(candidate.path, entry, self._clock() + delay)
+            self._requeue(candidate, self._clock() + delay)
             self._held.add(candidate.path)
             return True
 
