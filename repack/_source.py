@@ -33,6 +33,7 @@ import fcntl
 import os
 import signal
 import stat as stat_module
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -98,6 +99,10 @@ def relative_parts(relative: str | os.PathLike[str]) -> list[str]:
     if not parts or text.startswith("/") or ".." in parts:
         raise SourceVanishedError(f"{_display(text)} is not a path inside the folder")
     return parts
+
+
+#: Pauses between write-lease tests while only readers hold a file (then: READERS).
+_READER_PAUSES = (0.001, 0.002, 0.0)
 
 
 class Others(StrEnum):
@@ -178,20 +183,25 @@ class SourceFile:
         self.open_elsewhere = True
         if signal.getsignal(signal.SIGIO) is signal.SIG_DFL:
             return Others.UNKNOWN
-        try:
-            fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-        except OSError as error:
-            if error.errno != errno_codes.EAGAIN:
-                return Others.UNKNOWN
-        else:
+        for pause in _READER_PAUSES:
+            try:
+                fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+            except OSError as error:
+                if error.errno != errno_codes.EAGAIN:
+                    return Others.UNKNOWN
+            else:
+                fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+                self.open_elsewhere = False
+                return Others.NONE
+            try:
+                fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+            except OSError as error:
+                return Others.WRITER if error.errno == errno_codes.EAGAIN else Others.UNKNOWN
             fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-            self.open_elsewhere = False
-            return Others.NONE
-        try:
-            fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-        except OSError as error:
-            return Others.WRITER if error.errno == errno_codes.EAGAIN else Others.UNKNOWN
-        fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            # Readers only: often another service's worker that opened the file just
+            # to try its flock, and closes it at once. Look again before copying.
+            if pause:
+                time.sleep(pause)
         return Others.READERS
 
     def display(self) -> str:

@@ -232,16 +232,28 @@ def _non_image_in_two_parts() -> tuple[bytes, bytes]:
 
 @pytest.fixture
 def unprivileged_root() -> Iterator[Path]:
-    """Folders for a service running as nobody (pytest's own temporary folders are 0700)."""
+    """Folders for a service running as nobody (pytest's own temporary folders are 0700).
+
+    nobody must also reach the checkout and its venv: a folder on their way that
+    others may not search (CI clones into a private mktemp folder) is made
+    searchable (not readable) for the test, and restored after.
+    """
     root = Path(tempfile.mkdtemp(prefix="pypx-nobody-"))
     for name in FOLDERS:
         (root / name).mkdir()
         os.chown(root / name, 65534, 65534)
     os.chmod(root / "incoming", 0o1777)  # noqa: S103 - a shared spool: others write into it
     os.chmod(root, 0o755)  # noqa: S103 - nobody must reach the folders
+    checkout = Path(__file__).resolve().parent.parent
+    private = [p for p in (checkout, *checkout.parents) if not p.stat().st_mode & 0o001]
+    modes = {p: p.stat().st_mode & 0o7777 for p in private}
+    for folder, mode in modes.items():
+        os.chmod(folder, mode | 0o001)
     try:
         yield root
     finally:
+        for folder, mode in modes.items():
+            os.chmod(folder, mode)
         shutil.rmtree(root, ignore_errors=True)
 
 
