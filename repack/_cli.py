@@ -145,8 +145,6 @@ def _repack_one(repacker: Repacker, job: _Job) -> tuple[_Job, RepackOutcome | Re
         if not job.walked:
             return job, repacker.repack(job.path)
         with open_beneath(job.root, job.relative, shown_as=job.path) as source:
-            if repacker.move:
-                source.others()  # a file anyone else holds open is copied, never linked
             return job, repacker.repack_source(source)
     except RepackError as error:
         return job, error

@@ -275,13 +275,18 @@ class Repacker:
         :func:`repack.open_beneath` and calls :meth:`repack_source`.
         """
         with open_path(os.path.abspath(src)) as source:
-            if self.move:
-                source.others()  # a file anyone else holds open is copied, never linked
             return self.repack_source(source)
 
     def repack_source(self, source: SourceFile) -> RepackOutcome:
-        """Repack an opened input file; raise a :class:`RepackError` if it cannot be."""
+        """Repack an opened input file; raise a :class:`RepackError` if it cannot be.
+
+        In move mode, a source nobody has asked about yet is asked who else
+        holds it (:meth:`SourceFile.others`): anything shared is copied, never
+        linked. A caller that asked already (the service's claim) is not asked again.
+        """
         started = time.perf_counter()
+        if self.move and source.open_elsewhere is None:
+            source.others()
         instance = read_source(source, self._keywords, self._values)
         placement = plan_placement(instance, self.layout)
         series_dir = self._series_dir(placement)

@@ -135,9 +135,9 @@ class SourceFile:
     #: The root the walk started from, and the folder components below it.
     root: int = -1
     folders: tuple[str, ...] = ()
-    #: Whether another process may hold a descriptor of it (a caller that
-    #: cannot prove otherwise, with a lease, leaves this True).
-    open_elsewhere: bool = True
+    #: Whether another process may hold a descriptor of it: None until
+    #: :meth:`others` has asked (and then taken as True by :attr:`shared`).
+    open_elsewhere: bool | None = None
     _owns_folder: bool = field(default=True, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -165,7 +165,7 @@ class SourceFile:
             info.st_nlink > 1
             or info.st_uid != os.geteuid()
             or bool(info.st_mode & (stat_module.S_IWGRP | stat_module.S_IWOTH))
-            or self.open_elsewhere
+            or self.open_elsewhere is not False
         )
 
     def others(self) -> Others:
