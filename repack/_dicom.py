@@ -424,11 +424,17 @@ def _repr_24(value: Any) -> str:
         return f"'{float.__repr__(value)}'"
     if isinstance(value, IS):
         return f"'{int.__repr__(value)}'"
+    tags = _tags_24(value)
+    return repr(value) if tags is None else tags
+
+
+def _tags_24(value: Any) -> str | None:
+    """An AT value (a tag, or several) as pydicom 2.4 spelled it; None for any other."""
     if isinstance(value, BaseTag):
         return _tag_24(value)
     if isinstance(value, MultiValue | list) and value and isinstance(value[0], BaseTag):
         return "[" + ", ".join(_tag_24(tag) for tag in value) + "]"
-    return repr(value)
+    return None
 
 
 def _px_string(element: DataElement) -> str:
@@ -441,11 +447,8 @@ def _px_string(element: DataElement) -> str:
     try:
         if isinstance(value, Sequence):  # items are joined with no separator, as pydicom does
             return "[" + "".join(_dump_item(item, 0) for item in value) + "]"
-        if isinstance(value, BaseTag):
-            return _tag_24(value)
-        if isinstance(value, MultiValue | list) and value and isinstance(value[0], BaseTag):
-            return "[" + ", ".join(_tag_24(tag) for tag in value) + "]"
-        return str(value)
+        tags = _tags_24(value)
+        return str(value) if tags is None else tags
     except Exception:  # never let one odd value (or a deep sequence) stop the logs
         return f"<unprintable {type(value).__name__}>"
 

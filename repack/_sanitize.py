@@ -76,7 +76,7 @@ def safe_log_name(name: str, *, suffix: str = "", several: bool = False) -> str:
 
     ``name`` itself when :func:`is_safe_name` and it is one value; else
     (``several``: the element holds several values, and ``name`` is their
-    Python list) its sanitised form followed by ``-`` and 16 hex digits of
+    text joined by ``\\``) its sanitised form followed by ``-`` and 16 hex digits of
     the SeaHash of ``name``, short enough that ``result + suffix`` fits in
     one component. The hash keeps apart names that sanitise alike (``a/b``
     and ``a_b``; ``1.2\\x003`` and ``1.23``), so two IDs never share a file.

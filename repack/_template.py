@@ -148,12 +148,11 @@ def _px_function(astr: str, func: str, value: str, functions: tuple[str, ...]) -
             continue
         spec = func.split("_")[1:][0] if "_" in func else func
         args = spec.split("|")
-        if name == "md5":
-            value = hashlib.md5(value.encode("utf-8"), usedforsecurity=False).hexdigest()
-            if len(args) > 1 and args[1]:
-                value = value[: int(args[1])]
-        elif name == "seahash":
-            value = seahash_hex(value)
+        if name in ("md5", "seahash"):
+            if name == "md5":
+                value = hashlib.md5(value.encode("utf-8"), usedforsecurity=False).hexdigest()
+            else:
+                value = seahash_hex(value)
             if len(args) > 1 and args[1]:
                 value = value[: int(args[1])]
         elif name == "strmsk":
@@ -223,11 +222,17 @@ class Template:
         report as missing.
         """
         key = (*sorted(present.items()), missing)
+        return self._remembered(key, lambda: self._render_px(present, missing))
+
+    def _remembered(
+        self, key: tuple[object, ...], render: Callable[[], RenderedComponent]
+    ) -> RenderedComponent:
+        """What was rendered for ``key`` before, else ``render()`` (kept, bounded)."""
         found = self._rendered.get(key)
         if found is None:
             if len(self._rendered) >= _RENDERED_AT_MOST:
                 self._rendered.clear()
-            found = self._rendered[key] = self._render_px(present, missing)
+            found = self._rendered[key] = render()
         return found
 
     def _render_px(self, present: Mapping[str, str], missing: tuple[str, ...]) -> RenderedComponent:
@@ -245,12 +250,7 @@ class Template:
     def render(self, values: Mapping[str, str | None]) -> RenderedComponent:
         """Render with ``values`` (keyword -> text or ``None``) and sanitise."""
         key = tuple(values.get(keyword) for keyword in self.keywords)
-        found = self._rendered.get(key)
-        if found is None:
-            if len(self._rendered) >= _RENDERED_AT_MOST:
-                self._rendered.clear()
-            found = self._rendered[key] = self._render(values)
-        return found
+        return self._remembered(key, lambda: self._render(values))
 
     def _render(self, values: Mapping[str, str | None]) -> RenderedComponent:
         pieces: list[str] = []

@@ -266,16 +266,15 @@ class CompletionTracker:
             self._schedule(candidate.path, entry, self._clock() + delay)
             return entry.repeats
 
-    def _requeue(self, candidate: Candidate, due: float) -> _Pending | None:
+    def _requeue(self, candidate: Candidate, due: float) -> None:
         """Put a candidate back to wait until ``due``, no attempt counted (lock held)."""
         entry = self._pending.get(candidate.path)
         if entry is None:
-            return None
+            return
         entry.in_flight = False
         entry.closed = False
         entry.signature = candidate.signature
         self._schedule(candidate.path, entry, due)
-        return entry
 
     def recheck(self, candidate: Candidate, delay: float) -> None:
         """Look again after ``delay`` without counting an attempt (a file still changing)."""
