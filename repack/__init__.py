@@ -31,15 +31,9 @@ from ._errors import (
     TemplateError,
     TruncatedFileError,
 )
-from ._events import (
-    configure_logging,
-    get_logger,
-    line_renderer,
-    line_writer,
-    output_blocked_for,
-)
+from ._events import Event, configure_logging, get_logger, log_repacked, output_blocked_for
 from ._json import dumps, json_bytes, printable
-from ._repack import MissingElement, Placement, Repacker, RepackOutcome, plan_placement, repack_file
+from ._repack import MissingElement, Placement, Repacked, Repacker, plan_placement, repack_file
 from ._sanitize import sanitize_component
 from ._seahash import seahash_hex
 from ._source import (
@@ -54,12 +48,14 @@ from ._source import (
 )
 from ._store import LOCK_DIR, TEMP_PREFIX, Store, probe_writable, sweep_stale_temps
 from ._template import Layout, NamedLayout, Template, parse_template
+from ._warnings import collected as collected_warnings
 
 __all__ = [
     "LOCK_DIR",
     "NOT_DEFINED",
     "REQUIRED_KEYWORDS",
     "TEMP_PREFIX",
+    "Event",
     "Instance",
     "InvalidInstanceError",
     "Layout",
@@ -72,7 +68,7 @@ __all__ = [
     "Others",
     "Placement",
     "RepackError",
-    "RepackOutcome",
+    "Repacked",
     "Repacker",
     "SourceFile",
     "SourceVanishedError",
@@ -81,14 +77,14 @@ __all__ = [
     "Template",
     "TemplateError",
     "TruncatedFileError",
+    "collected_warnings",
     "configure_logging",
     "dumps",
     "file_type",
     "folder_beneath",
     "get_logger",
     "json_bytes",
-    "line_renderer",
-    "line_writer",
+    "log_repacked",
     "open_beneath",
     "open_folder_beneath",
     "open_path",

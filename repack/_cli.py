@@ -37,9 +37,9 @@ from ._arguments import (
     version,
 )
 from ._errors import NotDicomError, NotRegularFileError, RepackError
-from ._events import configure_logging, get_logger
+from ._events import Event, configure_logging, get_logger, log_repacked
 from ._json import printable
-from ._repack import Repacker, RepackOutcome
+from ._repack import Repacked, Repacker
 from ._source import open_beneath, open_root
 from ._store import TEMP_PREFIX
 
@@ -98,7 +98,7 @@ class _Summary:
 
 
 @dataclass(frozen=True)
-class _Job:
+class _Input:
     """One file to repack: named by the user, or found below a folder's descriptor."""
 
     path: Path
@@ -108,7 +108,7 @@ class _Job:
     relative: str = ""
 
 
-def _walk(given: Path, root: int, exclude: list[Path]) -> Iterator[_Job]:
+def _walk(given: Path, root: int, exclude: list[Path]) -> Iterator[_Input]:
     """Every file below ``given`` (links to folders are not followed)."""
     for folder, names, files in os.walk(given):
         here = Path(folder)
@@ -116,7 +116,7 @@ def _walk(given: Path, root: int, exclude: list[Path]) -> Iterator[_Job]:
         for name in sorted(files):
             if not name.startswith(TEMP_PREFIX):
                 path = here / name
-                yield _Job(path, walked=True, root=root, relative=str(path.relative_to(given)))
+                yield _Input(path, walked=True, root=root, relative=str(path.relative_to(given)))
 
 
 class _Progress:
@@ -140,50 +140,50 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _repack_one(repacker: Repacker, job: _Job) -> tuple[_Job, RepackOutcome | RepackError]:
+def _repack_one(repacker: Repacker, given: _Input) -> tuple[_Input, Repacked | RepackError]:
     try:
-        if not job.walked:
-            return job, repacker.repack(job.path)
-        with open_beneath(job.root, job.relative, shown_as=job.path) as source:
-            return job, repacker.repack_source(source)
+        if not given.walked:
+            return given, repacker.repack(given.path)
+        with open_beneath(given.root, given.relative, shown_as=given.path) as source:
+            return given, repacker.repack_source(source)
     except RepackError as error:
-        return job, error
+        return given, error
 
 
 def _report(
-    job: _Job, result: RepackOutcome | RepackError, arguments: argparse.Namespace, log: Any
+    given: _Input, result: Repacked | RepackError, arguments: argparse.Namespace, log: Any
 ) -> str:
     """Log one file's result; return "repacked", "skipped" or "failed"."""
-    if isinstance(result, RepackOutcome):
+    if isinstance(result, Repacked):
         if arguments.log_ndjson:
-            log.info("repack.done", **result.event_fields())
+            log_repacked(log, result.event_fields())
         if arguments.verbosity >= 2:
-            print(f"{printable(str(job.path))} -> {result.dst}", file=sys.stderr)
+            print(f"{printable(str(given.path))} -> {result.dst}", file=sys.stderr)
         return "repacked"
     # Inside a folder walk, what is not DICOM (or not a file) is passed over;
     # a file named on the command line that cannot be repacked is a failure.
-    skip = job.walked and isinstance(result, NotDicomError | NotRegularFileError)
+    skip = given.walked and isinstance(result, NotDicomError | NotRegularFileError)
     kind = "skipped" if skip else "failed"
     if arguments.log_ndjson:
         log.error(
-            "repack.skipped" if skip else "repack.failed",
-            src=str(job.path.absolute()),
+            Event.REPACK_SKIPPED if skip else Event.REPACK_FAILED,
+            src=str(given.path.absolute()),
             dst=None,
             error=str(result),
             reason=getattr(result, "reason", "storage"),
         )
     if arguments.verbosity >= (2 if skip else 1):
-        print(f"pypx-repack: {printable(str(job.path))}: {result}", file=sys.stderr)
+        print(f"pypx-repack: {printable(str(given.path))}: {result}", file=sys.stderr)
     return kind
 
 
-def _named_file(path: Path) -> _Job:
+def _named_file(path: Path) -> _Input:
     if not os.path.lexists(path):
         raise CliError(f"no such file: {printable(str(path))}", hint="check the path")
-    return _Job(path)
+    return _Input(path)
 
 
-def _jobs_of(arguments: argparse.Namespace, roots: list[int]) -> list[_Job]:
+def _inputs_of(arguments: argparse.Namespace, roots: list[int]) -> list[_Input]:
     """The files to repack; descriptors of walked folders are appended to ``roots``."""
     given = [arguments.xcrdirfile is not None, arguments.xcrfile is not None, bool(arguments.paths)]
     if sum(given) > 1:
@@ -208,11 +208,11 @@ def _jobs_of(arguments: argparse.Namespace, roots: list[int]) -> list[_Job]:
     exclude = [Path(arguments.datadir).resolve()]
     if arguments.logdir:
         exclude.append(Path(arguments.logdir).resolve())
-    jobs: list[_Job] = []
+    inputs: list[_Input] = []
     for text in arguments.paths:
         path = Path(text)
         if not path.is_dir():
-            jobs.append(_named_file(path))
+            inputs.append(_named_file(path))
             continue
         if arguments.cleanup and path.is_symlink():
             # Its files would be moved out of wherever it points: refused, as a
@@ -230,8 +230,8 @@ def _jobs_of(arguments: argparse.Namespace, roots: list[int]) -> list[_Job]:
                 code=EXIT_FAILED,
             ) from error
         roots.append(root)
-        jobs.extend(_walk(path, root, exclude))
-    return jobs
+        inputs.extend(_walk(path, root, exclude))
+    return inputs
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -245,14 +245,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     log = get_logger()
     roots: list[int] = []
     try:
-        jobs = _jobs_of(arguments, roots)
+        inputs = _inputs_of(arguments, roots)
         repacker = Repacker(arguments.datadir, arguments.logdir, layout, move=arguments.cleanup)
         summary = _Summary()
         started = time.perf_counter()
-        progress = _Progress(len(jobs))
+        progress = _Progress(len(inputs))
         with ThreadPoolExecutor(max_workers=arguments.jobs) as pool:
-            for job, result in pool.map(lambda j: _repack_one(repacker, j), jobs):
-                kind = _report(job, result, arguments, log)
+            for given, result in pool.map(lambda j: _repack_one(repacker, j), inputs):
+                kind = _report(given, result, arguments, log)
                 setattr(summary, kind, getattr(summary, kind) + 1)
                 progress.step()
         progress.close()

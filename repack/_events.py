@@ -4,8 +4,9 @@ One event per line. When stdout is not a terminal (a container's log, a
 pipe into ``jq``) each event is a JSON object rendered by orjson, with an
 ISO 8601 UTC ``timestamp`` and a ``level``; on a terminal the same events are
 printed readably. Standard-library logging (watchdog, pydicom) and Python
-warnings are routed through the same renderer, so the stream stays one
-format.
+warnings are routed through the same renderer (pydicom's by the one hook of
+:mod:`repack._warnings`), so the stream stays one format. Event names are
+the constants of :class:`Event`.
 """
 
 from __future__ import annotations
@@ -15,20 +16,56 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any, BinaryIO, TextIO, cast
 
 import structlog
 from pydicom import config as pydicom_config
 
+from . import _warnings
 from ._json import dumps
 
-__all__ = [
-    "configure_logging",
-    "get_logger",
-    "line_renderer",
-    "line_writer",
-    "output_blocked_for",
-]
+__all__ = ["Event", "configure_logging", "get_logger", "log_repacked", "output_blocked_for"]
+
+
+class Event(StrEnum):
+    """Every event name, declared once (the README's event table lists them)."""
+
+    REPACK_DONE = "repack.done"
+    REPACK_FAILED = "repack.failed"
+    REPACK_SKIPPED = "repack.skipped"
+    REPACK_WARNING = "repack.warning"
+    REPACK_RETRY = "repack.retry"
+    REPACK_STUCK = "repack.stuck"
+    REPACK_CRASHED = "repack.crashed"
+    REPACK_BUSY = "repack.busy"
+    REPACK_UNCLAIMED = "repack.unclaimed"
+    REPACK_UNPROVEN = "repack.unproven"
+    REPACK_INCOMPLETE = "repack.incomplete"
+    REPACK_LEFT_FOR_LATER = "repack.left_for_later"
+    SERIES_COMPLETE = "series.complete"
+    WATCHER_STARTED = "watcher.started"
+    WATCHER_STOPPING = "watcher.stopping"
+    WATCHER_STOPPED = "watcher.stopped"
+    WATCHER_KILLED = "watcher.killed"
+    WATCHER_RESCAN = "watcher.rescan"
+    WATCHER_REARMED = "watcher.rearmed"
+    WATCHER_INCOMING_LOST = "watcher.incoming_lost"
+    WATCHER_UNKNOWN_SETTING = "watcher.unknown_setting"
+    WATCHER_DISPATCHER_CRASHED = "watcher.dispatcher_crashed"
+    WORKER_ERROR = "worker.error"
+    WORKER_STALLED = "worker.stalled"
+    STORESCP_STARTED = "storescp.started"
+    STORESCP_EXITED = "storescp.exited"
+    STORESCP_STOPPED = "storescp.stopped"
+    METRICS_SERVING = "metrics.serving"
+    HOUSEKEEPING_SWEPT = "housekeeping.swept"
+
+
+def log_repacked(log: Any, fields: dict[str, Any]) -> None:
+    """Log ``repack.done``: the one writer of the event, an ``info`` event in both programs."""
+    log.info(Event.REPACK_DONE, **fields)
+
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
@@ -168,7 +205,7 @@ def configure_logging(
             root.removeHandler(handler)
     root.addHandler(_ToStructlog())
     root.setLevel(logging.WARNING)
-    logging.captureWarnings(True)
+    _warnings.install()
     # Values that break the standard's VR rules are still repacked as they are;
     # pydicom's per-value complaints would only flood the event stream.
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
@@ -177,40 +214,3 @@ def configure_logging(
 def get_logger(**context: Any) -> Any:
     """A structlog logger bound to ``context``."""
     return structlog.get_logger().bind(**context)
-
-
-def line_renderer(level: str = "info") -> Callable[..., bytes | None] | None:
-    """Render an ``info`` event to its JSON line, as the configured logger would print it.
-
-    For a worker process that prepares its events for the process that
-    prints them: the same processors, the same renderer, but the line is
-    returned instead of written. ``level`` is the configured level: below
-    it, nothing is rendered (None). The event itself is always ``info``
-    (it once took the configured level: every ``repack.done`` said "debug"
-    under ``--log-level debug``, and "warning" was printed anyway). None
-    when events are not JSON lines (a terminal): then events are logged the
-    ordinary way.
-    """
-    config = structlog.get_config()
-    factory = config["logger_factory"]
-    if not isinstance(factory, structlog.BytesLoggerFactory):
-        return None
-    logger = structlog.wrap_logger(
-        structlog.ReturnLogger(),
-        processors=config["processors"],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level.lower(), 20)),
-    )
-    return cast("Callable[..., bytes | None]", logger.info)
-
-
-def line_writer() -> Callable[[bytes], None] | None:
-    """Write already rendered event lines (from :func:`line_renderer`) to the event stream.
-
-    Through structlog's own output logger, so each line is written whole,
-    under the same lock as every other event. None when events are not JSON.
-    """
-    factory = structlog.get_config()["logger_factory"]
-    if not isinstance(factory, structlog.BytesLoggerFactory):
-        return None
-    output = factory()
-    return cast("Callable[[bytes], None]", output.msg)

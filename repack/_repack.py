@@ -38,6 +38,7 @@ from ._logs import (
     study_meta_document,
     study_series_document,
 )
+from ._memo import Memo
 from ._source import SourceFile, open_path
 from ._store import Store
 from ._template import Layout
@@ -45,7 +46,7 @@ from ._template import Layout
 __all__ = [
     "MissingElement",
     "Placement",
-    "RepackOutcome",
+    "Repacked",
     "Repacker",
     "plan_placement",
     "repack_file",
@@ -125,7 +126,7 @@ def plan_placement(instance: Instance, layout: Layout) -> Placement:
 
 
 @dataclass(frozen=True)
-class RepackOutcome:
+class Repacked:
     """What happened to one instance."""
 
     src: Path
@@ -138,7 +139,6 @@ class RepackOutcome:
     series_dir: Path
     missing: tuple[MissingElement, ...] = ()
     source_removed: bool = False
-    new_series: bool = False
     duration_ms: float = 0.0
     #: What the event should say about the instance as sent (not an error).
     notes: tuple[str, ...] = ()
@@ -170,9 +170,8 @@ def _outcome(
     size: int,
     started: float,
     removed: bool = False,
-    new_series: bool = False,
-) -> RepackOutcome:
-    return RepackOutcome(
+) -> Repacked:
+    return Repacked(
         src=source.path,
         dst=destination,
         size=size,
@@ -183,7 +182,6 @@ def _outcome(
         series_dir=series_dir,
         missing=placement.missing,
         source_removed=removed,
-        new_series=new_series,
         duration_ms=(time.perf_counter() - started) * 1000,
         notes=(_NO_PIXELS,) if instance.image_without_pixels else (),
     )
@@ -230,29 +228,18 @@ class Repacker:
                 )
             )
         )
-        self._written: set[Path] = set()
-        self._studies: set[tuple[Path, str]] = set()
+        # Log files known to exist (a Memo of paths; forgetting costs a stat).
+        self._written: Memo[Path | tuple[Path, str], bool] = Memo(_REMEMBER_AT_MOST)
         # Built once per series: the same path objects (and their cached hashes)
         # serve every instance.
-        self._series_dirs: dict[tuple[str, str, str], Path] = {}
-        self._log_paths: dict[tuple[str, str, str], LogPaths] = {}
+        self._series_dirs: Memo[tuple[str, str, str], Path] = Memo(_REMEMBER_AT_MOST)
+        self._log_paths: Memo[tuple[str, str, str], LogPaths] = Memo(_REMEMBER_AT_MOST)
         # Most values are the same bytes in every instance of a series: converted once.
         self._values = ValueCache()
 
-    def _remember(self, path: Path) -> None:
-        if len(self._written) > _REMEMBER_AT_MOST:
-            self._written.clear()
-            self._studies.clear()
-        self._written.add(path)
-
     def _series_dir(self, placement: Placement) -> Path:
         key = (placement.root, placement.study, placement.series)
-        found = self._series_dirs.get(key)
-        if found is None:
-            if len(self._series_dirs) >= _REMEMBER_AT_MOST:
-                self._series_dirs.clear()
-            found = self._series_dirs[key] = self.datadir / placement.series_path
-        return found
+        return self._series_dirs.get(key, lambda: self.datadir / placement.series_path)
 
     def _paths_of(self, instance: Instance, logdir: Path) -> LogPaths:
         key = (
@@ -260,14 +247,9 @@ class Repacker:
             instance.px_value("StudyInstanceUID"),
             instance.px_value("SeriesInstanceUID"),
         )
-        found = self._log_paths.get(key)
-        if found is None:
-            if len(self._log_paths) >= _REMEMBER_AT_MOST:
-                self._log_paths.clear()
-            found = self._log_paths[key] = LogPaths.of(logdir, instance)
-        return found
+        return self._log_paths.get(key, lambda: LogPaths.of(logdir, instance))
 
-    def repack(self, src: str | os.PathLike[str]) -> RepackOutcome:
+    def repack(self, src: str | os.PathLike[str]) -> Repacked:
         """Repack the file at ``src`` (a path a user gave); raise a :class:`RepackError`.
 
         The file itself must be a regular file, not a link. A service that
@@ -277,7 +259,7 @@ class Repacker:
         with open_path(os.path.abspath(src)) as source:
             return self.repack_source(source)
 
-    def repack_source(self, source: SourceFile) -> RepackOutcome:
+    def repack_source(self, source: SourceFile) -> Repacked:
         """Repack an opened input file; raise a :class:`RepackError` if it cannot be.
 
         In move mode, a source nobody has asked about yet is asked who else
@@ -293,21 +275,19 @@ class Repacker:
         destination = series_dir / placement.image
         generation = self._store.generation
         stat = self._store.place(source, destination, link=self.move, folder=series_dir)
-        new_series = False
         if self.logdir is not None:
-            new_series = self._write_logs(instance, placement, series_dir, destination, stat)
+            self._write_logs(instance, placement, series_dir, destination, stat)
             if self._store.generation != generation:
                 # A folder was removed under us: what we remember writing may be gone.
                 self._written.clear()
-                self._studies.clear()
-                new_series = self._write_logs(instance, placement, series_dir, destination, stat)
-        removed = self.move and self._store.remove_source(source)
+                self._write_logs(instance, placement, series_dir, destination, stat)
+        removed = self.move and source.remove()
         return _outcome(
             source, instance, placement, series_dir=series_dir, destination=destination,
-            size=stat.st_size, started=started, removed=removed, new_series=new_series,
+            size=stat.st_size, started=started, removed=removed,
         )  # fmt: skip
 
-    def rehearse(self, source: SourceFile) -> RepackOutcome:
+    def rehearse(self, source: SourceFile) -> Repacked:
         """Everything :meth:`repack_source` does but writing: read, place, render the logs.
 
         A fresh process spends its first repack importing and initialising
@@ -341,7 +321,7 @@ class Repacker:
         series_dir: Path,
         destination: Path,
         stat: os.stat_result,
-    ) -> bool:
+    ) -> None:
         assert self.logdir is not None  # noqa: S101 - checked by the caller
         paths = self._paths_of(instance, self.logdir)
         store = self._store
@@ -362,25 +342,22 @@ class Repacker:
             temp_dir=paths.series_data,
             folder=paths.images,
         )
-        new_series = False
         if paths.study_series not in self._written:
             store.create_once(paths.series_meta, json_bytes(series_meta_document(instance)))
             store.create_once(paths.pack, _SERIES_PACK)
-            new_series = store.create_once(
-                paths.study_series,
-                json_bytes(study_series_document(instance, str(series_dir))),
+            store.create_once(
+                paths.study_series, json_bytes(study_series_document(instance, str(series_dir)))
             )
-            self._remember(paths.study_series)
+            self._written.put(paths.study_series, True)
         if paths.study_meta not in self._written:
             store.create_once(paths.study_meta, json_bytes(study_meta_document(instance)))
-            self._remember(paths.study_meta)
+            self._written.put(paths.study_meta, True)
         self._record_study(instance, paths)
-        return new_series
 
     def _record_study(self, instance: Instance, paths: LogPaths) -> None:
         study_uid = instance.px_value("StudyInstanceUID")
         key = (paths.patient, study_uid)
-        if key in self._studies:
+        if key in self._written:
             return
 
         def add_study(current: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -395,7 +372,7 @@ class Repacker:
             return current
 
         self._store.update_json(paths.patient, add_study)
-        self._studies.add(key)
+        self._written.put(key, True)
 
 
 def repack_file(
@@ -405,6 +382,6 @@ def repack_file(
     logdir: str | os.PathLike[str] | None = None,
     layout: Layout | None = None,
     move: bool = False,
-) -> RepackOutcome:
+) -> Repacked:
     """Repack one file (a convenience over :class:`Repacker` for one-off use)."""
     return Repacker(datadir, logdir, layout, move=move).repack(src)

@@ -49,6 +49,7 @@ import orjson
 
 from ._errors import SourceVanishedError, StorageError
 from ._json import dumps, printable
+from ._memo import Memo
 from ._seahash import seahash
 from ._source import SourceFile
 
@@ -200,7 +201,7 @@ class Store:
     def __init__(self, lock_root: Path | None, *, fsync: bool = True) -> None:
         self._lock_root = lock_root / LOCK_DIR if lock_root is not None else None
         self._fsync = fsync
-        self._made_dirs: set[Path] = set()
+        self._made_dirs: Memo[Path, bool] = Memo(_REMEMBER_DIRS)
         self._unnamed = hasattr(os, "O_TMPFILE")
         self._proc_links = os.path.isdir("/proc/self/fd")
         #: Moves on whenever a remembered folder was found gone and made again.
@@ -214,9 +215,7 @@ class Store:
             return
         with _translated("create folder", directory):
             directory.mkdir(parents=True, exist_ok=True)
-        if len(self._made_dirs) > _REMEMBER_DIRS:
-            self._made_dirs.clear()
-        self._made_dirs.add(directory)
+        self._made_dirs.put(directory, True)
 
     def _in_folder(self, directory: Path, operation: Callable[[], _T]) -> _T:
         """Run ``operation`` (which writes into ``directory``), making the folder again
@@ -474,12 +473,3 @@ class Store:
                     f"{source.display()} was removed while it was repacked", errno=error.errno
                 )
         return _storage_error(error, "write", target)
-
-    @staticmethod
-    def remove_source(source: SourceFile) -> bool:
-        """Remove ``source``'s name if it still holds the version that was repacked.
-
-        A file re-sent meanwhile (other inode, size or mtime) is left for its
-        own turn. Returns whether the name was removed.
-        """
-        return source.remove()

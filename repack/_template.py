@@ -44,6 +44,7 @@ from enum import StrEnum
 from pydicom.datadict import keyword_dict
 
 from ._errors import TemplateError
+from ._memo import Memo
 from ._sanitize import sanitize_component
 from ._seahash import seahash_hex
 
@@ -183,8 +184,8 @@ class Template:
     #: The px-repack functions it applies, in order, when it renders by px-repack's
     #: rules (:meth:`render_px`); empty: rendered field by field.
     px_functions: tuple[str, ...] = ()
-    _rendered: dict[tuple[object, ...], RenderedComponent] = field(
-        default_factory=dict, compare=False, repr=False
+    _rendered: Memo[tuple[object, ...], RenderedComponent] = field(
+        default_factory=lambda: Memo(_RENDERED_AT_MOST), compare=False, repr=False
     )
 
     @functools.cached_property
@@ -222,18 +223,7 @@ class Template:
         report as missing.
         """
         key = (*sorted(present.items()), missing)
-        return self._remembered(key, lambda: self._render_px(present, missing))
-
-    def _remembered(
-        self, key: tuple[object, ...], render: Callable[[], RenderedComponent]
-    ) -> RenderedComponent:
-        """What was rendered for ``key`` before, else ``render()`` (kept, bounded)."""
-        found = self._rendered.get(key)
-        if found is None:
-            if len(self._rendered) >= _RENDERED_AT_MOST:
-                self._rendered.clear()
-            found = self._rendered[key] = render()
-        return found
+        return self._rendered.get(key, lambda: self._render_px(present, missing))
 
     def _render_px(self, present: Mapping[str, str], missing: tuple[str, ...]) -> RenderedComponent:
         astr = self.source
@@ -250,7 +240,7 @@ class Template:
     def render(self, values: Mapping[str, str | None]) -> RenderedComponent:
         """Render with ``values`` (keyword -> text or ``None``) and sanitise."""
         key = tuple(values.get(keyword) for keyword in self.keywords)
-        return self._remembered(key, lambda: self._render(values))
+        return self._rendered.get(key, lambda: self._render(values))
 
     def _render(self, values: Mapping[str, str | None]) -> RenderedComponent:
         pieces: list[str] = []

@@ -86,7 +86,7 @@ def worker_processes(pid: int) -> list[int]:
             command = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"watcher/_worker.py" in command:
+        if b"watcher/_worker_main.py" in command:
             found.append(child)
     return found
 

@@ -219,7 +219,7 @@ def test_file_names_that_are_not_utf8_are_repacked_and_reported(tmp_path: Path) 
 
 
 def test_warming_a_worker_up_writes_nothing_anywhere(tmp_path: Path) -> None:
-    from watcher._engine import warm_up  # noqa: PLC0415
+    from watcher._workers import warm_up  # noqa: PLC0415
 
     repacker = Repacker(tmp_path / "data", tmp_path / "log")
     written: list[tuple[str, object]] = []
@@ -251,7 +251,7 @@ def test_a_worker_that_cannot_start_is_reported_once_and_the_service_does_not_st
     tmp_path: Path,
 ) -> None:
     from watcher import EXIT_STARTUP, ConfigError, Service, parse_settings  # noqa: PLC0415
-    from watcher._engine import Engine, EngineConfig  # noqa: PLC0415
+    from watcher._workers import WorkerConfig, WorkerProcess  # noqa: PLC0415
 
     settings = parse_settings(
         [*("--incoming", str(tmp_path / "in"), "--datadir", str(tmp_path / "d")),
@@ -261,9 +261,9 @@ def test_a_worker_that_cannot_start_is_reported_once_and_the_service_does_not_st
     )  # fmt: skip
     service = Service(settings)
     # A worker whose repacker cannot be built (a template only a bug could let through).
-    broken = EngineConfig(str(tmp_path / "in"), str(tmp_path / "d"), str(tmp_path / "l"),
+    broken = WorkerConfig(str(tmp_path / "in"), str(tmp_path / "d"), str(tmp_path / "l"),
                           ("%_pad|x_PatientID", "s", "s", "s"), "custom", True, True)  # fmt: skip
-    service.engines = [Engine(broken, process=True)]
+    service.workers = [WorkerProcess(broken)]
     with pytest.raises(ConfigError, match="a repack worker could not start") as raised:
         service.start()
     assert raised.value.exit_code == EXIT_STARTUP

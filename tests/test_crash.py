@@ -102,18 +102,24 @@ def test_repeated_sigkill_during_ingest(tmp_path: Path) -> None:
 _ORPHANED_PARENT = """
 import os, sys, time
 from repack import Layout
-from watcher._engine import Engine, EngineConfig, Job
+from watcher._completion import Candidate, Signature
+from watcher._workers import WorkerConfig, WorkerProcess
 
 incoming, datadir, logdir = sys.argv[1:4]
 layout = Layout.named("rx-repack")
-config = EngineConfig(incoming, datadir, logdir, layout.sources, layout.name, True, False)
-engine = Engine(config, process=True)
+config = WorkerConfig(incoming, datadir, logdir, layout.sources, layout.name, True, False)
+engine = WorkerProcess(config)
 engine.start()
 assert engine.wait_ready(60) is None
 print(engine._process.pid, flush=True)
 sys.stdin.readline()
 root = os.stat(incoming)
-engine._connection.send([Job(name, (root.st_dev, root.st_ino)) for name in sys.argv[4:]])
+candidates = []
+for name in sys.argv[4:]:
+    found = os.stat(os.path.join(incoming, name))
+    signature = Signature(found.st_ino, found.st_size, found.st_mtime_ns)
+    candidates.append(Candidate(os.path.join(incoming, name), signature, closed=True))
+engine._connection.send(((root.st_dev, root.st_ino), candidates))
 print("sent", flush=True)
 time.sleep(60)
 """
@@ -130,7 +136,7 @@ def _gone(pid: int) -> bool:
 class _OrphanedWorker:
     """A worker process whose parent (a stand-in for the service) is SIGKILLed on cue.
 
-    The parent starts one process-mode :class:`~watcher._engine.Engine`,
+    The parent starts one :class:`~watcher._workers.WorkerProcess`,
     prints its pid, and sends one batch of every name when told to.
     """
 

@@ -634,15 +634,14 @@ def test_repack_done_is_an_info_event_whatever_the_configured_level(
     assert running.of("repack.done")[0]["level"] == "info"
 
 
-def test_repack_done_is_left_out_below_info() -> None:
+@pytest.mark.parametrize(("level", "shown"), [("warning", False), ("debug", True)])
+def test_repack_done_is_left_out_below_info(level: str, *, shown: bool) -> None:
     """Under --log-level warning it was printed anyway, labelled "warning"."""
     code = (
-        "import sys; from repack import configure_logging, line_renderer;"
-        "configure_logging(json=True, level='warning');"
-        "print(line_renderer('warning')('repack.done', src='x'));"
-        "print(line_renderer('info')('repack.done', src='x').decode())"
+        "import sys; from repack import configure_logging, get_logger, log_repacked;"
+        f"configure_logging(json=True, level={level!r});"
+        "log_repacked(get_logger(), {'src': 'x'})"
     )
-    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            timeout=60, check=True).stdout.splitlines()  # fmt: skip
-    assert shown[0] == "None"
-    assert orjson.loads(shown[1])["level"] == "info"
+    assert [orjson.loads(line)["level"] for line in lines] == (["info"] if shown else [])

@@ -20,7 +20,7 @@ from pydicom.charset import python_encoding
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
-from repack import InvalidInstanceError, Repacker, RepackOutcome
+from repack import InvalidInstanceError, Repacked, Repacker
 from repack._sanitize import MAX_COMPONENT_BYTES
 
 from .conftest import make_dataset
@@ -49,7 +49,7 @@ TEXT_TAGS = {
 }
 
 
-def assert_confined(root: Path, outcome: RepackOutcome | None) -> None:
+def assert_confined(root: Path, outcome: Repacked | None) -> None:
     for folder, folders, files in os.walk(root):
         for name in folders + files:
             assert len(name.encode("utf-8", "surrogateescape")) <= MAX_COMPONENT_BYTES

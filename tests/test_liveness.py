@@ -258,11 +258,8 @@ def test_the_inotify_limit_fails_the_start_with_a_hint(tmp_path: Path) -> None:
     assert "--polling" in result.stderr
 
 
-@pytest.mark.parametrize("worker_mode", ["process", "thread"])
-def test_pydicom_warnings_are_one_event_each_in_both_worker_modes(
-    tmp_path: Path, worker_mode: str
-) -> None:
-    with listener(tmp_path, *FAST, "--worker-mode", worker_mode) as running:
+def test_pydicom_warnings_are_one_event_each(tmp_path: Path) -> None:
+    with listener(tmp_path, *FAST) as running:
         with pytest.warns(UserWarning, match="ISO_IR 999"):  # the test writes it, too
             write_dicom(
                 running.incoming / "MR.odd", make_dataset(SpecificCharacterSet="ISO_IR 999")

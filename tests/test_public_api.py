@@ -20,7 +20,7 @@ SURFACES = {
     "repack": {
         "LOCK_DIR", "NOT_DEFINED", "REQUIRED_KEYWORDS", "TEMP_PREFIX",
         # reading and repacking
-        "Instance", "read_instance", "read_source", "Repacker", "RepackOutcome", "repack_file",
+        "Instance", "read_instance", "read_source", "Repacker", "Repacked", "repack_file",
         "MissingElement", "Placement", "plan_placement",
         # opening untrusted inputs
         "SourceFile", "open_root", "open_beneath", "open_path", "folder_beneath", "file_type",
@@ -31,7 +31,8 @@ SURFACES = {
         # writing
         "Store", "sweep_stale_temps", "probe_writable", "json_bytes", "dumps", "printable",
         # events
-        "configure_logging", "get_logger", "line_renderer", "line_writer", "output_blocked_for",
+        "Event", "configure_logging", "get_logger", "log_repacked", "output_blocked_for",
+        "collected_warnings",
         # errors
         "RepackError", "TemplateError", "InvalidInstanceError", "NotDicomError",
         "TruncatedFileError", "MalformedFileError", "NotRegularFileError",

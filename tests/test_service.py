@@ -62,9 +62,8 @@ def test_everything_storescp_receives_is_repacked(
     assert stopped["clean"] is True
 
 
-@pytest.mark.parametrize("worker_mode", ["process", "thread"])
 def test_files_already_there_before_start_are_repacked(
-    tmp_path: Path, example_files: list[Path], worker_mode: str
+    tmp_path: Path, example_files: list[Path]
 ) -> None:
     nested = tmp_path / "incoming" / "P_1.2.3"
     nested.mkdir(parents=True)
@@ -72,7 +71,7 @@ def test_files_already_there_before_start_are_repacked(
         shutil.copy(path, tmp_path / "incoming" / path.stem)
     for path in example_files[10:20]:
         shutil.copy(path, nested / path.stem)
-    with listener(tmp_path, *FAST, "--worker-mode", worker_mode) as running:
+    with listener(tmp_path, *FAST) as running:
         running.wait_for(lambda: running.count("repack.done") == 20, 60, "20 repack.done")
         assert running.stop() == 0
     assert_fully_repacked(running, 20)

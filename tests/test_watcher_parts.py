@@ -19,7 +19,7 @@ from repack import Store, dumps, json_bytes, open_root
 from watcher import ConfigError, parse_settings
 from watcher._completion import CompletionTracker
 from watcher._metrics import HealthServer, Metrics, Readiness
-from watcher._observer import READ_BURST_S, Inbox, RecordKind, reads_in_bursts, start_observer
+from watcher._observer import READ_BURST_S, reads_in_bursts, start_observer
 from watcher._pool import WorkerPool
 from watcher._quarantine import Quarantine, quarantine_name
 from watcher._scan import FolderScan
@@ -310,8 +310,8 @@ def test_the_inotify_reader_reads_a_burst_of_events_at_once(tmp_path: Path) -> N
     at most once per that period, however slowly the files come.
     """
     assert reads_in_bursts(), "this watchdog no longer has the wait the burst reader extends"
-    inbox = Inbox(capacity=10_000)
-    observer = start_observer(tmp_path, inbox, polling=False, poll_interval=1.0)
+    tracker = CompletionTracker(settle=60)
+    observer = start_observer(tmp_path, tracker, polling=False, poll_interval=1.0)
     reader = observer._inotify_fd
     reads = 0
     read_events = reader.read_events
@@ -328,14 +328,12 @@ def test_the_inotify_reader_reads_a_burst_of_events_at_once(tmp_path: Path) -> N
             (tmp_path / f"MR.{index}").write_bytes(b"x")
             time.sleep(0.001)
         elapsed = time.monotonic() - started
-        closed: set[str] = set()
-
-        def all_closed() -> bool:
-            records, _ = inbox.take(0)
-            closed.update(r.path for r in records if r.kind is RecordKind.CLOSED)
-            return len(closed) == 60
-
-        wait_for(all_closed, 10, "every close to be recorded")
+        taken: list[object] = []
+        wait_for(
+            lambda: taken.extend(tracker.take_ready(100)) or len(taken) == 60,
+            10,
+            "every close to be recorded",
+        )
     finally:
         observer.stop()
         observer.join(5)
@@ -452,7 +450,7 @@ def test_the_worker_entry_point_refuses_to_run_by_hand() -> None:
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
-    from watcher._engine import worker_command  # noqa: PLC0415
+    from watcher._workers import worker_command  # noqa: PLC0415
 
     command = worker_command(0)[:-2]  # no PACKAGES, no FD
     done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)

@@ -37,14 +37,13 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from repack import configure_logging, get_logger
+from repack import Event, configure_logging, get_logger
 from repack._arguments import report_error
 
-from ._engine import install_warning_collector
 from ._errors import EXIT_OUTPUT_LOST, ConfigError
+from ._operations import build_operations
 from ._service import Service
 from ._settings import ENV_PREFIX, parse_settings, unknown_variables
-from ._supervisor import build_operations
 
 __all__ = ["main", "run"]
 
@@ -61,14 +60,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         stop_requested.set()
 
     configure_logging(json=json, level=settings.log_level, on_output_lost=on_output_lost)
-    install_warning_collector()
     log = get_logger()
     running: list[Service] = []
     signals: list[tuple[int, float]] = []
     _handle_signals(stop_requested, signals, running, log, settings.stop_timeout)
     for name in unknown_variables(os.environ):
         log.warning(
-            "watcher.unknown_setting",
+            Event.WATCHER_UNKNOWN_SETTING,
             variable=name,
             hint=f"no option is named so; see pypx-listener --help for the {ENV_PREFIX}* names",
         )
@@ -81,7 +79,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         service.announce()
         stop_requested.wait()
         if signals:
-            log.info("watcher.stopping", signal=signal.Signals(signals[0][0]).name)
+            log.info(Event.WATCHER_STOPPING, signal=signal.Signals(signals[0][0]).name)
     finally:
         operations.stop()
         timeout = None
@@ -139,7 +137,7 @@ def _handle_signals(
         # A stalled stream must not hold up the exit: the line gets a second.
         last_word = threading.Thread(
             target=lambda: log.warning(
-                "watcher.killed", signal=signal.Signals(number).name, reason=reason
+                Event.WATCHER_KILLED, signal=signal.Signals(number).name, reason=reason
             ),
             daemon=True,
         )

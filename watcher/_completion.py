@@ -22,9 +22,12 @@ tracker first saw it: a worker that cannot take a lease (another owner, no
 tracker first saw a version, never from its mtime alone, which anyone can set
 to the future.
 
-The tracker holds at most ``capacity`` pending paths: past that it drops
-what it is told and raises :attr:`CompletionTracker.overflowed`, and the
-service rescans the folder later, so a backlog waits on disk, not in memory.
+The watchdog handler tells the tracker directly (it only records, under one
+lock, and wakes the dispatcher when something is due now). The tracker holds
+at most ``capacity`` pending paths and :data:`NEW_FOLDERS_AT_MOST` new
+folders to scan: past that it drops what it is told and raises
+:attr:`CompletionTracker.overflowed`, and the service rescans the folder
+later, so a backlog waits on disk, not in memory.
 Files that cannot progress must not starve those that can: scans hand over
 at most :data:`SCAN_SHARE` of the capacity (the rest is kept for files that
 events announce), and files waiting out their quarantine delay hold at most
@@ -47,6 +50,7 @@ from repack import printable
 
 __all__ = [
     "HELD_SHARE",
+    "NEW_FOLDERS_AT_MOST",
     "SCAN_SHARE",
     "Candidate",
     "CompletionTracker",
@@ -58,6 +62,8 @@ __all__ = [
 SCAN_SHARE = 0.75
 #: The share of the capacity that files waiting to be quarantined may hold.
 HELD_SHARE = 0.5
+#: New subfolders waiting to be scanned at most (more: a rescan of everything).
+NEW_FOLDERS_AT_MOST = 1_024
 
 
 class Signature(NamedTuple):
@@ -72,9 +78,8 @@ def signature_of(stat: os.stat_result) -> Signature:
     return Signature(stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A file version that is ready to be repacked."""
+class Candidate(NamedTuple):
+    """A file version that is ready to be repacked: the job a worker process gets."""
 
     path: str
     signature: Signature
@@ -131,6 +136,10 @@ class CompletionTracker:
         self._wall_clock = wall_clock
         self._stat = stat
         self._lock = threading.Lock()
+        #: Wakes the dispatcher: something is due now, or it must stop.
+        self._wakeup = threading.Condition(self._lock)
+        self._new_folders: list[str] = []
+        self._woken = False
         self._pending: dict[str, _Pending] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._order = itertools.count()
@@ -176,6 +185,36 @@ class CompletionTracker:
             if entry is not None and not entry.in_flight:
                 entry.closed = True
                 self._schedule(path, entry, self._clock())
+                self._wake()
+
+    def new_folder(self, path: str) -> None:
+        """A subfolder appeared: scan it (its watch may come too late for its first files)."""
+        with self._lock:
+            if len(self._new_folders) >= NEW_FOLDERS_AT_MOST:
+                self.overflowed = True
+            else:
+                self._new_folders.append(path)
+            self._wake()
+
+    def take_new_folders(self) -> list[str]:
+        with self._lock:
+            folders, self._new_folders = self._new_folders, []
+            return folders
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for :meth:`wake` or a file or folder due now."""
+        with self._lock:
+            if timeout > 0 and not self._woken:
+                self._wakeup.wait(timeout)
+            self._woken = False
+
+    def wake(self) -> None:
+        with self._lock:
+            self._wake()
+
+    def _wake(self) -> None:
+        self._woken = True  # a wake before the wait is not lost
+        self._wakeup.notify_all()
 
     def found(self, path: str, stat: os.stat_result) -> None:
         """A scan found the file (startup, reconciliation, new folder)."""

@@ -1,9 +1,10 @@
-"""What the service does with each worker's :class:`~watcher._engine.Result`.
+"""What the service does with each worker's :class:`~watcher._workers.Result`.
 
 =========  ==============================================================
 outcome    action
 =========  ==============================================================
-done       ``repack.done``; the series is told; copy mode remembers the version
+done       the series is told; copy mode remembers the version (the service
+           has written ``repack.done``, the batch's events first)
 unclaimed  looked at again after the settle period (another process holds its
            lock; while it does, the file is still counted as waiting)
 changed    forgotten (it changed since it was seen: its change brings an event)
@@ -33,18 +34,18 @@ import errno
 from pathlib import Path
 from typing import Any
 
-from repack import NotRegularFileError, SourceVanishedError, StorageError
+from repack import Event, NotRegularFileError, SourceVanishedError, StorageError
 
 from ._completion import Candidate, CompletionTracker
 from ._counts import Counts
-from ._engine import Outcome, Result
 from ._incoming import IncomingRoot
 from ._metrics import Metrics
 from ._quarantine import Quarantine
 from ._series import SeriesTracker
 from ._settings import Settings
+from ._workers import Outcome, Result
 
-__all__ = ["CRASHES_BEFORE_QUARANTINE", "REPEATS_BEFORE_ERROR", "OutcomeRouter"]
+__all__ = ["CRASHES_BEFORE_QUARANTINE", "REPEATS_BEFORE_ERROR", "ResultRouter"]
 
 #: Same failure this many times in a row: an error event and the failing gauge.
 REPEATS_BEFORE_ERROR = 5
@@ -52,8 +53,8 @@ REPEATS_BEFORE_ERROR = 5
 CRASHES_BEFORE_QUARANTINE = 3
 
 
-class OutcomeRouter:
-    """Routes each result to its action; called on the worker threads."""
+class ResultRouter:
+    """Routes each result to its action; called on the pool threads."""
 
     def __init__(
         self,
@@ -64,7 +65,7 @@ class OutcomeRouter:
         root: IncomingRoot,
         series: SeriesTracker,
         counts: Counts,
-        metrics: Metrics | None,
+        metrics: Metrics,
         log: Any,
     ) -> None:
         self.settings = settings
@@ -78,15 +79,20 @@ class OutcomeRouter:
 
     def route(self, candidate: Candidate, result: Result) -> None:
         outcome = result.outcome
+        if result.warnings:
+            self.metrics.warned(len(result.warnings))
         for warning in result.warnings:
-            self.log.warning("repack.warning", src=candidate.shown, warning=warning)
+            self.log.warning(Event.REPACK_WARNING, src=candidate.shown, warning=warning)
         if outcome is Outcome.DONE:
             self._done(candidate, result)
         elif outcome in (Outcome.BUSY, Outcome.UNCLAIMED):
-            self.log.debug(f"repack.{outcome}", src=candidate.shown)
+            busy = outcome is Outcome.BUSY
+            self.log.debug(
+                Event.REPACK_BUSY if busy else Event.REPACK_UNCLAIMED, src=candidate.shown
+            )
             self.tracker.recheck(candidate, self.settings.settle)
         elif outcome is Outcome.UNPROVEN:
-            self.log.debug("repack.unproven", src=candidate.shown)
+            self.log.debug(Event.REPACK_UNPROVEN, src=candidate.shown)
             self.tracker.until_quiet(candidate)
         elif outcome in (Outcome.CHANGED, Outcome.VANISHED):
             if outcome is Outcome.VANISHED:
@@ -97,7 +103,7 @@ class OutcomeRouter:
         elif outcome is Outcome.STORAGE:
             self._retry(candidate, result.message, result.errno, key=f"storage:{result.errno}")
         else:
-            self.log.error("repack.crashed", src=candidate.shown, error=result.message)
+            self.log.error(Event.REPACK_CRASHED, src=candidate.shown, error=result.message)
             repeats = self._retry(candidate, result.message, None, key="crashed")
             if repeats >= CRASHES_BEFORE_QUARANTINE:
                 self._quarantine(
@@ -107,21 +113,15 @@ class OutcomeRouter:
     def _done(self, candidate: Candidate, result: Result) -> None:
         self.tracker.finished(candidate, remember=not self.settings.move)
         self.counts.add("repacked")
-        if result.line is None:  # else the worker rendered it, and the service writes it
-            fields = dict(result.event)
-            if candidate.attempt:
-                fields["attempt"] = candidate.attempt
-            self.log.info("repack.done", **fields)
-        if self.metrics is not None:
-            self.metrics.repacked(result.seconds, result.size)
-        if result.series is not None:
-            ref = result.series
+        repacked = result.repacked
+        if repacked is not None:
+            self.metrics.repacked(repacked.duration_ms / 1000, repacked.size)
             self.series.add(
-                ref.series_uid,
-                ref.sop_uid,
-                folder=ref.folder,
-                patient_id=ref.patient_id,
-                study_uid=ref.study_uid,
+                repacked.series_instance_uid,
+                repacked.sop_instance_uid,
+                folder=str(repacked.series_dir),
+                patient_id=repacked.patient_id,
+                study_uid=repacked.study_instance_uid,
             )
 
     def _invalid(self, candidate: Candidate, reason: str, message: str) -> None:
@@ -130,10 +130,10 @@ class OutcomeRouter:
             if wait > 0:
                 # Maybe still being written (a slow or paused sender): look again.
                 self.log.debug(
-                    "repack.incomplete", src=candidate.shown, error=message, recheck_s=wait
+                    Event.REPACK_INCOMPLETE, src=candidate.shown, error=message, recheck_s=wait
                 )
                 if not self.tracker.hold(candidate, wait + 0.05):
-                    self.log.debug("repack.left_for_later", src=candidate.shown)
+                    self.log.debug(Event.REPACK_LEFT_FOR_LATER, src=candidate.shown)
                 return
         self._quarantine(candidate, reason, message)
 
@@ -162,10 +162,9 @@ class OutcomeRouter:
             return
         self.tracker.finished(candidate, remember=not self.settings.move)
         self.counts.add("quarantined")
-        if self.metrics is not None:
-            self.metrics.quarantined(reason)
+        self.metrics.quarantined(reason)
         self.log.error(
-            "repack.failed",
+            Event.REPACK_FAILED,
             src=candidate.shown,
             dst=None,
             error=message,
@@ -184,8 +183,7 @@ class OutcomeRouter:
         delay = min(self.settings.retry_max_delay, 0.5 * 2 ** min(candidate.attempt, 16))
         repeats = self.tracker.retry(candidate, delay, key)
         self.counts.add("retried")
-        if self.metrics is not None:
-            self.metrics.retried()
+        self.metrics.retried()
         fields: dict[str, Any] = {
             "src": candidate.shown,
             "error": message,
@@ -194,7 +192,7 @@ class OutcomeRouter:
             "retry_in_s": delay,
         }
         if repeats == REPEATS_BEFORE_ERROR:
-            self.log.error("repack.stuck", repeated=repeats, **fields)
+            self.log.error(Event.REPACK_STUCK, repeated=repeats, **fields)
         else:
-            self.log.warning("repack.retry", repeated=repeats, **fields)
+            self.log.warning(Event.REPACK_RETRY, repeated=repeats, **fields)
         return repeats

@@ -30,10 +30,10 @@ from typing import Generic, TypeVar
 
 __all__ = ["WorkerPool"]
 
-Job = TypeVar("Job")
+Item = TypeVar("Item")
 
 
-class WorkerPool(Generic[Job]):
+class WorkerPool(Generic[Item]):
     """``workers`` threads calling ``handle(index, jobs)``; at most ``capacity`` queued.
 
     ``index`` tells a thread's jobs apart from the others' (each thread owns
@@ -44,7 +44,7 @@ class WorkerPool(Generic[Job]):
 
     def __init__(
         self,
-        handle: Callable[[int, list[Job]], None],
+        handle: Callable[[int, list[Item]], None],
         *,
         workers: int,
         capacity: int,
@@ -52,7 +52,7 @@ class WorkerPool(Generic[Job]):
         help_after: float = 0.1,
         name: str = "repack-worker",
         finish: Callable[[int], None] | None = None,
-        failed: Callable[[int, list[Job], Exception], None] | None = None,
+        failed: Callable[[int, list[Item], Exception], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._handle = handle
@@ -65,7 +65,7 @@ class WorkerPool(Generic[Job]):
         self._clock = clock
         self._capacity = capacity
         #: Queued jobs, each with the time it was queued.
-        self._jobs: collections.deque[tuple[float, Job]] = collections.deque()
+        self._jobs: collections.deque[tuple[float, Item]] = collections.deque()
         self._lock = threading.Lock()
         self._lead_wakeup = threading.Condition(self._lock)
         self._helper_wakeup = threading.Condition(self._lock)
@@ -110,19 +110,19 @@ class WorkerPool(Generic[Job]):
         """Whether every worker thread is alive (before :meth:`stop`)."""
         return self._started and all(thread.is_alive() for thread in self._threads)
 
-    def submit(self, job: Job) -> bool:
+    def submit(self, job: Item) -> bool:
         """Queue ``job`` if there is room; never blocks."""
         with self._lock:
             if self._stopping or len(self._jobs) >= self._capacity:
                 return False
-            self._jobs.append((time.monotonic(), job))
+            self._jobs.append((self._clock(), job))
             self._lead_wakeup.notify()
             if len(self._jobs) == 1 or len(self._jobs) >= self._help_depth:
                 # A helper either starts to time the wait, or has a full batch.
                 self._helper_wakeup.notify()
         return True
 
-    def _take(self, index: int) -> list[Job] | None:
+    def _take(self, index: int) -> list[Item] | None:
         """The next batch for worker ``index`` (waiting for it), or None to stop."""
         with self._lock:
             while not self._stopping:
@@ -130,7 +130,7 @@ class WorkerPool(Generic[Job]):
                 if not jobs:
                     (self._helper_wakeup if index else self._lead_wakeup).wait()
                     continue
-                waited = time.monotonic() - jobs[0][0]
+                waited = self._clock() - jobs[0][0]
                 if index and len(jobs) < self._help_depth and waited < self._help_after:
                     self._helper_wakeup.wait(self._help_after - waited)
                     continue

@@ -41,38 +41,41 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the service needs to run; see ``pypx-listener --help``."""
+    """Everything the service needs to run; see ``pypx-listener --help``.
+
+    Built by :func:`parse_settings`: each field's default is in the one table
+    of options (:data:`_OPTIONS`), which also gives its help and variable.
+    """
 
     incoming: Path
     datadir: Path
     logdir: Path
     quarantine: Path
     layout: Layout
-    mode: Literal["move", "copy"] = "move"
-    workers: int = 2
-    worker_mode: Literal["process", "thread"] = "process"
-    worker_nice: int = 10
-    queue_size: int = 64
-    settle: float = 1.0
-    unleased_settle: float = 30.0
-    scan_interval: float = 30.0
-    series_quiet: float = 30.0
-    quarantine_after: float = 10.0
-    empty_dir_age: float = 60.0
-    retry_max_delay: float = 60.0
-    polling: bool = False
-    poll_interval: float = 1.0
-    stop_timeout: float = 10.0
-    stall_timeout: float = 300.0
-    pending_limit: int = 10_000
-    fsync: bool = True
-    log_format: Literal["auto", "json", "console"] = "auto"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    metrics_port: int | None = None
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - a sidecar's metrics are scraped from outside
-    storescp_port: int | None = None
-    storescp_args: str = ""
-    storescp_aet: str = "PYPX"
+    mode: Literal["move", "copy"]
+    workers: int
+    worker_nice: int
+    queue_size: int
+    settle: float
+    unleased_settle: float
+    scan_interval: float
+    series_quiet: float
+    quarantine_after: float
+    empty_dir_age: float
+    retry_max_delay: float
+    polling: bool
+    poll_interval: float
+    stop_timeout: float
+    stall_timeout: float
+    pending_limit: int
+    fsync: bool
+    log_format: Literal["auto", "json", "console"]
+    log_level: Literal["debug", "info", "warning", "error"]
+    metrics_port: int | None
+    metrics_host: str
+    storescp_port: int | None
+    storescp_args: str
+    storescp_aet: str
 
     @property
     def move(self) -> bool:
@@ -190,7 +193,6 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
         str(default_workers()),
         "repack workers (default: usable cores, within the container's CPU and memory limits)",
     ),
-    ("worker-mode", str, "process", "process: one process per worker (all cores); thread"),
     (
         "worker-nice",
         _niceness,
@@ -242,7 +244,6 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
 ]
 _CHOICES = {
     "mode": ["move", "copy"],
-    "worker-mode": ["process", "thread"],
     "log-format": ["auto", "json", "console"],
     "log-level": ["debug", "info", "warning", "error"],
 }
@@ -281,17 +282,9 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         if kind is _boolean:
             parser.add_argument(
                 f"--{option}",
-                action="store_const",
-                const="true",
+                action=argparse.BooleanOptionalAction,
                 default=None,
                 help=f"{help_text} [{variable}; default: {shown}]",
-            )
-            parser.add_argument(
-                f"--no-{option}",
-                dest=option.replace("-", "_"),
-                action="store_const",
-                const="false",
-                help=f"the opposite of --{option}",
             )
             continue
         choices = _CHOICES.get(option)
@@ -321,6 +314,9 @@ def parse_settings(
     for option, kind, default, _ in _OPTIONS:
         variable = env_name(option)
         given = getattr(arguments, option.replace("-", "_"))
+        if isinstance(given, bool):  # --option or --no-option
+            values[option.replace("-", "_")] = given
+            continue
         source = f"--{option}" if given is not None else variable
         text = given if given is not None else environ.get(variable, default)
         if text is None:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from repack import get_logger
+from repack import Event, get_logger
 
 from ._errors import EXIT_STARTUP, ConfigError
 from ._metrics import HealthServer, Metrics, Readiness
@@ -35,7 +35,7 @@ __all__ = ["Operations", "StorescpSupervisor", "build_operations"]
 class StorescpSupervisor:
     """Keeps one storescp running; restarts it when it exits unexpectedly."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         executable = shutil.which("storescp")
         if executable is None:
             raise ConfigError(
@@ -70,7 +70,7 @@ class StorescpSupervisor:
             stdin=subprocess.DEVNULL,
         )
         self._launched_at = time.monotonic()
-        self.log.info("storescp.started", pid=self._process.pid, command=self.command)
+        self.log.info(Event.STORESCP_STARTED, pid=self._process.pid, command=self.command)
 
     def _supervise(self) -> None:
         delay = 1.0
@@ -85,14 +85,15 @@ class StorescpSupervisor:
                 return
             if time.monotonic() - self._launched_at > 60:
                 delay = 1.0  # it ran fine for a while: start the back-off afresh
-            self.log.error("storescp.exited", pid=process.pid, returncode=code, restart_in_s=delay)
+            self.log.error(
+                Event.STORESCP_EXITED, pid=process.pid, returncode=code, restart_in_s=delay
+            )
             self._kill_group(process)
             if self._stopping.wait(delay):
                 return
             delay = min(30.0, delay * 2)
             self.restarts += 1
-            if self.metrics is not None:
-                self.metrics.storescp_restarts.inc()
+            self.metrics.storescp_restarts.inc()
             self._launch()
 
     @staticmethod
@@ -111,7 +112,7 @@ class StorescpSupervisor:
             self._kill_group(process)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout)
-            self.log.info("storescp.stopped", pid=process.pid, returncode=process.returncode)
+            self.log.info(Event.STORESCP_STOPPED, pid=process.pid, returncode=process.returncode)
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -126,18 +127,18 @@ class Operations:
     """
 
     settings: Settings
-    metrics: Metrics | None = None
+    metrics: Metrics
     storescp: StorescpSupervisor | None = None
     server: HealthServer | None = None
 
     def start(self, service: Service) -> None:
-        if self.server is not None and self.metrics is not None:
+        if self.server is not None:
             self.metrics.watch_oldest(service.tracker.oldest_age)
             self.server.alive = service.alive_problems
             self.server.readiness.watching = service.watching
             self.server.readiness.service_problems = service.ready_problems
             self.server.start()
-            get_logger().info("metrics.serving", port=self.server.port)
+            get_logger().info(Event.METRICS_SERVING, port=self.server.port)
         if self.storescp is not None:
             self.storescp.start()
 
@@ -150,10 +151,10 @@ class Operations:
 
 def build_operations(settings: Settings) -> Operations:
     """The operational parts the settings ask for; raise :class:`ConfigError`."""
-    metrics = Metrics() if settings.metrics_port is not None else None
+    metrics = Metrics()
     storescp = StorescpSupervisor(settings, metrics) if settings.storescp_port is not None else None
     server = None
-    if metrics is not None and settings.metrics_port is not None:
+    if settings.metrics_port is not None:
         readiness = Readiness(
             {
                 "incoming": settings.incoming,

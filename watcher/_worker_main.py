@@ -1,10 +1,10 @@
-"""The repack worker process, started by :class:`~watcher._engine.Engine`.
+"""The repack worker process, started by :class:`~watcher._workers.WorkerProcess`.
 
-Its command line is ``python -P .../watcher/_worker.py PACKAGES FD``:
+Its command line is ``python -P .../watcher/_worker_main.py PACKAGES FD``:
 ``PACKAGES`` is the folder the parent imported this package from (so parent
 and worker always run the same code, installed or not), ``FD`` one end of a
 socket pair. The first message on it is the
-:class:`~watcher._engine.EngineConfig`; then batches of jobs come in and
+:class:`~watcher._workers.WorkerConfig`; then batches of candidates come in and
 lists of results go back, until ``None`` or the end of the connection.
 
 A plain child process rather than :mod:`multiprocessing`'s ``spawn``: spawn
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break must never kill a worker
     if len(argv) != 2 or not argv[1].isdigit():
-        print("usage: _worker.py PACKAGES FD (started by pypx-listener)", file=sys.stderr)
+        print("usage: _worker_main.py PACKAGES FD (started by pypx-listener)", file=sys.stderr)
         return 2
     packages = os.path.realpath(argv[0])
     if packages not in {os.path.realpath(entry) for entry in sys.path}:
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
         sys.path.insert(0, packages)
     from multiprocessing.connection import Connection  # noqa: PLC0415 - after the signals
 
-    from watcher._engine import serve  # noqa: PLC0415
+    from watcher._workers import serve  # noqa: PLC0415
 
     serve(Connection(int(argv[1])))
     return 0
