@@ -46,8 +46,9 @@ from ._source import (
     open_path,
     open_root,
 )
-from ._store import LOCK_DIR, TEMP_PREFIX, Store, probe_writable, sweep_stale_temps
+from ._store import LOCK_DIR, Store
 from ._template import Layout, NamedLayout, Template, parse_template
+from ._temps import TEMP_PREFIX, probe_writable, sweep_stale_temps
 from ._warnings import collected as collected_warnings
 
 __all__ = [

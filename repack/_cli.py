@@ -41,7 +41,7 @@ from ._events import Event, configure_logging, get_logger, log_repacked
 from ._json import printable
 from ._repack import Repacked, Repacker
 from ._source import open_beneath, open_root
-from ._store import TEMP_PREFIX
+from ._temps import TEMP_PREFIX
 
 __all__ = ["main", "run"]
 

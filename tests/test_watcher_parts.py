@@ -269,7 +269,10 @@ def test_the_first_worker_leads_and_the_others_help_with_a_backlog_or_a_wait() -
         if index == 0:
             lead_free.wait(10)
 
-    pool: WorkerPool[int] = WorkerPool(handle, workers=2, capacity=64, batch=4, help_after=1.0)
+    clock = Clock()
+    pool: WorkerPool[int] = WorkerPool(
+        handle, workers=2, capacity=64, batch=4, help_after=1.0, clock=clock
+    )
     pool.start()
     try:
         # A trickle: each job alone, the lead free: the lead does all of it.
@@ -283,16 +286,23 @@ def test_the_first_worker_leads_and_the_others_help_with_a_backlog_or_a_wait() -
         pool.submit(100)
         wait_for(lambda: pool.busy() == 1, 10, "the lead to take its job")
         pool.submit(101)
+        assert len(taken) == 1  # it has not waited yet
+        clock.now += 1.0
+        pool.clock_moved()
         wait_for(lambda: len(taken) == 2, 10, "a helper to take the job that waited")
         assert taken[1] == (1, [101])
-        # A full batch waiting is helped with at once.
+        # More than the lead's next batch waiting is helped with at once.
         pool.submit(102)
         wait_for(lambda: pool.depth() == 1, 10, "the job to be queued")
         assert len(taken) == 2, "a helper took a lone job before it had waited"
-        for job in range(103, 106):
+        for job in range(103, 110):  # two batches: the helpers' depth
             pool.submit(job)
-        wait_for(lambda: len(taken) == 3, 10, "a helper to take the full batch")
+        wait_for(lambda: len(taken) == 3, 10, "a helper to take a batch")
         assert taken[2] == (1, [102, 103, 104, 105])
+        clock.now += 1.0
+        pool.clock_moved()
+        wait_for(lambda: len(taken) == 4, 10, "a helper to take the rest, once it waited")
+        assert taken[3] == (1, [106, 107, 108, 109])
     finally:
         lead_free.set()
         assert pool.stop(5) == (0, True)

@@ -2,19 +2,19 @@
 
 The dispatcher only submits while there is room (:meth:`WorkerPool.free_slots`),
 so a backlog stays on disk in the incoming folder, not in this queue. Stopping
-is explicit and bounded: queued jobs that no worker started are handed back
+is explicit and bounded: queued items that no worker started are handed back
 (their files are still in the incoming folder), every idle worker is woken,
 and every join has a deadline.
 
-A worker takes what is queued in one go, up to ``batch`` jobs (never waiting
-for more: a lone job goes at once), so that a burst crosses to a worker
+A worker takes what is queued in one go, up to ``batch`` items (never waiting
+for more: a lone item goes at once), so that a burst crosses to a worker
 process in a few messages rather than one per file. A worker survives
-whatever a batch raises (``failed(index, jobs, error)`` is told), and the
+whatever a batch raises (``failed(index, items, error)`` is told), and the
 pool knows since when each worker holds its batch, so health can tell a busy
 worker from a stuck one.
 
 The first worker leads: it takes whatever is queued. The others help only
-when a full batch is waiting, or when a job has waited ``help_after``
+when a full batch is waiting, or when an item has waited ``help_after``
 seconds. While files trickle in, one worker process does the work and stays
 warm (its caches, its folders); a backlog has every worker on it at once.
 """
@@ -34,12 +34,12 @@ Item = TypeVar("Item")
 
 
 class WorkerPool(Generic[Item]):
-    """``workers`` threads calling ``handle(index, jobs)``; at most ``capacity`` queued.
+    """``workers`` threads calling ``handle(index, items)``; at most ``capacity`` queued.
 
-    ``index`` tells a thread's jobs apart from the others' (each thread owns
-    its own resources, such as a worker process); ``jobs`` is a batch of one
-    to ``batch`` jobs; ``finish(index)`` runs as the thread ends;
-    ``failed(index, jobs, error)`` when ``handle`` raised.
+    ``index`` tells a thread's items apart from the others' (each thread owns
+    its own resources, such as a worker process); ``items`` is a batch of one
+    to ``batch`` items; ``finish(index)`` runs as the thread ends;
+    ``failed(index, items, error)`` when ``handle`` raised.
     """
 
     def __init__(
@@ -58,19 +58,19 @@ class WorkerPool(Generic[Item]):
         self._handle = handle
         self._batch = max(1, batch)
         self._help_after = help_after
-        #: Queued jobs at which the helpers join in: more than the leader's next batch.
+        #: Queued items at which the helpers join in: more than the leader's next batch.
         self._help_depth = 2 * self._batch
         self._finish = finish
         self._failed = failed
         self._clock = clock
         self._capacity = capacity
-        #: Queued jobs, each with the time it was queued.
-        self._jobs: collections.deque[tuple[float, Item]] = collections.deque()
+        #: Queued items, each with the time it was queued.
+        self._items: collections.deque[tuple[float, Item]] = collections.deque()
         self._lock = threading.Lock()
         self._lead_wakeup = threading.Condition(self._lock)
         self._helper_wakeup = threading.Condition(self._lock)
         self._stopping = False
-        #: Per worker: since when it holds its current job (None when idle).
+        #: Per worker: since when it holds its current item (None when idle).
         self._busy_since: list[float | None] = [None] * workers
         self._threads = [
             threading.Thread(target=self._work, args=(index,), name=f"{name}-{index}", daemon=True)
@@ -84,12 +84,12 @@ class WorkerPool(Generic[Item]):
         self._started = True
 
     def free_slots(self) -> int:
-        """How many more jobs fit in the queue right now."""
-        return max(0, self._capacity - len(self._jobs))
+        """How many more items fit in the queue right now."""
+        return max(0, self._capacity - len(self._items))
 
     def depth(self) -> int:
         """Jobs waiting in the queue (not counting those being handled)."""
-        return len(self._jobs)
+        return len(self._items)
 
     def busy(self) -> int:
         """Jobs being handled right now."""
@@ -97,7 +97,7 @@ class WorkerPool(Generic[Item]):
             return sum(since is not None for since in self._busy_since)
 
     def stalled(self, after: float) -> list[int]:
-        """The workers that have held their current job for more than ``after`` seconds."""
+        """The workers that have held their current item for more than ``after`` seconds."""
         now = self._clock()
         with self._lock:
             return [
@@ -110,44 +110,49 @@ class WorkerPool(Generic[Item]):
         """Whether every worker thread is alive (before :meth:`stop`)."""
         return self._started and all(thread.is_alive() for thread in self._threads)
 
-    def submit(self, job: Item) -> bool:
-        """Queue ``job`` if there is room; never blocks."""
+    def submit(self, item: Item) -> bool:
+        """Queue ``item`` if there is room; never blocks."""
         with self._lock:
-            if self._stopping or len(self._jobs) >= self._capacity:
+            if self._stopping or len(self._items) >= self._capacity:
                 return False
-            self._jobs.append((self._clock(), job))
+            self._items.append((self._clock(), item))
             self._lead_wakeup.notify()
-            if len(self._jobs) == 1 or len(self._jobs) >= self._help_depth:
+            if len(self._items) == 1 or len(self._items) >= self._help_depth:
                 # A helper either starts to time the wait, or has a full batch.
                 self._helper_wakeup.notify()
         return True
+
+    def clock_moved(self) -> None:
+        """Wake the waiting helpers to read the clock again (an injected clock moved)."""
+        with self._lock:
+            self._helper_wakeup.notify_all()
 
     def _take(self, index: int) -> list[Item] | None:
         """The next batch for worker ``index`` (waiting for it), or None to stop."""
         with self._lock:
             while not self._stopping:
-                jobs = self._jobs
-                if not jobs:
+                items = self._items
+                if not items:
                     (self._helper_wakeup if index else self._lead_wakeup).wait()
                     continue
-                waited = self._clock() - jobs[0][0]
-                if index and len(jobs) < self._help_depth and waited < self._help_after:
+                waited = self._clock() - items[0][0]
+                if index and len(items) < self._help_depth and waited < self._help_after:
                     self._helper_wakeup.wait(self._help_after - waited)
                     continue
-                batch = [jobs.popleft()[1] for _ in range(min(self._batch, len(jobs)))]
+                batch = [items.popleft()[1] for _ in range(min(self._batch, len(items)))]
                 self._busy_since[index] = self._clock()
                 return batch
             return None
 
     def _work(self, index: int) -> None:
         try:
-            while (jobs := self._take(index)) is not None:
+            while (items := self._take(index)) is not None:
                 try:
-                    self._handle(index, jobs)
+                    self._handle(index, items)
                 except Exception as error:  # one batch never ends a worker
                     if self._failed is not None:
                         with contextlib.suppress(Exception):  # not even its report
-                            self._failed(index, jobs, error)
+                            self._failed(index, items, error)
                 finally:
                     with self._lock:
                         self._busy_since[index] = None
@@ -158,12 +163,12 @@ class WorkerPool(Generic[Item]):
     def stop(self, timeout: float) -> tuple[int, bool]:
         """Stop within ``timeout`` seconds.
 
-        Returns how many queued jobs were handed back unstarted, and whether
-        every worker finished its current job in time.
+        Returns how many queued items were handed back unstarted, and whether
+        every worker finished its current item in time.
         """
         with self._lock:
-            handed_back = len(self._jobs)
-            self._jobs.clear()
+            handed_back = len(self._items)
+            self._items.clear()
             self._stopping = True
             self._lead_wakeup.notify_all()
             self._helper_wakeup.notify_all()
