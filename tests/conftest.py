@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -126,3 +127,15 @@ def run_cli(
         check=check,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def leases() -> Iterator[None]:
+    """Let this process take write leases, as a worker process does (SIGIO ignored).
+
+    A lease break signals its holder with SIGIO, whose default action kills;
+    without this, :meth:`repack.SourceFile.others` does not test (UNKNOWN).
+    """
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGIO, previous)

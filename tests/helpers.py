@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,47 @@ __all__ = [
 ]
 
 BIN = Path(sys.executable).parent
+
+
+#: Short periods for tests that run the service: a file settles in half a second, a bad
+#: file is quarantined half a second after it stopped changing, a series is complete after
+#: a second of quiet, and the periodic scan stays out of the way (tests that want it say so).
+FAST = ("--settle", "0.5", "--quarantine-after", "0.5", "--series-quiet", "1",
+        "--scan-interval", "300")  # fmt: skip
+
+
+class Clock:
+    """A clock the test moves by hand (``clock.now += 1``)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def wait_for(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    *,
+    give_up: Callable[[], str | None] = lambda: None,
+) -> None:
+    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds.
+
+    ``give_up`` returns why waiting is pointless (a process that exited, with
+    its stderr), or None to go on.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return
+        reason = give_up()
+        if reason is not None or time.monotonic() >= deadline:
+            if condition():
+                return
+            pytest.fail(f"timed out ({timeout:.0f}s) waiting for {what}{reason or ''}")
+        time.sleep(0.05)
 
 
 def installed(name: str) -> str:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from .helpers import installed
+from .dcmtk import LOOPBACK, free_port
+from .helpers import get, installed, metric, wait_for
 
 #: Every listener a test started; the ``stop_every_listener`` fixture stops them.
 STARTED: list[Listener] = []
@@ -30,8 +30,13 @@ class Listener:
         *args: str,
         env: dict[str, str] | None = None,
         prefix: tuple[str, ...] = (),
+        metrics: bool = False,
     ) -> None:
         self.root = root
+        #: The port of its /metrics, when started with ``metrics=True``.
+        self.metrics_port = free_port() if metrics else None
+        if self.metrics_port is not None:
+            args = (*args, "--metrics-port", str(self.metrics_port), "--metrics-host", LOOPBACK)
         self.incoming = root / "incoming"
         self.data = root / "data"
         self.log = root / "log"
@@ -101,18 +106,21 @@ class Listener:
         return len(self.of(name))
 
     def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            if self.process is not None and self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        if condition():
-            return
-        with self._lock:
-            stderr = self.stderr
-        pytest.fail(f"timed out ({timeout:.0f}s) waiting for {what}; stderr: {stderr[-3000:]}")
+        """:func:`~tests.helpers.wait_for`, giving up (with its stderr) when the service exited."""
+
+        def exited() -> str | None:
+            if self.process is None or self.process.poll() is None:
+                return None
+            with self._lock:
+                return f"; it exited ({self.process.returncode}): {self.stderr[-3000:]}"
+
+        wait_for(condition, timeout, what, give_up=exited)
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample of its /metrics (started with ``metrics=True``)."""
+        status, text = get(f"http://{LOOPBACK}:{self.metrics_port}/metrics")
+        assert status == 200, text
+        return metric(text, name, labels)
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.process is not None
@@ -168,10 +176,14 @@ class Listener:
 
 @contextlib.contextmanager
 def listener(
-    root: Path, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+    root: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
+    metrics: bool = False,
 ) -> Iterator[Listener]:
     """Start a listener; always stop (or kill) it afterwards."""
-    running = Listener(root, *args, env=env, prefix=prefix).start()
+    running = Listener(root, *args, env=env, prefix=prefix, metrics=metrics).start()
     try:
         yield running
     finally:

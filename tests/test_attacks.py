@@ -14,7 +14,6 @@ import signal
 import socket
 import stat
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,11 +24,9 @@ from repack import MalformedFileError, Repacker, TruncatedFileError
 from repack._header import read_header
 
 from .conftest import make_dataset, write_dicom
-from .dcmtk import free_port, wait_for
-from .helpers import get, installed, thread_count, worker_processes
+from .dcmtk import free_port
+from .helpers import FAST, get, installed, thread_count, wait_for, worker_processes
 from .listener import Listener, listener
-
-FAST = ("--settle", "0.5", "--quarantine-after", "0.5", "--scan-interval", "300")
 
 
 class Outside:
@@ -68,16 +65,18 @@ def test_a_folder_swapped_for_a_link_mid_flight_reaches_nothing_outside(
     shutil.copy(outside.text, staging / "passwd")
     # A long settle period: the swap happens while the service waits on the files.
     with listener(tmp_path, "--settle", "2", "--quarantine-after", "0.5",
-                  "--scan-interval", "300") as running:  # fmt: skip
+                  "--scan-interval", "300", metrics=True) as running:  # fmt: skip
+        depth = "pypx_listener_queue_depth"
         folder = running.incoming / "d"
         folder.mkdir()
-        time.sleep(0.3)  # the watch on the new folder is in place
         os.rename(staging / "a.dcm", folder / "a.dcm")
         os.rename(staging / "passwd", folder / "passwd")
+        running.wait_for(lambda: running.metric(depth) == 2, 10, "both files to be waited on")
         shutil.rmtree(folder)
         folder.symlink_to(outside.folder)
         running.wait_for(lambda: running.count("repack.failed") == 1, 30, "the link set aside")
-        time.sleep(3)  # past the settle period of both files: nothing more may happen
+        # Past the settle period of both files: nothing is left to decide.
+        running.wait_for(lambda: running.metric(depth) == 0, 30, "nothing left waiting")
         assert running.stop() == 0
     (failed,) = running.of("repack.failed")
     assert failed["reason"] == "not-a-regular-file"
@@ -338,13 +337,17 @@ def test_a_huge_name_value_is_refused_without_being_loaded(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_sigterm_returns_within_the_stop_timeout_even_with_a_stuck_worker(tmp_path: Path) -> None:
-    running = Listener(tmp_path, *FAST, "--workers", "1", "--stop-timeout", "2").start()
+    running = Listener(
+        tmp_path, *FAST, "--workers", "1", "--stop-timeout", "2", metrics=True
+    ).start()
     try:
         assert running.process is not None
         (worker,) = worker_processes(running.process.pid)
         os.kill(worker, signal.SIGSTOP)  # stuck, as on a file that never ends
         source = write_dicom(running.incoming / "MR.stuck")
-        time.sleep(1.5)  # the file settles and is handed to the stuck worker
+        running.wait_for(
+            lambda: running.metric("pypx_listener_workers_busy") == 1, 10, "the stuck worker"
+        )
         code = running.stop(timeout=20)  # fails the test (and kills) if it hangs
     finally:
         running.kill()

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from .conftest import run_cli
-from .dcmtk import storescp, storescu, wait_for
-from .helpers import installed
+from .dcmtk import storescp, storescu
+from .helpers import installed, wait_for
 
 
 def test_one_shot_event_line_and_cleanup(

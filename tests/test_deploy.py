@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from .conftest import ROOT
-from .dcmtk import free_port, require_dcmtk, stop_group, storescu, wait_for
-from .helpers import get, installed, metric, remount, small_filesystem
+from .dcmtk import free_port, require_dcmtk, stop_group, storescu
+from .helpers import get, installed, metric, remount, small_filesystem, wait_for
 from .listener import Listener, listener
 
 

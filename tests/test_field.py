@@ -32,8 +32,8 @@ from repack import Repacker
 from repack._sanitize import safe_log_name
 
 from .conftest import make_dataset, run_cli, write_dicom
-from .dcmtk import free_port, wait_for
-from .helpers import fill_pipe, get, installed, metric, read_until, small_filesystem
+from .dcmtk import free_port
+from .helpers import fill_pipe, get, installed, metric, read_until, small_filesystem, wait_for
 from .listener import listener
 from .workload import plan, write_workload
 
@@ -264,17 +264,16 @@ def test_without_lease_rights_a_paused_writer_is_not_cut_at_an_element_boundary(
     pauses where the file looks complete: no lease can prove the writer is still there,
     so no close event means no repack until it has been quiet for --unleased-settle."""
     head, tail = _non_image_in_two_parts()
-    args = ("--settle", "0.2", "--quarantine-after", "60", "--unleased-settle", "60")
+    args = ("--settle", "0.2", "--quarantine-after", "60", "--unleased-settle", "60",
+            "--log-level", "debug")  # fmt: skip
     with listener(unprivileged_root, *args, prefix=AS_NOBODY) as running:
         path = running.incoming / "SR.1"
         with open(path, "wb") as writer:
             writer.write(head)
             writer.flush()
-            # Long enough for many settle periods and lease-less attempts.
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline:
-                assert running.count("repack.done") == 0, "cut while its writer held it"
-                time.sleep(0.1)
+            # Settled, looked at without a lease, and left until a close or 60 s of quiet.
+            running.wait_for(lambda: running.count("repack.unproven") >= 1, 30, "unproven")
+            assert running.count("repack.done") == 0, "cut while its writer held it"
             writer.write(tail)
         running.wait_for(lambda: running.count("repack.done") == 1, 20, "repack at the close")
         assert running.stop() == 0

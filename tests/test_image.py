@@ -23,8 +23,8 @@ import pytest
 
 from watcher._settings import WORKER_MEMORY, default_workers
 
-from .dcmtk import _port_open, require_dcmtk, storescu, wait_for
-from .helpers import BIN, get
+from .dcmtk import _port_open, require_dcmtk, storescu
+from .helpers import BIN, get, wait_for
 
 # -- the worker count within a container's limits ----------------------------------
 

@@ -21,8 +21,9 @@ from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian
 from watcher import EXIT_OUTPUT_LOST
 
 from .conftest import make_dataset, write_dicom
-from .dcmtk import free_port, wait_for
+from .dcmtk import free_port
 from .helpers import (
+    FAST,
     fill,
     fill_pipe,
     get,
@@ -31,11 +32,10 @@ from .helpers import (
     metric,
     read_until,
     small_filesystem,
+    wait_for,
     worker_processes,
 )
 from .listener import listener
-
-FAST = ("--settle", "0.5", "--quarantine-after", "0.5", "--scan-interval", "300")
 
 
 def health(base: str) -> tuple[int, dict[str, object]]:
@@ -209,12 +209,13 @@ def test_a_file_still_open_for_writing_is_not_repacked_even_when_it_looks_comple
     tmp_path: Path,
 ) -> None:
     first, rest = _text_report_pieces()
-    with listener(tmp_path, *FAST) as running:
+    with listener(tmp_path, *FAST, "--log-level", "debug") as running:
         target = running.incoming / "SR.paused"
         with open(target, "wb") as writer:
             writer.write(first)
             writer.flush()
-            time.sleep(2.5)  # a pause well past the settle period, the file still open
+            # A pause past the settle period, the file still open: it is looked at, and left.
+            running.wait_for(lambda: running.count("repack.busy") >= 1, 30, "repack.busy")
             assert running.count("repack.done") == 0
             writer.write(rest)
         running.wait_for(lambda: running.count("repack.done") == 1, 20, "the closed file")

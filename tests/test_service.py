@@ -14,11 +14,9 @@ import orjson
 import pytest
 
 from .conftest import write_dicom
-from .dcmtk import storescp, storescu, wait_for
-from .helpers import children, installed, proc_stat, worker_processes
+from .dcmtk import storescp, storescu
+from .helpers import FAST, children, installed, proc_stat, wait_for, worker_processes
 from .listener import Listener, listener
-
-FAST = ("--settle", "0.5", "--series-quiet", "1", "--scan-interval", "5")
 
 
 def assert_fully_repacked(running: Listener, count: int) -> None:
@@ -81,14 +79,18 @@ def test_a_file_written_slowly_in_pieces_is_not_picked_up_early(
     tmp_path: Path, example_files: list[Path]
 ) -> None:
     content = example_files[0].read_bytes()
-    with listener(tmp_path, *FAST, "--quarantine-after", "30") as running:
+    with listener(tmp_path, *FAST, "--quarantine-after", "30", "--log-level", "debug") as running:
         target = running.incoming / "MR.slow"
         pieces = [content[i : i + 40_000] for i in range(0, len(content), 40_000)]
         for index, piece in enumerate(pieces):
-            if index:
-                time.sleep(1.2 if index == 3 else 0.3)  # one pause longer than the settle
             with open(target, "ab") as handle:  # a close after every piece
                 handle.write(piece)
+            if index < len(pieces) - 1:  # each partial version was looked at, and left
+                running.wait_for(
+                    lambda seen=index + 1: running.count("repack.incomplete") >= seen,
+                    30,
+                    f"the service to look at piece {index}",
+                )
         finished_writing = datetime.datetime.now(datetime.UTC)
         running.wait_for(lambda: running.count("repack.done") == 1, 30, "the slow file")
         assert running.stop() == 0
@@ -201,13 +203,17 @@ def test_sigterm_during_busy_ingest_loses_nothing_and_a_restart_finishes(
 
 
 def test_second_signal_exits_at_once(tmp_path: Path, example_files: list[Path]) -> None:
-    running = Listener(tmp_path, *FAST, "--workers", "1", "--stop-timeout", "60").start()
+    running = Listener(
+        tmp_path, *FAST, "--workers", "1", "--stop-timeout", "60", metrics=True
+    ).start()
     try:
         assert running.process is not None
         (worker,) = worker_processes(running.process.pid)
         os.kill(worker, signal.SIGSTOP)  # the first stop now waits up to 60 s for it
         shutil.copy(example_files[0], running.incoming / "MR.held")
-        running.wait_for(lambda: running.count("repack.done") == 0, 1, "nothing repacked")
+        running.wait_for(
+            lambda: running.metric("pypx_listener_workers_busy") == 1, 10, "the stopped worker"
+        )
         running.signal(signal.SIGTERM)
         running.wait_for(lambda: running.count("watcher.stopping") == 1, 10, "the first stop")
         running.signal(signal.SIGTERM)
@@ -228,11 +234,14 @@ def test_copy_mode_keeps_files_and_does_not_reprocess_them(
     tmp_path: Path, example_files: list[Path]
 ) -> None:
     args = ("--mode", "copy", "--settle", "0.3", "--scan-interval", "0.5")
-    with listener(tmp_path, *args) as running:
+    with listener(tmp_path, *args, metrics=True) as running:
         for path in example_files[:10]:
             shutil.copy(path, running.incoming / path.stem)
         running.wait_for(lambda: running.count("repack.done") == 10, 60, "10 repack.done")
-        time.sleep(2.0)  # four reconciliation scans
+        scans = running.metric("pypx_listener_scans_total")
+        running.wait_for(
+            lambda: running.metric("pypx_listener_scans_total") >= scans + 4, 30, "four scans"
+        )
         assert running.stop() == 0
     assert running.count("repack.done") == 10
     assert len(running.incoming_files()) == 10
@@ -268,12 +277,9 @@ def test_configured_from_the_environment_only(tmp_path: Path, example_files: lis
         cwd=tmp_path,
     )
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (tmp_path / "in").exists():
-            time.sleep(0.05)
+        wait_for((tmp_path / "in").exists, 30, "the incoming folder")
         shutil.copy(example_files[0], tmp_path / "in" / "MR.1")
-        while time.monotonic() < deadline and not list((tmp_path / "d").rglob("*.dcm")):
-            time.sleep(0.05)
+        wait_for(lambda: bool(list((tmp_path / "d").rglob("*.dcm"))), 30, "the repacked file")
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=30)
     finally:
@@ -329,9 +335,12 @@ def test_old_empty_subfolders_are_removed_and_new_ones_kept(tmp_path: Path) -> N
     for folder in (old, old.parent, hidden):
         os.utime(folder, (long_ago, long_ago))
     args = ("--scan-interval", "0.3", "--empty-dir-age", "60")
-    with listener(tmp_path, *args) as running:
+    with listener(tmp_path, *args, metrics=True) as running:
         running.wait_for(lambda: not old.parent.exists(), 10, "the old empty folders to go")
-        time.sleep(0.6)  # two more scans
+        scans = running.metric("pypx_listener_scans_total")
+        running.wait_for(
+            lambda: running.metric("pypx_listener_scans_total") >= scans + 2, 30, "two more scans"
+        )
         assert fresh.exists()  # storescp may be about to write into it
         assert hidden.exists()
         assert running.stop() == 0

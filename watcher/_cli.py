@@ -101,6 +101,9 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 #: How long a forced exit waits for its ``watcher.killed`` line to be written.
 _LAST_WORD_S = 1.0
+#: Held by a forced exit until ``os._exit``: the main thread, which may finish
+#: the clean stop meanwhile (the kill freed a stuck worker), must not exit 0.
+_EXITING = threading.Lock()
 #: What the clean stop leaves of ``--stop-timeout`` for a forced exit's last word.
 _STOP_MARGIN_S = 1.0
 
@@ -132,8 +135,7 @@ def _handle_signals(
     signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break must never end the service
 
     def exit_now(number: int, reason: str) -> None:
-        for service in running:  # no worker process outlives the service
-            service.kill_workers()
+        _EXITING.acquire()  # never released: this process ends here
         # A stalled stream must not hold up the exit: the line gets a second.
         last_word = threading.Thread(
             target=lambda: log.warning(
@@ -143,6 +145,10 @@ def _handle_signals(
         )
         last_word.start()
         last_word.join(_LAST_WORD_S)
+        # Last, right before the exit: a killed worker frees the main thread's stop,
+        # which must not get as far as watcher.stopped.
+        for service in running:  # no worker process outlives the service
+            service.kill_workers(reap=False)
         os._exit(128 + number)
 
     def act() -> None:
@@ -175,4 +181,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         report_error("pypx-listener", str(error), error.hint)
         code = error.exit_code
-    sys.exit(code)
+    with _EXITING:
+        sys.exit(code)

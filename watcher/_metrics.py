@@ -55,6 +55,11 @@ class Metrics:
         self._scanned = Counter(
             "pypx_listener_files_scanned", "Files seen by folder scans", registry=r
         )
+        self._scans = Counter(
+            "pypx_listener_scans",
+            "Folder scans completed (at start, periodic, new folders, rescans)",
+            registry=r,
+        )
         self._latency = Histogram(
             "pypx_listener_repack_seconds",
             "Time to repack one instance (read, place, logs)",
@@ -97,6 +102,8 @@ class Metrics:
         self._series.inc()
 
     def scanned(self, count: int) -> None:
+        """A scan completed, having found ``count`` files."""
+        self._scans.inc()
         self._scanned.inc(count)
 
     def warned(self, count: int) -> None:

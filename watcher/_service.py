@@ -244,10 +244,10 @@ class Service:
         self.log.info(Event.WATCHER_STOPPED, **summary)
         return summary
 
-    def kill_workers(self) -> None:
+    def kill_workers(self, *, reap: bool = True) -> None:
         """Kill the worker processes now (safe: every write is atomic)."""
         for worker in self.workers:
-            worker.kill()
+            worker.kill(reap=reap)
 
     def _sweep(self) -> None:
         """Remove temporary files that writers killed mid-write left behind."""

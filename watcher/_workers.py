@@ -355,13 +355,17 @@ class WorkerProcess:
         self.stop(1.0)
         self._connection = None
 
-    def kill(self) -> None:
-        """Kill the process now (a stalled file, or a missed stop deadline)."""
+    def kill(self, *, reap: bool = True) -> None:
+        """Kill the process now (a stalled file, or a missed stop deadline).
+
+        ``reap=False``: for a service that exits right after (its init reaps).
+        """
         process = self._process
         if process is not None and process.poll() is None:
             process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(1.0)  # reaped here: nothing is left a zombie
+            if reap:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(1.0)  # reaped here: nothing is left a zombie
 
     def stop(self, timeout: float) -> None:
         if self._connection is not None:
