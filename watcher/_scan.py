@@ -14,6 +14,7 @@ each by its name in its parent's descriptor, so nothing outside is touched).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import stat
@@ -22,7 +23,10 @@ from collections.abc import Callable, Generator, Iterator
 
 from repack import SourceVanishedError, folder_beneath, open_folder_beneath
 
-__all__ = ["FolderScan"]
+from ._completion import CompletionTracker
+from ._incoming import IncomingRoot
+
+__all__ = ["FolderScan", "Scans"]
 
 
 class FolderScan:
@@ -111,3 +115,62 @@ class FolderScan:
     def close(self) -> None:
         """Stop early: its open folder is closed; folders are removed only by a finished walk."""
         self._entries.close()
+
+
+class Scans:
+    """The walks under way, handed to the tracker while it has room, a bounded step at a time.
+
+    A scan pauses when the tracker is full and goes on from the same place
+    later: a backlog waits on disk, not in memory. ``done(found)`` is told
+    when a walk ends.
+    """
+
+    def __init__(
+        self,
+        root: IncomingRoot,
+        tracker: CompletionTracker,
+        *,
+        ignored: Callable[[str], bool],
+        remove_empty_after: float | None,
+        done: Callable[[int], None],
+    ) -> None:
+        self._root, self._tracker, self._done = root, tracker, done
+        self._ignored, self._remove_empty_after = ignored, remove_empty_after
+        self._walks: collections.deque[FolderScan] = collections.deque()
+
+    def start(self, path: str | None = None) -> None:
+        """Walk the whole folder, or the subfolder at ``path`` (as watchdog reported it)."""
+        top = "" if path is None else self._root.relative(path)
+        self._walks.append(FolderScan(self._root.descriptor, str(self._root.path), top,
+                                      ignored=self._ignored,
+                                      remove_empty_after=self._remove_empty_after))  # fmt: skip
+
+    def more_to_hand_over(self) -> bool:
+        return bool(self._walks) and self._tracker.room() > 0
+
+    def full_scan_under_way(self) -> bool:
+        return any(walk.full for walk in self._walks)
+
+    def advance(self, step: int) -> None:
+        """Hand over at most ``step`` entries (then events get their turn)."""
+        while self._walks and step > 0:
+            walk = self._walks[0]
+            room = min(step, self._tracker.room())
+            if room <= 0:
+                return
+            taken = 0
+            for path, info in walk:
+                self._tracker.found(path, info)
+                taken += 1
+                if taken >= room:
+                    break
+            step -= taken
+            if taken < room:  # the walk is over
+                self._walks.popleft()
+                self._done(walk.found)
+
+    def close(self) -> None:
+        """Stop every walk (a replaced folder, or the end)."""
+        for walk in self._walks:
+            walk.close()
+        self._walks.clear()

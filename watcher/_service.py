@@ -19,7 +19,6 @@ The service reaches files only through a descriptor of the incoming folder
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import threading
@@ -46,7 +45,7 @@ from ._observer import start_observer
 from ._outcomes import REPEATS_BEFORE_ERROR, ResultRouter
 from ._pool import WorkerPool
 from ._quarantine import Quarantine
-from ._scan import FolderScan
+from ._scan import Scans
 from ._series import SeriesTracker
 from ._settings import Settings
 from ._workers import Outcome, Result, WorkerConfig, WorkerProcess
@@ -58,7 +57,7 @@ OUTPUT_BLOCKED_S = 10.0
 _HOUSEKEEPING_S = 0.5
 #: Files a worker takes from the queue in one go (only what is already queued).
 _BATCH = 16
-#: Entries a scan hands over per dispatcher round (then events get their turn).
+#: Entries the scans hand over per dispatcher round (then events get their turn).
 _SCAN_STEP = 2_000
 
 
@@ -75,19 +74,7 @@ class Service:
         self.log = get_logger()
         self.counts = Counts()
         self.metrics = metrics or Metrics()
-        config = WorkerConfig(
-            str(settings.incoming),
-            str(settings.datadir),
-            str(settings.logdir),
-            settings.layout.sources,
-            settings.layout.name,
-            settings.move,
-            settings.fsync,
-            log_json={"auto": None, "json": True, "console": False}[settings.log_format],
-            log_level=settings.log_level,
-            nice=settings.worker_nice,
-        )
-        self.workers = [WorkerProcess(config) for _ in range(settings.workers)]
+        self.workers = [WorkerProcess(WorkerConfig.of(settings)) for _ in range(settings.workers)]
         self.root = IncomingRoot(settings.incoming)
         self.tracker = CompletionTracker(
             settings.settle,
@@ -119,7 +106,13 @@ class Service:
         self._started = 0.0
         self._incoming_problem: str | None = None
         self._stall_reported: set[int] = set()
-        self._scans: collections.deque[FolderScan] = collections.deque()
+        self._scans = Scans(
+            self.root,
+            self.tracker,
+            ignored=_ignored,
+            remove_empty_after=settings.empty_dir_age if settings.move else None,
+            done=self.metrics.scanned,
+        )
         self.watching = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------
@@ -266,7 +259,7 @@ class Service:
 
     def _dispatch_loop(self) -> None:
         settings = self.settings
-        self._scans.append(self._folder_scan())
+        self._scans.start()
         next_scan = time.monotonic() + settings.scan_interval
         next_housekeeping = time.monotonic() + _HOUSEKEEPING_S
         rescan = False
@@ -276,30 +269,30 @@ class Service:
             wait = 0.2 if due is None else min(0.2, max(0.0, due - now))
             if self.pool.free_slots() == 0:
                 wait = 0.02
-            if self._scans and self.tracker.room() > 0:
-                wait = 0.0  # a scan has more to hand over
+            if self._scans.more_to_hand_over():
+                wait = 0.0
             # Events come in bursts (the observer reads a few milliseconds of them
             # at once), so a trickle reaches the workers several files at a time.
             self.tracker.wait(wait)
             for folder in self.tracker.take_new_folders():
-                self._scans.append(self._folder_scan(self.root.relative(folder)))
+                self._scans.start(folder)
             if self.tracker.clear_overflow():
                 rescan = True
             if self._stopping.is_set():
                 break
-            self._advance_scans()
+            self._scans.advance(_SCAN_STEP)
             free = self.pool.free_slots()
             if free:
                 for candidate in self.tracker.take_ready(free):
                     self.pool.submit(candidate)
             now = time.monotonic()
-            if (now >= next_scan or rescan) and not any(scan.full for scan in self._scans):
+            if (now >= next_scan or rescan) and not self._scans.full_scan_under_way():
                 if rescan:
                     self.log.warning(
                         Event.WATCHER_RESCAN, reason="events dropped or too many pending"
                     )
                 rescan = False
-                self._scans.append(self._folder_scan())
+                self._scans.start()
                 next_scan = now + settings.scan_interval
             if now >= next_housekeeping:
                 self._check_incoming()
@@ -307,41 +300,7 @@ class Service:
                 self._announce_quiet_series()
                 self._update_gauges()
                 next_housekeeping = now + _HOUSEKEEPING_S
-        for scan in self._scans:
-            scan.close()
-
-    def _folder_scan(self, top: str = "") -> FolderScan:
-        """A walk of the incoming folder (or of ``top`` in it) to find files nobody announced."""
-        return FolderScan(
-            self.root.descriptor,
-            str(self.settings.incoming),
-            top,
-            ignored=_ignored,
-            remove_empty_after=self.settings.empty_dir_age if self.settings.move else None,
-        )
-
-    def _advance_scans(self) -> None:
-        """Hand what the scans find to the tracker while it has room, a bounded step at a time.
-
-        A scan pauses when the tracker is full and goes on from the same place
-        later: a backlog waits on disk, not in memory.
-        """
-        budget = _SCAN_STEP
-        while self._scans and budget > 0:
-            scan = self._scans[0]
-            room = min(budget, self.tracker.room())
-            if room <= 0:
-                return
-            taken = 0
-            for path, info in scan:
-                self.tracker.found(path, info)
-                taken += 1
-                if taken >= room:
-                    break
-            budget -= taken
-            if taken < room:  # the walk is over
-                self._scans.popleft()
-                self.metrics.scanned(scan.found)
+        self._scans.close()
 
     # -- housekeeping --------------------------------------------------------
 
@@ -380,10 +339,8 @@ class Service:
             old_inode=before[1],
             new_inode=self.root.identity[1],
         )
-        for scan in self._scans:  # they walk the folder that was replaced
-            scan.close()
-        self._scans.clear()
-        self._scans.append(self._folder_scan())
+        self._scans.close()  # they walk the folder that was replaced
+        self._scans.start()
 
     def _check_stalls(self) -> None:
         """Kill a worker process that has held one file for too long (it is retried)."""

@@ -61,6 +61,7 @@ from repack import (
 
 from ._completion import Candidate
 from ._incoming import Identity, IncomingRoot
+from ._settings import Settings
 
 __all__ = ["Outcome", "Result", "WorkerConfig", "WorkerProcess", "repack_candidate"]
 
@@ -80,6 +81,15 @@ class WorkerConfig:
     log_level: str = "info"
     #: Added to a worker process's niceness, with ``SCHED_BATCH`` (0: neither).
     nice: int = 0
+
+    @classmethod
+    def of(cls, settings: Settings) -> WorkerConfig:
+        return cls(
+            str(settings.incoming), str(settings.datadir), str(settings.logdir),
+            settings.layout.sources, settings.layout.name, settings.move, settings.fsync,
+            log_json={"auto": None, "json": True, "console": False}[settings.log_format],
+            log_level=settings.log_level, nice=settings.worker_nice,
+        )  # fmt: skip
 
     def repacker(self) -> Repacker:
         layout = Layout.from_sources(self.templates, self.layout_name)
