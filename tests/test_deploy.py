@@ -245,3 +245,16 @@ def test_kubernetes_example_wires_probes_to_the_health_endpoints() -> None:
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert "emptyDir" in volumes["incoming"]
     assert "persistentVolumeClaim" in volumes["pypx"]
+
+
+def test_the_image_tag_is_the_version_everywhere() -> None:
+    """pyproject.toml writes the version once; the compose file and the manifest run that tag."""
+    import tomllib  # noqa: PLC0415
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    images = {service.get("image") for service in compose["services"].values()} - {None}
+    manifest = (ROOT / "deploy" / "kubernetes.yaml").read_text()
+    assert images == {f"pypx-listener:{version}"}
+    assert set(re.findall(r"image: (pypx-listener:\S+)", manifest)) == {f"pypx-listener:{version}"}
+    assert f"## [{version}]" in (ROOT / "CHANGELOG.md").read_text()

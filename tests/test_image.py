@@ -53,6 +53,12 @@ def test_the_default_worker_count_keeps_within_the_container_limits(
 # -- the image, built and run through the compose file ------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The image the compose file (and the manifest) run: its tag is the project's version.
+IMAGE = next(
+    line.split("image:", 1)[1].strip()
+    for line in (ROOT / "docker-compose.yml").read_text().splitlines()
+    if line.strip().startswith("image: pypx-listener:")
+)
 SHARED_CONTAINER = ROOT.parent / "shared" / "container"
 BASE_IMAGE = "docker.io/library/debian:bookworm-slim"
 DICOM_PORT, METRICS_PORT = 11113, 9100  # as the compose file publishes them
@@ -163,7 +169,7 @@ class Compose:
         return Path(shown.stdout.strip())
 
     def inspect_image(self) -> dict[str, Any]:
-        command = ["podman", "image", "inspect", "pypx-listener:0.1.0"]
+        command = ["podman", "image", "inspect", IMAGE]
         shown = subprocess.run(command, env=self.env, capture_output=True, check=True, timeout=60)
         image: dict[str, Any] = orjson.loads(shown.stdout)[0]
         return image
@@ -226,7 +232,7 @@ def test_the_image_under_compose_receives_resends_reports_health_and_stops_clean
         assert not image["Config"].get("Volumes")
         assert image["Config"]["User"] == "10001:10001"
         leftovers = subprocess.run(
-            ["podman", "run", "--rm", "--entrypoint", "sh", "pypx-listener:0.1.0", "-c",
+            ["podman", "run", "--rm", "--entrypoint", "sh", IMAGE, "-c",
              "ls -d /wheels /etc/pip.conf /run/secrets /opt/pypx-listener/bin/pip 2>/dev/null"],
             env=engine, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
@@ -264,7 +270,7 @@ def test_the_kubernetes_manifest_runs_under_podman_kube_play(
     """The pod as the manifest has it (restricted security context, read-only root file
     system, tini as PID 1): both containers healthy, and a stop that is quick and clean."""
     build = [
-        "podman", "build", "--format", "docker", "-t", "pypx-listener:0.1.0",
+        "podman", "build", "--format", "docker", "-t", IMAGE,
         *_build_arguments(tmp_path).split(), str(ROOT),
     ]  # fmt: skip
     built = subprocess.run(build, env=engine, capture_output=True, text=True, timeout=900,
