@@ -26,7 +26,7 @@ RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=ca.crt \
     if [ -s /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi \
     && python3 -m venv /opt/pypx-listener \
     && /opt/pypx-listener/bin/pip install --no-cache-dir --disable-pip-version-check \
-        --constraint constraints.txt . \
+        --constraint constraints.txt '.[chris]' \
     && /opt/pypx-listener/bin/pip uninstall --yes --quiet pip
 
 FROM debian:bookworm-slim

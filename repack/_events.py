@@ -60,6 +60,12 @@ class Event(StrEnum):
     STORESCP_STOPPED = "storescp.stopped"
     METRICS_SERVING = "metrics.serving"
     HOUSEKEEPING_SWEPT = "housekeeping.swept"
+    HANDOFF_SENT = "handoff.sent"
+    HANDOFF_RETRY = "handoff.retry"
+    HANDOFF_STUCK = "handoff.stuck"
+    HANDOFF_LOST = "handoff.lost"
+    HANDOFF_CRASHED = "handoff.crashed"
+    HANDOFF_ADOPTED = "handoff.adopted"
 
 
 def log_repacked(log: Any, fields: dict[str, Any]) -> None:

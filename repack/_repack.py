@@ -139,6 +139,8 @@ class Repacked:
     series_dir: Path
     missing: tuple[MissingElement, ...] = ()
     source_removed: bool = False
+    #: The series' ``studyData/<Study>-series/<Series>-meta.json`` (its tag table), if logged.
+    series_log: str = ""
     duration_ms: float = 0.0
     #: What the event should say about the instance as sent (not an error).
     notes: tuple[str, ...] = ()
@@ -170,6 +172,7 @@ def _outcome(
     size: int,
     started: float,
     removed: bool = False,
+    series_log: str = "",
 ) -> Repacked:
     return Repacked(
         src=source.path,
@@ -182,6 +185,7 @@ def _outcome(
         series_dir=series_dir,
         missing=placement.missing,
         source_removed=removed,
+        series_log=series_log,
         duration_ms=(time.perf_counter() - started) * 1000,
         notes=(_NO_PIXELS,) if instance.image_without_pixels else (),
     )
@@ -282,9 +286,12 @@ class Repacker:
                 self._written.clear()
                 self._write_logs(instance, placement, series_dir, destination, stat)
         removed = self.move and source.remove()
+        series_log = ""
+        if self.logdir is not None:
+            series_log = str(self._paths_of(instance, self.logdir).study_series)
         return _outcome(
             source, instance, placement, series_dir=series_dir, destination=destination,
-            size=stat.st_size, started=started, removed=removed,
+            size=stat.st_size, started=started, removed=removed, series_log=series_log,
         )  # fmt: skip
 
     def rehearse(self, source: SourceFile) -> Repacked:

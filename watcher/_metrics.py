@@ -83,9 +83,33 @@ class Metrics:
             "Age of the oldest file waiting in the incoming folder",
             registry=r,
         )
+        self._handoff_sent = Counter(
+            "pypx_listener_handoff_sent", "Completed series delivered", ["destination"], registry=r
+        )
+        self._handoff_failed = Counter(
+            "pypx_listener_handoff_failed",
+            "Deliveries that failed (each is tried again)",
+            ["destination"],
+            registry=r,
+        )
+        self._handoff_pending = Gauge(
+            "pypx_listener_handoff_pending",
+            "Completed series waiting in the outbox",
+            ["destination"],
+            registry=r,
+        )
         self.storescp_restarts = Counter(
             "pypx_listener_storescp_restarts", "Supervised storescp restarts", registry=r
         )
+
+    def handoff_sent(self, destination: str) -> None:
+        self._handoff_sent.labels(destination=destination).inc()
+
+    def handoff_failed(self, destination: str) -> None:
+        self._handoff_failed.labels(destination=destination).inc()
+
+    def handoff_pending(self, destination: str, count: int) -> None:
+        self._handoff_pending.labels(destination=destination).set(count)
 
     def repacked(self, seconds: float, size: int) -> None:
         self._repacked.inc()

@@ -31,10 +31,11 @@ row says so once at error level (``repack.stuck``) and is counted in the
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from repack import Event, NotRegularFileError, SourceVanishedError, StorageError
+from repack import Event, NotRegularFileError, Repacked, SourceVanishedError, StorageError
 
 from ._completion import Candidate, CompletionTracker
 from ._counts import Counts
@@ -67,7 +68,10 @@ class ResultRouter:
         counts: Counts,
         metrics: Metrics,
         log: Any,
+        on_instance: Callable[[Repacked, int], None] | None = None,
     ) -> None:
+        """``on_instance(repacked, count)``: a series has a new instance, its ``count``-th."""
+        self.on_instance = on_instance
         self.settings = settings
         self.tracker = tracker
         self.quarantine = quarantine
@@ -116,13 +120,16 @@ class ResultRouter:
         repacked = result.repacked
         if repacked is not None:
             self.metrics.repacked(repacked.duration_ms / 1000, repacked.size)
-            self.series.add(
+            count = self.series.add(
                 repacked.series_instance_uid,
                 repacked.sop_instance_uid,
                 folder=str(repacked.series_dir),
                 patient_id=repacked.patient_id,
                 study_uid=repacked.study_instance_uid,
+                log_path=repacked.series_log,
             )
+            if count and self.on_instance is not None:
+                self.on_instance(repacked, count)
 
     def _invalid(self, candidate: Candidate, reason: str, message: str) -> None:
         if reason != NotRegularFileError.reason:

@@ -24,6 +24,7 @@ __all__ = ["QuietSeries", "SeriesTracker"]
 @dataclass(slots=True)
 class _Series:
     folder: str
+    log_path: str
     patient_id: str
     study_uid: str
     first: float
@@ -33,13 +34,14 @@ class _Series:
     instances: array[int] = field(default_factory=lambda: array("q"))
     resends: int = 0
 
-    def add(self, key: int) -> None:
-        """Count the instance ``key``; a key seen before is a resend."""
+    def add(self, key: int) -> bool:
+        """Count the instance ``key``; a key seen before is a resend (False)."""
         at = bisect.bisect_left(self.instances, key)
         if at < len(self.instances) and self.instances[at] == key:
             self.resends += 1
-        else:
-            self.instances.insert(at, key)
+            return False
+        self.instances.insert(at, key)
+        return True
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class QuietSeries:
     instances: int
     resends: int
     receive_s: float
+    #: Its tag table in the log tree (``studyData/<Study>-series/<Series>-meta.json``).
+    log_path: str = ""
 
 
 class SeriesTracker:
@@ -65,16 +69,37 @@ class SeriesTracker:
         self._series: dict[str, _Series] = {}
 
     def add(
-        self, series_uid: str, sop_uid: str, *, folder: str, patient_id: str, study_uid: str
-    ) -> None:
-        """An instance of ``series_uid`` was repacked."""
+        self,
+        series_uid: str,
+        sop_uid: str,
+        *,
+        folder: str,
+        patient_id: str,
+        study_uid: str,
+        log_path: str = "",
+    ) -> int:
+        """An instance of ``series_uid`` was repacked; return how many new instances the series
+        has now, or 0 when this one was a resend."""
         now = self._clock()
         with self._lock:
             series = self._series.get(series_uid)
             if series is None:
-                series = self._series[series_uid] = _Series(folder, patient_id, study_uid, now, now)
-            series.add(hash(sop_uid))
+                series = self._series[series_uid] = _Series(
+                    folder, log_path, patient_id, study_uid, now, now
+                )
             series.last = now
+            return len(series.instances) if series.add(hash(sop_uid)) else 0
+
+    def adopt(
+        self, series_uid: str, *, folder: str, patient_id: str, study_uid: str, log_path: str
+    ) -> None:
+        """Track a series another service started to receive and never announced."""
+        now = self._clock()
+        with self._lock:
+            if series_uid not in self._series:
+                self._series[series_uid] = _Series(
+                    folder, log_path, patient_id, study_uid, now, now
+                )
 
     def take_quiet(self) -> list[QuietSeries]:
         """The series that went quiet (each returned once, then forgotten)."""
@@ -91,6 +116,7 @@ class SeriesTracker:
                 instances=len(s.instances),
                 resends=s.resends,
                 receive_s=round(s.last - s.first, 3),
+                log_path=s.log_path,
             )
             for uid, s in taken
         ]

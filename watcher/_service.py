@@ -28,6 +28,7 @@ from typing import Any
 from repack import (
     TEMP_PREFIX,
     Event,
+    Repacked,
     Store,
     get_logger,
     log_repacked,
@@ -39,6 +40,7 @@ from ._completion import Candidate, CompletionTracker
 from ._counts import Counts
 from ._errors import EXIT_STARTUP, ConfigError
 from ._folders import check_folders
+from ._handoff import build_handoff, series_document
 from ._incoming import IncomingRoot, identity_of
 from ._metrics import Metrics
 from ._observer import start_observer
@@ -82,6 +84,7 @@ class Service:
             unleased_settle=settings.unleased_settle,
         )
         self.series = SeriesTracker(settings.series_quiet)
+        self.handoff, self.progress = build_handoff(settings, self.metrics, self.log)
         self.router = ResultRouter(
             settings,
             tracker=self.tracker,
@@ -91,6 +94,7 @@ class Service:
             counts=self.counts,
             metrics=self.metrics,
             log=self.log,
+            on_instance=self._on_instance if self.handoff is not None else None,
         )
         self.pool: WorkerPool[Candidate] = WorkerPool(
             self._handle,
@@ -124,6 +128,8 @@ class Service:
         :class:`ConfigError`, before ``watcher.started`` is announced.
         """
         check_folders(self.settings, self.root)
+        if self.handoff is not None:
+            self.handoff.start(self.series)
         self._started = time.monotonic()
         for worker in self.workers:  # spawn the worker processes before any thread
             worker.start()
@@ -188,6 +194,8 @@ class Service:
             problems.append("the folder observer is not running")
         if not self.pool.running():
             problems.append("a repack worker thread is not running")
+        if self.handoff is not None and not self.handoff.alive():
+            problems.append("the hand-off thread is not running")
         for index in self.pool.stalled(self.settings.stall_timeout):
             problems.append(
                 f"repack worker {index} has been on one file for more than"
@@ -203,7 +211,8 @@ class Service:
 
     def ready_problems(self) -> list[str]:
         """What keeps the service from being ready, beyond writable folders."""
-        return [self._incoming_problem] if self._incoming_problem else []
+        problems = [self._incoming_problem] if self._incoming_problem else []
+        return problems + (self.handoff.problems() if self.handoff is not None else [])
 
     def stop(self, timeout: float | None = None) -> dict[str, Any]:
         """Stop watching, finish or hand back in-flight files; return the counts.
@@ -228,6 +237,10 @@ class Service:
             self.kill_workers()
         if self._observer is not None:
             self._observer.join(max(0.1, deadline - time.monotonic()))
+        if self.progress is not None:
+            self.progress.stop()
+        if self.handoff is not None:  # what is not delivered yet stays in the outbox
+            self.handoff.stop(max(0.1, deadline - time.monotonic()))
         self.root.close()
         summary: dict[str, Any] = {
             **self.counts.as_dict(),
@@ -365,6 +378,12 @@ class Service:
                 folder=series.folder,
                 receive_s=series.receive_s,
             )
+            if self.handoff is not None:
+                settings = self.settings
+                document = series_document(series, settings.datadir, settings.pacs_name)
+                self.handoff.series_complete(document)
+            if self.progress is not None:
+                self.progress.forget(series.series_uid)
 
     def _update_gauges(self) -> None:
         self.metrics.gauges(
@@ -374,6 +393,19 @@ class Service:
         )
 
     # -- workers -------------------------------------------------------------
+
+    def _on_instance(self, repacked: Repacked, count: int) -> None:
+        """A series has its ``count``-th instance: mark it received, report progress."""
+        if count == 1 and self.handoff is not None:
+            self.handoff.receiving(
+                repacked.series_instance_uid,
+                str(repacked.series_dir),
+                repacked.series_log,
+                repacked.patient_id,
+                repacked.study_instance_uid,
+            )
+        if self.progress is not None:
+            self.progress.count(repacked.series_instance_uid, count)
 
     def _handle(self, index: int, candidates: list[Candidate]) -> None:
         results = self.workers[index].repack(self.root.identity, candidates)

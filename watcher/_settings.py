@@ -16,6 +16,7 @@ import argparse
 import math
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,6 +77,13 @@ class Settings:
     storescp_port: int | None
     storescp_args: str
     storescp_aet: str
+    pacs_name: str | None
+    celery_broker: str | None
+    celery_queue: str
+    nats_url: str | None
+    progress_interval: float
+    webhook_url: str | None
+    on_series_complete: str | None
 
     @property
     def move(self) -> bool:
@@ -86,7 +94,18 @@ class Settings:
         described = asdict(self)
         described["layout"] = self.layout.name
         described["templates"] = [t.source for t in self.layout.templates]
+        for name in ("celery_broker", "nats_url", "webhook_url"):  # passwords stay unsaid
+            if described[name]:
+                described[name] = _without_password(described[name])
         return {k: str(v) if isinstance(v, Path) else v for k, v in described.items()}
+
+
+def _without_password(url: str) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.password is None:
+        return url
+    host = parsed.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parsed._replace(netloc=f"{parsed.username}:***@{host}"))
 
 
 #: Memory one worker process needs at most, with room (about 45 MB measured).
@@ -241,6 +260,30 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
     ("storescp-port", _port, None, "also run and supervise storescp on this port"),
     ("storescp-args", str, "", "extra storescp arguments in supervised mode"),
     ("storescp-aet", str, "PYPX", "AE title of the supervised storescp"),
+    (
+        "pacs-name",
+        str,
+        None,
+        "CUBE's name of the PACS the series come from (at most 20 characters); the data folder"
+        " is then <CUBE storage>/SERVICES/PACS/<name>",
+    ),
+    (
+        "celery-broker",
+        str,
+        None,
+        "register each completed series with CUBE through its Celery broker (redis://... or"
+        " amqp://...)",
+    ),
+    ("celery-queue", str, "main2", "the queue of CUBE's registration task"),
+    ("nats-url", str, None, "send LONK progress and completion of each series to this NATS server"),
+    ("progress-interval", _positive(float), "1.0", "seconds between LONK progress messages"),
+    ("webhook-url", str, None, "POST each completed series (JSON) to this URL"),
+    (
+        "on-series-complete",
+        str,
+        None,
+        "run this command (an argv; no shell) for each completed series, the series on stdin",
+    ),
 ]
 _CHOICES = {
     "mode": ["move", "copy"],

@@ -1,0 +1,322 @@
+"""The hand-off of completed series (issue 21), with real brokers, a real Celery worker running
+CUBE's task, a NATS subscriber, a webhook server and a command, all started here on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from .brokers import (
+    CubeWorker,
+    NatsSubscriber,
+    Webhook,
+    cube_worker,
+    nats_server,
+    python_command,
+    rabbitmq_server,
+    redis_server,
+)
+from .dcmtk import storescp, storescu
+from .helpers import FAST, wait_for
+from .listener import Listener, listener
+
+PACS = "PYPXTEST"
+pytestmark = pytest.mark.slow
+
+
+class Cube:
+    """CUBE's storage (the data folder is its SERVICES/PACS/<pacs>) and its registrations."""
+
+    def __init__(self, root: Path) -> None:
+        self.storage = root / "cube-storage"
+        self.datadir = self.storage / "SERVICES" / "PACS" / PACS
+        self.registry = root / "registered.jsonl"
+
+    def args(self, broker: str, *more: str) -> tuple[str, ...]:
+        return (
+            "--datadir",
+            str(self.datadir),
+            "--pacs-name",
+            PACS,
+            "--celery-broker",
+            broker,
+            *more,
+        )
+
+
+def series_of(events: list[dict[str, Any]]) -> set[str]:
+    return {str(e["SeriesInstanceUID"]) for e in events}
+
+
+def outbox(running: Listener) -> list[Path]:
+    return sorted(
+        p for p in (running.log / "outbox").rglob("*.json") if ".receiving" not in p.parts
+    )
+
+
+@pytest.fixture
+def cube(tmp_path: Path) -> Cube:
+    return Cube(tmp_path)
+
+
+def _service(tmp_path: Path, cube: Cube, broker: str, *more: str) -> Listener:
+    # The listener's own --datadir comes first; the later one (CUBE's) wins.
+    return Listener(tmp_path, *FAST, *cube.args(broker, *more))
+
+
+def test_one_series_end_to_end_through_storescp_to_every_destination(
+    tmp_path: Path, cube: Cube, example_files: list[Path]
+) -> None:
+    """storescp writes 192 instances; CUBE's task registers them, LONK reports progress and
+    "done", the webhook gets the document once, the command gets it on stdin."""
+    received = tmp_path / "command-got.json"
+    command = python_command(
+        f"import sys,os; open({str(received)!r},'wb').write(sys.stdin.buffer.read());"
+        f" open({str(received)!r}+'.env','w').write(os.environ['PYPX_SERIES_SERIES_INSTANCE_UID'])"
+    )
+    with redis_server(tmp_path / "redis") as redis, nats_server() as nats, Webhook() as hook:
+        broker = f"redis://127.0.0.1:{redis.port}/0"
+        nats_url = f"nats://127.0.0.1:{nats.port}"
+        with (
+            cube_worker(broker, cube.storage, cube.registry) as worker,
+            NatsSubscriber(nats_url) as subscriber,
+            listener(
+                tmp_path,
+                *FAST,
+                *cube.args(
+                    broker,
+                    "--nats-url",
+                    nats_url,
+                    "--webhook-url",
+                    hook.url,
+                    "--on-series-complete",
+                    command,
+                    "--progress-interval",
+                    "0.2",
+                ),
+            ) as running,
+        ):
+            with storescp(running.incoming) as port:
+                storescu(port, example_files)
+            running.wait_for(lambda: running.count("handoff.sent") == 4, 90, "4 deliveries")
+            wait_for(lambda: len(worker.registered()) == 1, 60, "CUBE's registration")
+            assert running.stop() == 0
+    (registered,) = worker.registered()
+    (complete,) = running.of("series.complete")
+    assert registered["SeriesInstanceUID"] == complete["SeriesInstanceUID"]
+    assert registered["ndicom"] == 192
+    assert registered["pacs_name"] == PACS
+    assert registered["path"].startswith(f"SERVICES/PACS/{PACS}/")
+    assert registered["StudyDate"].count("-") == 2
+    assert worker.refused() == []
+    subject = f"oxidicom.{PACS}.{complete['SeriesInstanceUID'].replace('.', '_')}"
+    payloads = [data for topic, data in subscriber.messages if topic == subject]
+    counts = [struct.unpack("<I", p[1:])[0] for p in payloads if p[:1] == b"\x01"]
+    assert counts[0] == 1, counts  # the first and the last always
+    assert counts[-1] == 192, counts
+    assert counts == sorted(counts)
+    assert payloads[-1] == b"\x00"  # done, after the registration
+    ((key, document),) = hook.received
+    assert document["ndicom"] == 192
+    assert key == next(e["key"] for e in running.of("handoff.sent"))
+    assert (
+        orjson.loads(received.read_bytes())["SeriesInstanceUID"] == registered["SeriesInstanceUID"]
+    )
+    assert Path(f"{received}.env").read_text() == registered["SeriesInstanceUID"]
+    assert outbox(running) == []
+
+
+def test_rabbitmq_as_cubes_broker(tmp_path: Path, cube: Cube, example_files: list[Path]) -> None:
+    with rabbitmq_server(tmp_path / "rabbit") as rabbit:
+        broker = f"amqp://guest:guest@127.0.0.1:{rabbit.port}//"
+        with (
+            cube_worker(broker, cube.storage, cube.registry) as worker,
+            listener(tmp_path, *FAST, *cube.args(broker)) as running,
+        ):
+            for path in example_files[:12]:
+                (running.incoming / path.name).write_bytes(path.read_bytes())
+            wait_for(lambda: len(worker.registered()) == 1, 120, "CUBE's registration")
+            assert running.stop() == 0
+    assert worker.registered()[0]["ndicom"] == 12
+    assert "guest:guest" not in str(running.of("watcher.started"))  # the password is not said
+
+
+def test_a_broker_outage_while_a_series_completes_loses_nothing(
+    tmp_path: Path, cube: Cube, example_files: list[Path]
+) -> None:
+    with redis_server(tmp_path / "redis") as redis:
+        broker = f"redis://127.0.0.1:{redis.port}/0"
+        redis.stop()
+        with listener(tmp_path, *FAST, *cube.args(broker)) as running:
+            for path in example_files[:8]:
+                (running.incoming / path.name).write_bytes(path.read_bytes())
+            running.wait_for(lambda: running.count("handoff.retry") >= 2, 60, "retries")
+            assert len(outbox(running)) == 1
+            redis.start()
+            with cube_worker(broker, cube.storage, cube.registry) as worker:
+                running.wait_for(lambda: running.count("handoff.sent") == 1, 60, "the delivery")
+                wait_for(lambda: len(worker.registered()) == 1, 60, "CUBE's registration")
+            assert running.stop() == 0
+    assert worker.registered()[0]["ndicom"] == 8
+    assert outbox(running) == []
+
+
+def test_broker_down_sigkill_restart_broker_back(
+    tmp_path: Path, cube: Cube, example_files: list[Path]
+) -> None:
+    """The record written before the outage survives a SIGKILL; the restarted service delivers."""
+    with redis_server(tmp_path / "redis") as redis:
+        broker = f"redis://127.0.0.1:{redis.port}/0"
+        redis.stop()
+        first = _service(tmp_path, cube, broker).start()
+        try:
+            for path in example_files[:6]:
+                (first.incoming / path.name).write_bytes(path.read_bytes())
+            first.wait_for(lambda: first.count("handoff.retry") >= 1, 60, "a failed delivery")
+        finally:
+            assert first.process is not None
+            os.killpg(first.process.pid, signal.SIGKILL)
+            first.kill()
+        assert len(outbox(first)) == 1
+        with listener(tmp_path, *FAST, *cube.args(broker)) as again:
+            redis.start()
+            with cube_worker(broker, cube.storage, cube.registry) as worker:
+                wait_for(lambda: len(worker.registered()) == 1, 90, "CUBE's registration")
+            assert again.stop() == 0
+    assert worker.registered()[0]["ndicom"] == 6
+    assert outbox(again) == []
+
+
+def test_a_series_cut_short_by_sigkill_is_adopted_and_registered(
+    tmp_path: Path, cube: Cube, example_files: list[Path]
+) -> None:
+    """Killed after repacking, before the series went quiet: the next start announces it."""
+    with redis_server(tmp_path / "redis") as redis:
+        broker = f"redis://127.0.0.1:{redis.port}/0"
+        first = _service(tmp_path, cube, broker, "--series-quiet", "600").start()
+        try:
+            for path in example_files[:5]:
+                (first.incoming / path.name).write_bytes(path.read_bytes())
+            first.wait_for(lambda: first.count("repack.done") == 5, 60, "5 repacked")
+        finally:
+            assert first.process is not None
+            os.killpg(first.process.pid, signal.SIGKILL)
+            first.kill()
+        assert first.count("series.complete") == 0
+        with (
+            cube_worker(broker, cube.storage, cube.registry) as worker,
+            listener(tmp_path, *FAST, *cube.args(broker)) as again,
+        ):
+            again.wait_for(lambda: again.count("handoff.adopted") == 1, 30, "the adoption")
+            wait_for(lambda: len(worker.registered()) == 1, 90, "CUBE's registration")
+            assert again.stop() == 0
+    assert worker.registered()[0]["ndicom"] == 5
+
+
+def test_the_same_series_resent_is_registered_once(
+    tmp_path: Path, cube: Cube, example_files: list[Path]
+) -> None:
+    """Delivered twice (the resend completes again); CUBE refuses the second, as it does."""
+    with redis_server(tmp_path / "redis") as redis:
+        broker = f"redis://127.0.0.1:{redis.port}/0"
+        with (
+            cube_worker(broker, cube.storage, cube.registry) as worker,
+            listener(tmp_path, *FAST, *cube.args(broker)) as running,
+        ):
+            for _ in range(2):
+                sent = running.count("handoff.sent")
+                for path in example_files[:4]:
+                    (running.incoming / path.name).write_bytes(path.read_bytes())
+                running.wait_for(lambda s=sent: running.count("handoff.sent") == s + 1, 60, "sent")
+            wait_for(lambda: len(worker.refused()) == 1, 60, "CUBE's refusal")
+            assert running.stop() == 0
+    assert len(worker.registered()) == 1
+    assert worker.refused()[0]["reason"] == "already registered"
+
+
+def test_a_webhook_that_fails_is_retried_with_the_same_key_and_two_services_deliver_once(
+    tmp_path: Path, example_files: list[Path]
+) -> None:
+    with Webhook(fail=3) as hook:
+        args = (*FAST, "--webhook-url", hook.url)
+        with listener(tmp_path, *args) as one, listener(tmp_path, *args) as two:
+            for path in example_files[:20]:
+                (one.incoming / path.name).write_bytes(path.read_bytes())
+            wait_for(lambda: len(hook.received) >= 1 and not outbox(one), 60, "the deliveries")
+            assert one.stop() == 0
+            assert two.stop() == 0
+        retried = one.of("handoff.retry") + two.of("handoff.retry")
+        sent = one.of("handoff.sent") + two.of("handoff.sent")
+    keys = [key for key, _ in hook.received]
+    assert len(keys) == len(set(keys)) == len(sent)  # each record delivered once
+    assert len(retried) == 3
+    assert {r["key"] for r in retried} <= set(keys)  # the same key on every try
+
+
+def test_settings_of_the_hand_off_fail_clearly(tmp_path: Path) -> None:
+    from watcher import ConfigError, Service, parse_settings  # noqa: PLC0415
+
+    def start(*args: str) -> str:
+        settings = parse_settings(
+            [
+                "--incoming",
+                str(tmp_path / "i"),
+                "--datadir",
+                str(tmp_path / "d"),
+                "--logdir",
+                str(tmp_path / "l"),
+                *args,
+            ],
+            environ={},
+        )
+        with pytest.raises(ConfigError) as raised:
+            Service(settings)
+        return f"{raised.value} / {raised.value.hint}"
+
+    assert "--pacs-name" in start("--celery-broker", "redis://127.0.0.1:1/0")
+    assert "20 characters" in start("--pacs-name", "X" * 21, "--nats-url", "nats://127.0.0.1:1")
+    assert "SERVICES/PACS/PX" in start("--pacs-name", "PX", "--celery-broker", "redis://h:1/0")
+    assert "http" in start("--webhook-url", "ftp://x")
+
+
+def test_the_series_document_names_cubes_path(
+    tmp_path: Path, cube: Cube, example_files: list[Path]
+) -> None:
+    with (
+        Webhook() as hook,
+        listener(
+            tmp_path,
+            *FAST,
+            "--datadir",
+            str(cube.datadir),
+            "--pacs-name",
+            PACS,
+            "--webhook-url",
+            hook.url,
+        ) as running,
+    ):
+        for path in example_files[:3]:
+            (running.incoming / path.name).write_bytes(path.read_bytes())
+        wait_for(lambda: len(hook.received) == 1, 60, "the webhook")
+        assert running.stop() == 0
+    ((_, document),) = hook.received
+    folder = Path(document["folder"])
+    assert document["path"] == f"SERVICES/PACS/{PACS}/{folder.relative_to(cube.datadir)}"
+    assert document["ndicom"] == 3
+    assert document["tags"]["Modality"] == "MR"
+
+
+@pytest.fixture(autouse=True)
+def _no_stray(tmp_path: Path) -> Iterator[None]:
+    yield
+    assert not list(tmp_path.rglob(".pypx-tmp-*"))
+
+
+__all__ = ["CubeWorker"]

@@ -1,0 +1,486 @@
+"""The hand-off of completed series: a durable outbox under the log tree, delivered at least once.
+
+::
+
+    <logdir>/outbox/<destination>/<key>.json
+
+A completed series becomes one record per destination (:mod:`watcher._destinations`),
+each written atomically before anything is sent. A delivered record is
+removed; a failed one stays, and is tried again after a back-off that doubles
+from 1 s to :data:`MAX_BACKOFF_S`, for ever: ``handoff.retry`` each time,
+``handoff.stuck`` (an error) when it failed :data:`STUCK_AFTER` times in a
+row, ``handoff.sent`` when it is through. A broker outage, a webhook that
+answers 500, a SIGKILL or a restart lose nothing: the record is on disk until
+its destination took it. A record whose delivery was cut short (SIGKILL after
+the send, before the removal) is sent again; every destination is told the
+record's key (Celery's task id, the webhook's ``Idempotency-Key``,
+``PYPX_SERIES_KEY``), and CUBE refuses a second registration of a series.
+
+Several services on one log tree share the outbox: a record is delivered by
+whoever holds its ``flock`` (taken without waiting; the others pass it by),
+and only while its name still holds the file that was locked, the discipline
+of the repack.
+
+A series being received is marked in ``<logdir>/outbox/.receiving/`` (a small
+file its service holds an ``flock`` on), from its first instance until its
+records are written. A service killed in between leaves the mark unlocked: the
+next service to start adopts the series, and announces it once it has been
+quiet for ``--series-quiet`` (``handoff.adopted``), so that no series that
+reached the data tree is left unregistered.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import shlex
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from repack import Event, StorageError, Store, json_bytes
+
+from ._destinations import (
+    Command,
+    DeliveryError,
+    Destination,
+    LonkDone,
+    LonkProgress,
+    NatsConnection,
+    Webhook,
+)
+from ._errors import ConfigError
+from ._metrics import Metrics
+from ._series import QuietSeries, SeriesTracker
+from ._settings import Settings
+
+__all__ = [
+    "MAX_BACKOFF_S",
+    "STUCK_AFTER",
+    "UNREADY_AFTER_S",
+    "Handoff",
+    "build_handoff",
+    "series_document",
+]
+
+#: The longest wait between two tries of one record.
+MAX_BACKOFF_S = 300.0
+#: Failures in a row after which a record is reported stuck (an error).
+STUCK_AFTER = 5
+#: A destination whose oldest failing record has failed this long makes ``/readyz`` fail.
+UNREADY_AFTER_S = 300.0
+#: Tags of the study's series log that the series document carries (CUBE's arguments).
+DOCUMENT_TAGS = (
+    "PatientName",
+    "PatientBirthDate",
+    "PatientAge",
+    "PatientSex",
+    "StudyDate",
+    "AccessionNumber",
+    "Modality",
+    "ProtocolName",
+    "StudyDescription",
+    "SeriesDescription",
+)
+
+
+def _series_tags(log_path: str) -> dict[str, str]:
+    """The series' tags from its ``studyData/<Study>-series/<Series>-meta.json`` (px strings)."""
+    try:
+        document = orjson.loads(Path(log_path).read_bytes())
+        (study,) = document.values()
+        table = study["DICOM"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    return {k: str(table[k]["value"]) for k in DOCUMENT_TAGS if isinstance(table.get(k), dict)}
+
+
+def _count_dicom(folder: str) -> int:
+    try:
+        with os.scandir(folder) as entries:
+            return sum(
+                1 for e in entries if e.name.endswith(".dcm") and e.is_file(follow_symlinks=False)
+            )
+    except OSError:
+        return 0
+
+
+def series_document(series: QuietSeries, datadir: Path, pacs_name: str | None) -> dict[str, Any]:
+    """What every destination is told about a completed series.
+
+    ``ndicom`` is the number of ``.dcm`` files in its folder now (CUBE waits
+    for exactly that many); ``path`` is that folder as CUBE names it,
+    ``SERVICES/PACS/<pacs_name>/...`` (the data folder is CUBE's
+    ``SERVICES/PACS/<pacs_name>``).
+    """
+    relative = os.path.relpath(series.folder, datadir)
+    return {
+        "SeriesInstanceUID": series.series_uid,
+        "StudyInstanceUID": series.study_uid,
+        "PatientID": series.patient_id,
+        "instances": series.instances,
+        "resent": series.resends,
+        "ndicom": _count_dicom(series.folder),
+        "folder": series.folder,
+        "path": f"SERVICES/PACS/{pacs_name}/{relative}" if pacs_name else relative,
+        "receive_s": series.receive_s,
+        "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tags": _series_tags(series.log_path),
+    }
+
+
+class Handoff:
+    """The outbox and its delivery thread; :meth:`start`, :meth:`series_complete`, :meth:`stop`."""
+
+    def __init__(
+        self,
+        logdir: Path,
+        destinations: list[Destination],
+        *,
+        metrics: Metrics,
+        log: Any,
+        fsync: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.folder = logdir / "outbox"
+        self.destinations = {d.name: d for d in destinations}
+        self.metrics, self.log, self._clock = metrics, log, clock
+        self._store = Store(None, fsync=fsync)
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="handoff", daemon=True)
+        #: Per destination: when its oldest failing record first failed (wall clock).
+        self._failing_since: dict[str, float] = {}
+        self._receiving = self.folder / ".receiving"
+        #: Marks of the series this service is receiving: series UID -> locked descriptor.
+        self._marks: dict[str, int] = {}
+        self._marks_lock = threading.Lock()
+
+    def start(self, series: SeriesTracker) -> None:
+        """Make the folders, adopt the series a killed service left, start delivering."""
+        for name in [*self.destinations, ".receiving"]:
+            (self.folder / name).mkdir(parents=True, exist_ok=True)
+        self._adopt(series)
+        self._thread.start()
+
+    # -- series being received -----------------------------------------------------
+
+    def receiving(
+        self, series_uid: str, folder: str, log_path: str, patient_id: str, study_uid: str
+    ) -> None:
+        """Mark a series this service has started to receive (its first instance)."""
+        name = hashlib.sha256(series_uid.encode()).hexdigest()[:32] + ".json"
+        mark = {
+            "SeriesInstanceUID": series_uid,
+            "folder": folder,
+            "log_path": log_path,
+            "PatientID": patient_id,
+            "StudyInstanceUID": study_uid,
+        }
+        with self._marks_lock:
+            if series_uid in self._marks:
+                return
+            try:
+                self._store.create_once(self._receiving / name, json_bytes(mark))
+                descriptor = os.open(
+                    self._receiving / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                )
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except (OSError, StorageError):
+                return  # another service marked it, or the log tree is unwritable: it announces
+            self._marks[series_uid] = descriptor
+
+    def _unmark(self, series_uid: str) -> None:
+        with self._marks_lock:
+            descriptor = self._marks.pop(series_uid, None)
+            if descriptor is None:
+                return
+            name = hashlib.sha256(series_uid.encode()).hexdigest()[:32] + ".json"
+            try:
+                os.unlink(self._receiving / name)
+            except OSError:
+                pass
+            finally:
+                os.close(descriptor)
+
+    def _adopt(self, series: SeriesTracker) -> None:
+        """Take over the marks of series whose service died before announcing them."""
+        try:
+            names = sorted(os.listdir(self._receiving))
+        except OSError:
+            return
+        for name in names:
+            path = self._receiving / name
+            try:
+                descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                mark = orjson.loads(os.read(descriptor, 1 << 20))
+                uid = mark["SeriesInstanceUID"]
+            except (OSError, ValueError, KeyError, TypeError):
+                os.close(descriptor)  # held by a live service, or not a mark
+                continue
+            with self._marks_lock:
+                self._marks[uid] = descriptor
+            series.adopt(
+                uid,
+                folder=mark["folder"],
+                patient_id=mark["PatientID"],
+                study_uid=mark["StudyInstanceUID"],
+                log_path=mark["log_path"],
+            )
+            self.log.warning(Event.HANDOFF_ADOPTED, SeriesInstanceUID=uid, folder=mark["folder"])
+
+    def stop(self, timeout: float) -> None:
+        """Stop delivering (records stay for the next start); marks are left to be adopted."""
+        self._stopping.set()
+        self._wakeup.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        for destination in self.destinations.values():
+            destination.close()
+        with self._marks_lock:
+            for descriptor in self._marks.values():
+                os.close(descriptor)
+            self._marks.clear()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- recording ---------------------------------------------------------------
+
+    def series_complete(self, document: Mapping[str, Any]) -> str:
+        """Write one record per destination for the series; return its key."""
+        key = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:16]}"
+        now = self._clock()
+        for name in self.destinations:
+            record = {
+                "key": key,
+                "destination": name,
+                "created": now,
+                "attempts": 0,
+                "due": now,
+                "first_failure": None,
+                "last_error": None,
+                "series": document,
+            }
+            try:
+                self._store.create_once(self.folder / name / f"{key}.json", json_bytes(record))
+            except StorageError as error:
+                # The log tree is unwritable: said like any other failure, the series
+                # stays in its folder, and the operator registers it by hand.
+                self.log.error(  # noqa: TRY400 - a failure said, not a bug
+                    Event.HANDOFF_LOST,
+                    destination=name,
+                    key=key,
+                    error=str(error),
+                    SeriesInstanceUID=document["SeriesInstanceUID"],
+                )
+        self._unmark(document["SeriesInstanceUID"])
+        self._wakeup.set()
+        return key
+
+    # -- delivering ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                next_due = self.deliver_due()
+            except Exception:  # a bug must not end the hand-off: logged, tried again
+                self.log.exception(Event.HANDOFF_CRASHED)
+                next_due = self._clock() + 5.0
+            self._wakeup.wait(max(0.05, min(5.0, next_due - self._clock())))
+            self._wakeup.clear()
+
+    def deliver_due(self) -> float:
+        """One pass over the outbox; return when the next record is due."""
+        next_due = self._clock() + 5.0
+        for name, destination in self.destinations.items():
+            pending = 0
+            try:
+                names = sorted(
+                    n
+                    for n in os.listdir(self.folder / name)
+                    if n.endswith(".json") and not n.startswith(".")
+                )
+            except OSError:
+                names = []
+            oldest_failure: float | None = None
+            for file_name in names:
+                if self._stopping.is_set():
+                    return next_due
+                state = self._try(destination, self.folder / name / file_name)
+                if state is None:
+                    continue
+                pending += 1
+                due, first_failure = state
+                next_due = min(next_due, due)
+                if first_failure is not None:
+                    oldest_failure = min(first_failure, oldest_failure or first_failure)
+            self.metrics.handoff_pending(name, pending)
+            if oldest_failure is None:
+                self._failing_since.pop(name, None)
+            else:
+                self._failing_since[name] = oldest_failure
+        return next_due
+
+    def _try(self, destination: Destination, path: Path) -> tuple[float, float | None] | None:
+        """Deliver the record at ``path`` if it is due and ours to take.
+
+        Returns None when it is gone (delivered), else when it is due next and
+        since when it has been failing.
+        """
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return (self._clock() + 1.0, None)  # another service has it now
+                raise
+            try:
+                if os.stat(path, follow_symlinks=False).st_ino != os.fstat(descriptor).st_ino:
+                    return None  # delivered (or replaced) by another service meanwhile
+            except FileNotFoundError:
+                return None
+            record = orjson.loads(os.read(descriptor, 1 << 24))
+            now = self._clock()
+            if record["due"] > now or self._waits_for_registration(destination, record):
+                return (max(record["due"], now + 0.5), record["first_failure"])
+            try:
+                destination.deliver(record["key"], record["series"])
+            except DeliveryError as error:
+                return self._failed(path, record, str(error))
+            os.unlink(path)
+            self.metrics.handoff_sent(destination.name)
+            self.log.info(
+                Event.HANDOFF_SENT,
+                destination=destination.name,
+                key=record["key"],
+                attempt=record["attempts"] + 1,
+                SeriesInstanceUID=record["series"]["SeriesInstanceUID"],
+            )
+            return None
+        finally:
+            os.close(descriptor)
+
+    def _waits_for_registration(self, destination: Destination, record: Mapping[str, Any]) -> bool:
+        """LONK's "done" goes after the series' registration (when there is one)."""
+        if destination.name != "nats" or "celery" not in self.destinations:
+            return False
+        return (self.folder / "celery" / f"{record['key']}.json").exists()
+
+    def _failed(self, path: Path, record: dict[str, Any], message: str) -> tuple[float, float]:
+        now = self._clock()
+        attempts = record["attempts"] + 1
+        delay = min(MAX_BACKOFF_S, 2.0 ** (attempts - 1))
+        record.update(
+            attempts=attempts,
+            due=now + delay,
+            last_error=message,
+            first_failure=record["first_failure"] or now,
+        )
+        try:
+            self._store.write_atomic(path, json_bytes(record))
+        except StorageError as error:
+            message = f"{message} (and the record could not be updated: {error})"
+        self.metrics.handoff_failed(record["destination"])
+        fields = {
+            "destination": record["destination"],
+            "key": record["key"],
+            "error": message,
+            "attempt": attempts,
+            "retry_in_s": delay,
+            "SeriesInstanceUID": record["series"]["SeriesInstanceUID"],
+        }
+        if attempts == STUCK_AFTER:
+            self.log.error(Event.HANDOFF_STUCK, **fields)
+        else:
+            self.log.warning(Event.HANDOFF_RETRY, **fields)
+        return (now + delay, record["first_failure"])
+
+    def problems(self) -> list[str]:
+        """Destinations that have been failing for longer than :data:`UNREADY_AFTER_S`."""
+        now = self._clock()
+        return [
+            f"the {name} hand-off has failed for {now - since:.0f} s"
+            for name, since in sorted(self._failing_since.items())
+            if now - since >= UNREADY_AFTER_S
+        ]
+
+
+def build_handoff(
+    settings: Settings, metrics: Metrics, log: Any
+) -> tuple[Handoff | None, LonkProgress | None]:
+    """The hand-off the settings ask for (None when no destination is set); raise ConfigError."""
+    s = settings
+    if (s.celery_broker or s.nats_url) and not s.pacs_name:
+        raise ConfigError(
+            "--celery-broker and --nats-url need --pacs-name",
+            hint="set --pacs-name to CUBE's name of the PACS (at most 20 characters)",
+        )
+    if s.pacs_name is not None and (
+        len(s.pacs_name) > 20 or not s.pacs_name.strip() or any(c in s.pacs_name for c in "/,")
+    ):
+        raise ConfigError(
+            f"--pacs-name {s.pacs_name!r} is not a name CUBE accepts",
+            hint="1 to 20 characters, no '/' and no ','",
+        )
+    destinations: list[Destination] = []
+    if s.celery_broker:
+        if s.datadir.parts[-3:] != ("SERVICES", "PACS", s.pacs_name):
+            raise ConfigError(
+                f"--datadir {s.datadir} is not CUBE's folder for --pacs-name {s.pacs_name}",
+                hint=f"set --datadir to <CUBE storage>/SERVICES/PACS/{s.pacs_name}: CUBE finds"
+                " a registered series below its storage by that path",
+            )
+        try:
+            from ._destinations import CeleryRegistration  # noqa: PLC0415
+
+            destinations.append(
+                CeleryRegistration(s.celery_broker, s.celery_queue, str(s.pacs_name))
+            )
+        except ImportError as error:
+            raise ConfigError(
+                f"--celery-broker needs Celery: {error}",
+                hint="pip install 'pypx-listener[chris]'",
+            ) from error
+    progress = None
+    if s.nats_url:
+        nats = NatsConnection(s.nats_url)
+        destinations.append(LonkDone(nats, str(s.pacs_name)))
+        progress = LonkProgress(nats, str(s.pacs_name), s.progress_interval)
+    if s.webhook_url:
+        if not s.webhook_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"--webhook-url {s.webhook_url!r} is not an http(s) URL",
+                hint="e.g. --webhook-url https://host/series",
+            )
+        destinations.append(Webhook(s.webhook_url))
+    if s.on_series_complete:
+        try:
+            argv = shlex.split(s.on_series_complete)
+        except ValueError as error:
+            raise ConfigError(
+                f"--on-series-complete: {error}",
+                hint="quote it as a shell would; it runs without one",
+            ) from error
+        if not argv:
+            raise ConfigError("--on-series-complete is empty", hint="name a program")
+        destinations.append(Command(argv))
+    if not destinations:
+        return None, None
+    handoff = Handoff(s.logdir, destinations, metrics=metrics, log=log, fsync=s.fsync)
+    return handoff, progress
