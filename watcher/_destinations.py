@@ -20,28 +20,26 @@ raises :class:`DeliveryError`; a record is delivered when this returns:
 
 Progress (LONK ``0x01`` + the count as a little-endian u32) is not kept in
 the outbox: it is news, sent at most once per ``--progress-interval`` per
-series, the first and the last always (:class:`LonkProgress`).
+series, the first and the last always (:class:`watcher._lonk.LonkProgress`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
-import queue
 import re
-import socket
-import struct
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+
+from ._series import QuietSeries
 
 __all__ = [
     "CELERY_TASK",
@@ -49,18 +47,13 @@ __all__ = [
     "Command",
     "DeliveryError",
     "Destination",
-    "LonkDone",
-    "LonkProgress",
-    "NatsConnection",
     "Webhook",
     "celery_arguments",
-    "lonk_subject",
     "patient_age_days",
+    "series_document",
 ]
 
 CELERY_TASK = "pacsfiles.tasks.register_pacs_series"
-#: LONK message types (https://chrisproject.org/docs/oxidicom, "LONK").
-LONK_DONE, LONK_PROGRESS, LONK_ERROR = b"\x00", b"\x01", b"\x02"
 #: How long one delivery may take before it counts as failed.
 DELIVERY_TIMEOUT_S = 30.0
 #: How long a command may run.
@@ -78,6 +71,66 @@ class Destination(Protocol):
     def deliver(self, key: str, series: Mapping[str, Any]) -> None: ...
 
     def close(self) -> None: ...
+
+
+#: Tags of the study's series log that the series document carries (CUBE's arguments).
+DOCUMENT_TAGS = (
+    "PatientName",
+    "PatientBirthDate",
+    "PatientAge",
+    "PatientSex",
+    "StudyDate",
+    "AccessionNumber",
+    "Modality",
+    "ProtocolName",
+    "StudyDescription",
+    "SeriesDescription",
+)
+
+
+def _series_tags(log_path: str) -> dict[str, str]:
+    """The series' tags from its ``studyData/<Study>-series/<Series>-meta.json`` (px strings)."""
+    try:
+        document = orjson.loads(Path(log_path).read_bytes())
+        (study,) = document.values()
+        table = study["DICOM"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    return {k: str(table[k]["value"]) for k in DOCUMENT_TAGS if isinstance(table.get(k), dict)}
+
+
+def _count_dicom(folder: str) -> int:
+    try:
+        with os.scandir(folder) as entries:
+            return sum(
+                1 for e in entries if e.name.endswith(".dcm") and e.is_file(follow_symlinks=False)
+            )
+    except OSError:
+        return 0
+
+
+def series_document(series: QuietSeries, datadir: Path, pacs_name: str | None) -> dict[str, Any]:
+    """What every destination is told about a completed series.
+
+    ``ndicom`` is the number of ``.dcm`` files in its folder now (CUBE waits
+    for exactly that many); ``path`` is that folder as CUBE names it,
+    ``SERVICES/PACS/<pacs_name>/...`` (the data folder is CUBE's
+    ``SERVICES/PACS/<pacs_name>``).
+    """
+    relative = os.path.relpath(series.folder, datadir)
+    return {
+        "SeriesInstanceUID": series.series_uid,
+        "StudyInstanceUID": series.study_uid,
+        "PatientID": series.patient_id,
+        "instances": series.instances,
+        "resent": series.resends,
+        "ndicom": _count_dicom(series.folder),
+        "folder": series.folder,
+        "path": f"SERVICES/PACS/{pacs_name}/{relative}" if pacs_name else relative,
+        "receive_s": series.receive_s,
+        "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tags": _series_tags(series.log_path),
+    }
 
 
 # -- CUBE's registration ------------------------------------------------------------
@@ -171,177 +224,6 @@ class CeleryRegistration:
 
     def close(self) -> None:
         self.app.close()
-
-
-# -- LONK on NATS -------------------------------------------------------------------
-
-
-def lonk_subject(pacs_name: str, series_uid: str) -> str:
-    """``oxidicom.<pacs_name>.<SeriesInstanceUID>``, each part made a valid subject token."""
-
-    def token(text: str) -> str:
-        return re.sub(r"[ .*>]", "_", text).replace("\0", "")
-
-    return f"oxidicom.{token(pacs_name)}.{token(series_uid)}"
-
-
-def _refused(line: bytes) -> DeliveryError:
-    return DeliveryError(f"NATS: {line[5:].decode(errors='replace')}")
-
-
-class NatsConnection:
-    """A minimal NATS client (the text protocol over TCP): publish, and flush by PING/PONG.
-
-    One connection, opened when first needed and again after a failure;
-    thread-safe. Publishing is confirmed by the PONG to the PING that
-    follows it: the server has processed every message before it.
-    """
-
-    def __init__(self, url: str) -> None:
-        parsed = urllib.parse.urlparse(url if "://" in url else f"nats://{url}")
-        self.host = parsed.hostname or "127.0.0.1"
-        self.port = parsed.port or 4222
-        self._user, self._password = parsed.username, parsed.password
-        self._socket: socket.socket | None = None
-        self._buffer = b""
-        self._lock = threading.Lock()
-
-    def _connect(self) -> socket.socket:
-        connection = socket.create_connection(
-            (self.host, self.port), timeout=DELIVERY_TIMEOUT_S / 3
-        )
-        self._socket, self._buffer = connection, b""
-        info = self._line()
-        if not info.startswith(b"INFO "):
-            raise DeliveryError(f"not a NATS server at {self.host}:{self.port}: {info[:60]!r}")
-        options: dict[str, Any] = {
-            "verbose": False,
-            "pedantic": False,
-            "name": "pypx-listener",
-            "lang": "python",
-            "version": "0",
-            "protocol": 0,
-        }
-        if self._user:
-            options.update(
-                user=urllib.parse.unquote(self._user),
-                **{"pass": urllib.parse.unquote(self._password or "")},
-            )
-        connection.sendall(b"CONNECT " + orjson.dumps(options) + b"\r\n")
-        return connection
-
-    def _line(self) -> bytes:
-        assert self._socket is not None  # noqa: S101 - connected by the caller
-        while b"\r\n" not in self._buffer:
-            chunk = self._socket.recv(4096)
-            if not chunk:
-                raise OSError("the NATS server closed the connection")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\r\n", 1)
-        return line
-
-    def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
-        """Publish ``(subject, payload)`` pairs and wait until the server has them."""
-        with self._lock:
-            try:
-                connection = self._socket or self._connect()
-                frames = b"".join(
-                    b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
-                    for subject, payload in messages
-                )
-                connection.sendall(frames + b"PING\r\n")
-                while True:
-                    line = self._line()
-                    if line == b"PONG":
-                        return
-                    if line == b"PING":
-                        connection.sendall(b"PONG\r\n")
-                    elif line.startswith(b"-ERR"):
-                        raise _refused(line)
-            except (OSError, DeliveryError) as error:
-                self.close_locked()
-                if isinstance(error, DeliveryError):
-                    raise
-                raise DeliveryError(f"NATS {self.host}:{self.port}: {error}") from error
-
-    def close_locked(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-
-    def close(self) -> None:
-        with self._lock:
-            self.close_locked()
-
-
-class LonkDone:
-    """The LONK "done" message of a completed series, after its registration."""
-
-    name = "nats"
-
-    def __init__(self, nats: NatsConnection, pacs_name: str) -> None:
-        self.nats = nats
-        self.pacs_name = pacs_name
-
-    def deliver(self, key: str, series: Mapping[str, Any]) -> None:
-        subject = lonk_subject(self.pacs_name, series["SeriesInstanceUID"])
-        messages = [(subject, LONK_PROGRESS + struct.pack("<I", series["ndicom"]))]
-        error = series.get("error")
-        if error:
-            messages.append((subject, LONK_ERROR + str(error).encode()))
-        messages.append((subject, LONK_DONE))
-        self.nats.publish(messages)
-
-    def close(self) -> None:
-        self.nats.close()
-
-
-class LonkProgress:
-    """Progress of series being received: at most one message per series and interval.
-
-    Called on the pool threads with each new instance count; a thread of its
-    own publishes, so a slow or absent NATS server never slows repacking
-    (messages that find the queue full are dropped: the next count says more).
-    """
-
-    def __init__(self, nats: NatsConnection, pacs_name: str, interval: float) -> None:
-        self.nats, self.pacs_name, self.interval = nats, pacs_name, interval
-        self._last: dict[str, float] = {}
-        self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue(maxsize=1024)
-        self._thread = threading.Thread(target=self._publish, name="lonk-progress", daemon=True)
-        self._thread.start()
-
-    def count(self, series_uid: str, instances: int) -> None:
-        now = time.monotonic()
-        last = self._last.get(series_uid)
-        if last is not None and now - last < self.interval:
-            return
-        self._last[series_uid] = now
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait((series_uid, instances))
-
-    def forget(self, series_uid: str) -> None:
-        """The series is complete (its last count goes with its "done" record)."""
-        self._last.pop(series_uid, None)
-
-    def _publish(self) -> None:
-        while (item := self._queue.get()) is not None:
-            series_uid, instances = item
-            try:
-                self.nats.publish(
-                    [
-                        (
-                            lonk_subject(self.pacs_name, series_uid),
-                            LONK_PROGRESS + struct.pack("<I", instances),
-                        )
-                    ]
-                )
-            except DeliveryError:
-                continue  # progress is news: the next count, or the record, says more
-
-    def stop(self) -> None:
-        self._queue.put(None)
-        self._thread.join(5)
 
 
 # -- any consumer -----------------------------------------------------------------

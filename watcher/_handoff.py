@@ -35,7 +35,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import shlex
 import threading
 import time
 import uuid
@@ -45,30 +44,14 @@ from typing import Any
 
 import orjson
 
-from repack import Event, StorageError, Store, json_bytes
+from repack import Event, Repacked, StorageError, Store, json_bytes
 
-from ._destinations import (
-    Command,
-    DeliveryError,
-    Destination,
-    LonkDone,
-    LonkProgress,
-    NatsConnection,
-    Webhook,
-)
-from ._errors import ConfigError
+from ._destinations import DeliveryError, Destination, series_document
+from ._lonk import LonkProgress
 from ._metrics import Metrics
 from ._series import QuietSeries, SeriesTracker
-from ._settings import Settings
 
-__all__ = [
-    "MAX_BACKOFF_S",
-    "STUCK_AFTER",
-    "UNREADY_AFTER_S",
-    "Handoff",
-    "build_handoff",
-    "series_document",
-]
+__all__ = ["MAX_BACKOFF_S", "STUCK_AFTER", "UNREADY_AFTER_S", "Handoff"]
 
 #: The longest wait between two tries of one record.
 MAX_BACKOFF_S = 300.0
@@ -76,64 +59,6 @@ MAX_BACKOFF_S = 300.0
 STUCK_AFTER = 5
 #: A destination whose oldest failing record has failed this long makes ``/readyz`` fail.
 UNREADY_AFTER_S = 300.0
-#: Tags of the study's series log that the series document carries (CUBE's arguments).
-DOCUMENT_TAGS = (
-    "PatientName",
-    "PatientBirthDate",
-    "PatientAge",
-    "PatientSex",
-    "StudyDate",
-    "AccessionNumber",
-    "Modality",
-    "ProtocolName",
-    "StudyDescription",
-    "SeriesDescription",
-)
-
-
-def _series_tags(log_path: str) -> dict[str, str]:
-    """The series' tags from its ``studyData/<Study>-series/<Series>-meta.json`` (px strings)."""
-    try:
-        document = orjson.loads(Path(log_path).read_bytes())
-        (study,) = document.values()
-        table = study["DICOM"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
-    return {k: str(table[k]["value"]) for k in DOCUMENT_TAGS if isinstance(table.get(k), dict)}
-
-
-def _count_dicom(folder: str) -> int:
-    try:
-        with os.scandir(folder) as entries:
-            return sum(
-                1 for e in entries if e.name.endswith(".dcm") and e.is_file(follow_symlinks=False)
-            )
-    except OSError:
-        return 0
-
-
-def series_document(series: QuietSeries, datadir: Path, pacs_name: str | None) -> dict[str, Any]:
-    """What every destination is told about a completed series.
-
-    ``ndicom`` is the number of ``.dcm`` files in its folder now (CUBE waits
-    for exactly that many); ``path`` is that folder as CUBE names it,
-    ``SERVICES/PACS/<pacs_name>/...`` (the data folder is CUBE's
-    ``SERVICES/PACS/<pacs_name>``).
-    """
-    relative = os.path.relpath(series.folder, datadir)
-    return {
-        "SeriesInstanceUID": series.series_uid,
-        "StudyInstanceUID": series.study_uid,
-        "PatientID": series.patient_id,
-        "instances": series.instances,
-        "resent": series.resends,
-        "ndicom": _count_dicom(series.folder),
-        "folder": series.folder,
-        "path": f"SERVICES/PACS/{pacs_name}/{relative}" if pacs_name else relative,
-        "receive_s": series.receive_s,
-        "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "tags": _series_tags(series.log_path),
-    }
 
 
 class Handoff:
@@ -147,8 +72,13 @@ class Handoff:
         metrics: Metrics,
         log: Any,
         fsync: bool = True,
+        progress: LonkProgress | None = None,
+        datadir: Path | None = None,
+        pacs_name: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``progress``: LONK progress to report; ``datadir`` and ``pacs_name`` name CUBE's path."""
+        self.progress, self.datadir, self.pacs_name = progress, datadir or logdir, pacs_name
         self.folder = logdir / "outbox"
         self.destinations = {d.name: d for d in destinations}
         self.metrics, self.log, self._clock = metrics, log, clock
@@ -171,6 +101,21 @@ class Handoff:
         self._thread.start()
 
     # -- series being received -----------------------------------------------------
+
+    def instance(self, repacked: Repacked, count: int) -> None:
+        """A series has its ``count``-th instance: mark it as being received, report progress."""
+        if count == 1:
+            self.receiving(repacked.series_instance_uid, str(repacked.series_dir),
+                           repacked.series_log, repacked.patient_id,
+                           repacked.study_instance_uid)  # fmt: skip
+        if self.progress is not None:
+            self.progress.count(repacked.series_instance_uid, count)
+
+    def complete(self, series: QuietSeries) -> str:
+        """The series went quiet: write its records (see :meth:`series_complete`)."""
+        if self.progress is not None:
+            self.progress.forget(series.series_uid)
+        return self.series_complete(series_document(series, self.datadir, self.pacs_name))
 
     def receiving(
         self, series_uid: str, folder: str, log_path: str, patient_id: str, study_uid: str
@@ -242,6 +187,8 @@ class Handoff:
 
     def stop(self, timeout: float) -> None:
         """Stop delivering (records stay for the next start); marks are left to be adopted."""
+        if self.progress is not None:
+            self.progress.stop()
         self._stopping.set()
         self._wakeup.set()
         if self._thread.is_alive():
@@ -419,68 +366,3 @@ class Handoff:
             for name, since in sorted(self._failing_since.items())
             if now - since >= UNREADY_AFTER_S
         ]
-
-
-def build_handoff(
-    settings: Settings, metrics: Metrics, log: Any
-) -> tuple[Handoff | None, LonkProgress | None]:
-    """The hand-off the settings ask for (None when no destination is set); raise ConfigError."""
-    s = settings
-    if (s.celery_broker or s.nats_url) and not s.pacs_name:
-        raise ConfigError(
-            "--celery-broker and --nats-url need --pacs-name",
-            hint="set --pacs-name to CUBE's name of the PACS (at most 20 characters)",
-        )
-    if s.pacs_name is not None and (
-        len(s.pacs_name) > 20 or not s.pacs_name.strip() or any(c in s.pacs_name for c in "/,")
-    ):
-        raise ConfigError(
-            f"--pacs-name {s.pacs_name!r} is not a name CUBE accepts",
-            hint="1 to 20 characters, no '/' and no ','",
-        )
-    destinations: list[Destination] = []
-    if s.celery_broker:
-        if s.datadir.parts[-3:] != ("SERVICES", "PACS", s.pacs_name):
-            raise ConfigError(
-                f"--datadir {s.datadir} is not CUBE's folder for --pacs-name {s.pacs_name}",
-                hint=f"set --datadir to <CUBE storage>/SERVICES/PACS/{s.pacs_name}: CUBE finds"
-                " a registered series below its storage by that path",
-            )
-        try:
-            from ._destinations import CeleryRegistration  # noqa: PLC0415
-
-            destinations.append(
-                CeleryRegistration(s.celery_broker, s.celery_queue, str(s.pacs_name))
-            )
-        except ImportError as error:
-            raise ConfigError(
-                f"--celery-broker needs Celery: {error}",
-                hint="pip install 'pypx-listener[chris]'",
-            ) from error
-    progress = None
-    if s.nats_url:
-        nats = NatsConnection(s.nats_url)
-        destinations.append(LonkDone(nats, str(s.pacs_name)))
-        progress = LonkProgress(nats, str(s.pacs_name), s.progress_interval)
-    if s.webhook_url:
-        if not s.webhook_url.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"--webhook-url {s.webhook_url!r} is not an http(s) URL",
-                hint="e.g. --webhook-url https://host/series",
-            )
-        destinations.append(Webhook(s.webhook_url))
-    if s.on_series_complete:
-        try:
-            argv = shlex.split(s.on_series_complete)
-        except ValueError as error:
-            raise ConfigError(
-                f"--on-series-complete: {error}",
-                hint="quote it as a shell would; it runs without one",
-            ) from error
-        if not argv:
-            raise ConfigError("--on-series-complete is empty", hint="name a program")
-        destinations.append(Command(argv))
-    if not destinations:
-        return None, None
-    handoff = Handoff(s.logdir, destinations, metrics=metrics, log=log, fsync=s.fsync)
-    return handoff, progress

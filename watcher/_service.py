@@ -1,20 +1,15 @@
 """The long-running service: observer -> tracker -> dispatcher -> worker processes.
 
-Threads, each stoppable:
-
-* the watchdog observer (its handler only records into the
-  :class:`~watcher._completion.CompletionTracker`);
-* one **dispatcher**: hands ready files to the pool while it has room,
-  rescans the folder at start, periodically and after any dropped event, and
-  twice a second does the housekeeping: notices a replaced incoming folder
-  (and watches the new one), kills a worker stuck on one file, announces
-  series that went quiet, updates the gauges;
-* ``workers`` **pool threads** (:class:`~watcher._pool.WorkerPool`), each
-  driving one :class:`~watcher._workers.WorkerProcess`, whose results
-  :class:`~watcher._outcomes.ResultRouter` acts on.
-
-The service reaches files only through a descriptor of the incoming folder
-(:class:`~watcher._incoming.IncomingRoot`), never following a link.
+Threads, each stoppable: the watchdog observer (its handler only tells the
+:class:`~watcher._completion.CompletionTracker`); one **dispatcher**, which hands ready
+files to the pool while it has room, scans the folder (at start, periodically, after
+dropped events) and twice a second does the housekeeping (a replaced incoming folder, a
+stuck worker, quiet series -> the hand-off, the gauges); ``workers`` **pool threads**
+(:class:`~watcher._pool.WorkerPool`), each driving one
+:class:`~watcher._workers.WorkerProcess`, whose results
+:class:`~watcher._outcomes.ResultRouter` acts on; the hand-off's thread, if any
+(:mod:`watcher._handoff`). Files are reached only beneath a descriptor of the incoming
+folder (:class:`~watcher._incoming.IncomingRoot`), never through a link.
 """
 
 from __future__ import annotations
@@ -28,7 +23,6 @@ from typing import Any
 from repack import (
     TEMP_PREFIX,
     Event,
-    Repacked,
     Store,
     get_logger,
     log_repacked,
@@ -40,7 +34,7 @@ from ._completion import Candidate, CompletionTracker
 from ._counts import Counts
 from ._errors import EXIT_STARTUP, ConfigError
 from ._folders import check_folders
-from ._handoff import build_handoff, series_document
+from ._handoff_setup import build_handoff
 from ._incoming import IncomingRoot, identity_of
 from ._metrics import Metrics
 from ._observer import start_observer
@@ -61,6 +55,14 @@ _HOUSEKEEPING_S = 0.5
 _BATCH = 16
 #: Entries the scans hand over per dispatcher round (then events get their turn).
 _SCAN_STEP = 2_000
+
+
+_WORKER_HINTS = {
+    False: "check that the package is installed completely (pip install .) and that the folders"
+    " are readable",
+    True: "workers run the service's own interpreter (sys.executable): make it executable for"
+    " this user",
+}
 
 
 def _ignored(name: str) -> bool:
@@ -84,7 +86,7 @@ class Service:
             unleased_settle=settings.unleased_settle,
         )
         self.series = SeriesTracker(settings.series_quiet)
-        self.handoff, self.progress = build_handoff(settings, self.metrics, self.log)
+        self.handoff = build_handoff(settings, self.metrics, self.log)
         self.router = ResultRouter(
             settings,
             tracker=self.tracker,
@@ -94,7 +96,7 @@ class Service:
             counts=self.counts,
             metrics=self.metrics,
             log=self.log,
-            on_instance=self._on_instance if self.handoff is not None else None,
+            on_instance=self.handoff.instance if self.handoff is not None else None,
         )
         self.pool: WorkerPool[Candidate] = WorkerPool(
             self._handle,
@@ -137,18 +139,9 @@ class Service:
             problem = worker.wait_ready(60)
             if problem is not None:
                 self.kill_workers()
-                hint = (
-                    "check that the package is installed completely (pip install .)"
-                    " and that the folders are readable"
-                )
-                if problem.startswith("cannot run the worker interpreter"):
-                    hint = (
-                        "workers run the service's own interpreter (sys.executable): make it"
-                        " executable for this user"
-                    )
                 raise ConfigError(
                     f"a repack worker could not start: {problem}",
-                    hint=hint,
+                    hint=_WORKER_HINTS[problem.startswith("cannot run the worker interpreter")],
                     exit_code=EXIT_STARTUP,
                 )
         self.pool.start()
@@ -217,10 +210,8 @@ class Service:
     def stop(self, timeout: float | None = None) -> dict[str, Any]:
         """Stop watching, finish or hand back in-flight files; return the counts.
 
-        Returns within ``timeout`` (default ``--stop-timeout``): a worker
-        process still busy at the deadline is killed, which is safe (every
-        write is atomic, and a source is removed only after its copy and
-        logs exist).
+        Within ``timeout`` (default ``--stop-timeout``): a worker still busy then is killed,
+        which is safe (every write is atomic; a source goes only after its copy and logs).
         """
         timeout = self.settings.stop_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
@@ -237,8 +228,6 @@ class Service:
             self.kill_workers()
         if self._observer is not None:
             self._observer.join(max(0.1, deadline - time.monotonic()))
-        if self.progress is not None:
-            self.progress.stop()
         if self.handoff is not None:  # what is not delivered yet stays in the outbox
             self.handoff.stop(max(0.1, deadline - time.monotonic()))
         self.root.close()
@@ -257,8 +246,8 @@ class Service:
 
     def _sweep(self) -> None:
         """Remove temporary files that writers killed mid-write left behind."""
-        s = self.settings
-        removed = sum(sweep_stale_temps(folder) for folder in (s.datadir, s.logdir, s.quarantine))
+        folders = (self.settings.datadir, self.settings.logdir, self.settings.quarantine)
+        removed = sum(sweep_stale_temps(folder) for folder in folders)
         self.log.info(Event.HOUSEKEEPING_SWEPT, stale_temp_files_removed=removed)
 
     # -- dispatcher ----------------------------------------------------------
@@ -379,11 +368,7 @@ class Service:
                 receive_s=series.receive_s,
             )
             if self.handoff is not None:
-                settings = self.settings
-                document = series_document(series, settings.datadir, settings.pacs_name)
-                self.handoff.series_complete(document)
-            if self.progress is not None:
-                self.progress.forget(series.series_uid)
+                self.handoff.complete(series)
 
     def _update_gauges(self) -> None:
         self.metrics.gauges(
@@ -393,19 +378,6 @@ class Service:
         )
 
     # -- workers -------------------------------------------------------------
-
-    def _on_instance(self, repacked: Repacked, count: int) -> None:
-        """A series has its ``count``-th instance: mark it received, report progress."""
-        if count == 1 and self.handoff is not None:
-            self.handoff.receiving(
-                repacked.series_instance_uid,
-                str(repacked.series_dir),
-                repacked.series_log,
-                repacked.patient_id,
-                repacked.study_instance_uid,
-            )
-        if self.progress is not None:
-            self.progress.count(repacked.series_instance_uid, count)
 
     def _handle(self, index: int, candidates: list[Candidate]) -> None:
         results = self.workers[index].repack(self.root.identity, candidates)

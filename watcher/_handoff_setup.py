@@ -1,0 +1,78 @@
+"""The hand-off the settings ask for: its destinations checked and built before the start."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from ._destinations import Command, Destination, Webhook
+from ._errors import ConfigError
+from ._handoff import Handoff
+from ._lonk import LonkDone, LonkProgress, NatsConnection
+from ._metrics import Metrics
+from ._settings import Settings
+
+__all__ = ["build_handoff"]
+
+
+def build_handoff(settings: Settings, metrics: Metrics, log: Any) -> Handoff | None:
+    """The hand-off the settings ask for (None when no destination is set); raise ConfigError."""
+    s = settings
+    if (s.celery_broker or s.nats_url) and not s.pacs_name:
+        raise ConfigError(
+            "--celery-broker and --nats-url need --pacs-name",
+            hint="set --pacs-name to CUBE's name of the PACS (at most 20 characters)",
+        )
+    if s.pacs_name is not None and (
+        len(s.pacs_name) > 20 or not s.pacs_name.strip() or any(c in s.pacs_name for c in "/,")
+    ):
+        raise ConfigError(
+            f"--pacs-name {s.pacs_name!r} is not a name CUBE accepts",
+            hint="1 to 20 characters, no '/' and no ','",
+        )
+    destinations: list[Destination] = []
+    if s.celery_broker:
+        if s.datadir.parts[-3:] != ("SERVICES", "PACS", s.pacs_name):
+            raise ConfigError(
+                f"--datadir {s.datadir} is not CUBE's folder for --pacs-name {s.pacs_name}",
+                hint=f"set --datadir to <CUBE storage>/SERVICES/PACS/{s.pacs_name}: CUBE finds"
+                " a registered series below its storage by that path",
+            )
+        try:
+            from ._destinations import CeleryRegistration  # noqa: PLC0415
+
+            destinations.append(
+                CeleryRegistration(s.celery_broker, s.celery_queue, str(s.pacs_name))
+            )
+        except ImportError as error:
+            raise ConfigError(
+                f"--celery-broker needs Celery: {error}",
+                hint="pip install 'pypx-listener[chris]'",
+            ) from error
+    progress = None
+    if s.nats_url:
+        nats = NatsConnection(s.nats_url)
+        destinations.append(LonkDone(nats, str(s.pacs_name)))
+        progress = LonkProgress(nats, str(s.pacs_name), s.progress_interval)
+    if s.webhook_url:
+        if not s.webhook_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"--webhook-url {s.webhook_url!r} is not an http(s) URL",
+                hint="e.g. --webhook-url https://host/series",
+            )
+        destinations.append(Webhook(s.webhook_url))
+    if s.on_series_complete:
+        try:
+            argv = shlex.split(s.on_series_complete)
+        except ValueError as error:
+            raise ConfigError(
+                f"--on-series-complete: {error}",
+                hint="quote it as a shell would; it runs without one",
+            ) from error
+        if not argv:
+            raise ConfigError("--on-series-complete is empty", hint="name a program")
+        destinations.append(Command(argv))
+    if not destinations:
+        return None
+    return Handoff(s.logdir, destinations, metrics=metrics, log=log, fsync=s.fsync,
+                   progress=progress, datadir=s.datadir, pacs_name=s.pacs_name)  # fmt: skip
