@@ -14,7 +14,6 @@ import orjson
 import pytest
 
 from .brokers import (
-    CubeWorker,
     NatsSubscriber,
     Webhook,
     cube_worker,
@@ -317,6 +316,3 @@ def test_the_series_document_names_cubes_path(
 def _no_stray(tmp_path: Path) -> Iterator[None]:
     yield
     assert not list(tmp_path.rglob(".pypx-tmp-*"))
-
-
-__all__ = ["CubeWorker"]
