@@ -66,6 +66,7 @@ class Event(StrEnum):
     HANDOFF_LOST = "handoff.lost"
     HANDOFF_CRASHED = "handoff.crashed"
     HANDOFF_ADOPTED = "handoff.adopted"
+    HANDOFF_REFUSED = "handoff.refused"
 
 
 def log_repacked(log: Any, fields: dict[str, Any]) -> None:

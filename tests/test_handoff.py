@@ -316,3 +316,32 @@ def test_the_series_document_names_cubes_path(
 def _no_stray(tmp_path: Path) -> Iterator[None]:
     yield
     assert not list(tmp_path.rglob(".pypx-tmp-*"))
+
+
+def test_a_series_cube_would_refuse_gets_no_registration_and_a_lonk_error(
+    tmp_path: Path, cube: Cube
+) -> None:
+    """No StudyDate: oxidicom and CUBE refuse such a series; it is said once, not retried."""
+    from .conftest import make_dataset, write_dicom  # noqa: PLC0415
+
+    with redis_server(tmp_path / "redis") as redis, nats_server() as nats:
+        broker = f"redis://127.0.0.1:{redis.port}/0"
+        nats_url = f"nats://127.0.0.1:{nats.port}"
+        with (
+            NatsSubscriber(nats_url) as subscriber,
+            listener(tmp_path, *FAST, *cube.args(broker, "--nats-url", nats_url)) as running,
+        ):
+            dataset = make_dataset()
+            del dataset.StudyDate
+            write_dicom(running.incoming / "MR.nodate", dataset)
+            running.wait_for(lambda: running.count("handoff.sent") == 1, 60, "the LONK record")
+            assert running.stop() == 0
+    (refused,) = running.of("handoff.refused")
+    assert refused["destination"] == "celery"
+    assert "StudyDate" in refused["error"]
+    assert running.count("handoff.retry") == 0
+    payloads = [data for _, data in subscriber.messages]
+    assert payloads[-2][:1] == b"\x02"
+    assert b"StudyDate" in payloads[-2]
+    assert payloads[-1] == b"\x00"
+    assert outbox(running) == []

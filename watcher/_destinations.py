@@ -68,6 +68,10 @@ class DeliveryError(Exception):
 class Destination(Protocol):
     name: str
 
+    def refuses(self, series: Mapping[str, Any]) -> str | None:
+        """Why this series can never be delivered here (it gets no record), or None."""
+        ...
+
     def deliver(self, key: str, series: Mapping[str, Any]) -> None: ...
 
     def close(self) -> None: ...
@@ -171,7 +175,7 @@ def celery_arguments(series: Mapping[str, Any], pacs_name: str) -> dict[str, Any
     """The keyword arguments of ``register_pacs_series`` for a series document."""
     return {
         "PatientID": series["PatientID"],
-        "StudyDate": _date(_tag(series, "StudyDate")) or "1900-01-01",
+        "StudyDate": _date(_tag(series, "StudyDate")),
         "StudyInstanceUID": series["StudyInstanceUID"],
         "SeriesInstanceUID": series["SeriesInstanceUID"],
         "pacs_name": pacs_name,
@@ -210,6 +214,16 @@ class CeleryRegistration:
         self.queue_name = queue_name
         self.pacs_name = pacs_name
 
+    def refuses(self, series: Mapping[str, Any]) -> str | None:
+        """What CUBE (and oxidicom) would refuse: no StudyDate, no PatientID, a comma."""
+        if _date(_tag(series, "StudyDate")) is None:
+            return "no valid StudyDate: CUBE cannot register the series"
+        if series["PatientID"] in ("", _NOT_DEFINED):
+            return "no PatientID: CUBE cannot register the series"
+        if "," in series["path"]:
+            return f"its path has a comma, which CUBE refuses: {series['path']}"
+        return None
+
     def deliver(self, key: str, series: Mapping[str, Any]) -> None:
         try:
             self.app.send_task(
@@ -236,6 +250,9 @@ class Webhook:
 
     def __init__(self, url: str) -> None:
         self.url = url
+
+    def refuses(self, series: Mapping[str, Any]) -> str | None:
+        return None
 
     def deliver(self, key: str, series: Mapping[str, Any]) -> None:
         request = urllib.request.Request(  # noqa: S310 - the operator's URL
@@ -278,6 +295,9 @@ class Command:
 
     def __init__(self, argv: Sequence[str]) -> None:
         self.argv = list(argv)
+
+    def refuses(self, series: Mapping[str, Any]) -> str | None:
+        return None
 
     def deliver(self, key: str, series: Mapping[str, Any]) -> None:
         try:

@@ -105,9 +105,13 @@ class Handoff:
     def instance(self, repacked: Repacked, count: int) -> None:
         """A series has its ``count``-th instance: mark it as being received, report progress."""
         if count == 1:
-            self.receiving(repacked.series_instance_uid, str(repacked.series_dir),
-                           repacked.series_log, repacked.patient_id,
-                           repacked.study_instance_uid)  # fmt: skip
+            self.receiving(
+                repacked.series_instance_uid,
+                str(repacked.series_dir),
+                repacked.series_log,
+                repacked.patient_id,
+                repacked.study_instance_uid,
+            )
         if self.progress is not None:
             self.progress.count(repacked.series_instance_uid, count)
 
@@ -209,7 +213,23 @@ class Handoff:
         """Write one record per destination for the series; return its key."""
         key = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:16]}"
         now = self._clock()
+        document = dict(document)
+        refused = {}
+        for name, destination in self.destinations.items():
+            reason = destination.refuses(document)
+            if reason is not None:
+                refused[name] = reason
+                document["error"] = reason  # LONK says so (0x02) before "done"
+                self.log.error(
+                    Event.HANDOFF_REFUSED,
+                    destination=name,
+                    key=key,
+                    error=reason,
+                    SeriesInstanceUID=document["SeriesInstanceUID"],
+                )
         for name in self.destinations:
+            if name in refused:
+                continue
             record = {
                 "key": key,
                 "destination": name,

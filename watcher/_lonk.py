@@ -145,6 +145,9 @@ class LonkDone:
         self.nats = nats
         self.pacs_name = pacs_name
 
+    def refuses(self, series: Mapping[str, Any]) -> str | None:
+        return None
+
     def deliver(self, key: str, series: Mapping[str, Any]) -> None:
         subject = lonk_subject(self.pacs_name, series["SeriesInstanceUID"])
         messages = [(subject, LONK_PROGRESS + struct.pack("<I", series["ndicom"]))]

@@ -372,7 +372,7 @@ class Service:
 
     def _update_gauges(self) -> None:
         self.metrics.gauges(
-            queue_depth=self.pool.depth() + self.tracker.pending_count(),
+            queue_depth=self.tracker.pending_count(),  # queued and in-flight files included
             busy=self.pool.busy(),
             failing=self.tracker.failing(REPEATS_BEFORE_ERROR),
         )
