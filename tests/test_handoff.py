@@ -3,8 +3,6 @@ CUBE's task, a NATS subscriber, a webhook server and a command, all started here
 
 from __future__ import annotations
 
-import os
-import signal
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +50,12 @@ class Cube:
 
 def series_of(events: list[dict[str, Any]]) -> set[str]:
     return {str(e["SeriesInstanceUID"]) for e in events}
+
+
+def put(running: Listener, files: list[Path]) -> None:
+    """Move copies of ``files`` into the service's incoming folder, as a sender would."""
+    for path in files:
+        (running.incoming / path.name).write_bytes(path.read_bytes())
 
 
 def outbox(running: Listener) -> list[Path]:
@@ -139,8 +143,7 @@ def test_rabbitmq_as_cubes_broker(tmp_path: Path, cube: Cube, example_files: lis
             cube_worker(broker, cube.storage, cube.registry) as worker,
             listener(tmp_path, *FAST, *cube.args(broker)) as running,
         ):
-            for path in example_files[:12]:
-                (running.incoming / path.name).write_bytes(path.read_bytes())
+            put(running, example_files[:12])
             wait_for(lambda: len(worker.registered()) == 1, 120, "CUBE's registration")
             assert running.stop() == 0
     assert worker.registered()[0]["ndicom"] == 12
@@ -154,8 +157,7 @@ def test_a_broker_outage_while_a_series_completes_loses_nothing(
         broker = f"redis://127.0.0.1:{redis.port}/0"
         redis.stop()
         with listener(tmp_path, *FAST, *cube.args(broker)) as running:
-            for path in example_files[:8]:
-                (running.incoming / path.name).write_bytes(path.read_bytes())
+            put(running, example_files[:8])
             running.wait_for(lambda: running.count("handoff.retry") >= 2, 60, "retries")
             assert len(outbox(running)) == 1
             redis.start()
@@ -176,13 +178,10 @@ def test_broker_down_sigkill_restart_broker_back(
         redis.stop()
         first = _service(tmp_path, cube, broker).start()
         try:
-            for path in example_files[:6]:
-                (first.incoming / path.name).write_bytes(path.read_bytes())
+            put(first, example_files[:6])
             first.wait_for(lambda: first.count("handoff.retry") >= 1, 60, "a failed delivery")
         finally:
-            assert first.process is not None
-            os.killpg(first.process.pid, signal.SIGKILL)
-            first.kill()
+            first.kill()  # SIGKILL, to the whole process group
         assert len(outbox(first)) == 1
         with listener(tmp_path, *FAST, *cube.args(broker)) as again:
             redis.start()
@@ -201,13 +200,10 @@ def test_a_series_cut_short_by_sigkill_is_adopted_and_registered(
         broker = f"redis://127.0.0.1:{redis.port}/0"
         first = _service(tmp_path, cube, broker, "--series-quiet", "600").start()
         try:
-            for path in example_files[:5]:
-                (first.incoming / path.name).write_bytes(path.read_bytes())
+            put(first, example_files[:5])
             first.wait_for(lambda: first.count("repack.done") == 5, 60, "5 repacked")
         finally:
-            assert first.process is not None
-            os.killpg(first.process.pid, signal.SIGKILL)
-            first.kill()
+            first.kill()  # SIGKILL, to the whole process group
         assert first.count("series.complete") == 0
         with (
             cube_worker(broker, cube.storage, cube.registry) as worker,
@@ -231,8 +227,7 @@ def test_the_same_series_resent_is_registered_once(
         ):
             for _ in range(2):
                 sent = running.count("handoff.sent")
-                for path in example_files[:4]:
-                    (running.incoming / path.name).write_bytes(path.read_bytes())
+                put(running, example_files[:4])
                 running.wait_for(lambda s=sent: running.count("handoff.sent") == s + 1, 60, "sent")
             wait_for(lambda: len(worker.refused()) == 1, 60, "CUBE's refusal")
             assert running.stop() == 0
@@ -246,8 +241,7 @@ def test_a_webhook_that_fails_is_retried_with_the_same_key_and_two_services_deli
     with Webhook(fail=3) as hook:
         args = (*FAST, "--webhook-url", hook.url)
         with listener(tmp_path, *args) as one, listener(tmp_path, *args) as two:
-            for path in example_files[:20]:
-                (one.incoming / path.name).write_bytes(path.read_bytes())
+            put(one, example_files[:20])
             wait_for(lambda: len(hook.received) >= 1 and not outbox(one), 60, "the deliveries")
             assert one.stop() == 0
             assert two.stop() == 0
