@@ -265,11 +265,14 @@ class Webhook:
     def __init__(self, fail: int = 0) -> None:
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.fail = fail
+        #: Every POST, answered 500 or not.
+        self.attempts = 0
         hook = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                hook.attempts += 1
                 if hook.fail > 0:
                     hook.fail -= 1
                     self.send_response(500)

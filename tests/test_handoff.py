@@ -339,3 +339,30 @@ def test_a_series_cube_would_refuse_gets_no_registration_and_a_lonk_error(
     assert b"StudyDate" in payloads[-2]
     assert payloads[-1] == b"\x00"
     assert outbox(running) == []
+
+
+def test_a_destination_that_is_down_costs_one_attempt_per_pass_not_one_per_record(
+    tmp_path: Path,
+) -> None:
+    """Five series wait; the webhook fails: one pass tries one record, the rest wait their turn."""
+    from watcher._destinations import Webhook as WebhookDestination  # noqa: PLC0415
+    from watcher._handoff import Handoff  # noqa: PLC0415
+    from watcher._metrics import Metrics  # noqa: PLC0415
+
+    from .test_outcomes import Log  # noqa: PLC0415
+
+    with Webhook(fail=100) as hook:
+        log = Log()
+        handoff = Handoff(tmp_path / "log", [WebhookDestination(hook.url)], metrics=Metrics(),
+                          log=log)  # fmt: skip
+        (tmp_path / "log" / "outbox" / "webhook").mkdir(parents=True)
+        for number in range(5):
+            handoff.series_complete({"SeriesInstanceUID": f"1.2.{number}", "ndicom": 1})
+        handoff.deliver_due()
+        assert hook.attempts == 1
+        assert log.events() == ["handoff.retry"]
+        handoff.deliver_due()  # the four others were due; the first waits its back-off
+        assert hook.attempts == 2
+        hook.fail = 0
+        handoff.deliver_due()
+        assert len(hook.received) == 3  # all that were due went, one after the other

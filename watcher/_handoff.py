@@ -282,14 +282,18 @@ class Handoff:
             except OSError:
                 names = []
             oldest_failure: float | None = None
+            # After one failure, the destination's other records wait for the next pass: a
+            # broker that is down costs one timeout per pass, not one per record.
+            down = False
             for file_name in names:
                 if self._stopping.is_set():
                     return next_due
-                state = self._try(destination, self.folder / name / file_name)
+                state = self._try(destination, self.folder / name / file_name, deliver=not down)
                 if state is None:
                     continue
                 pending += 1
-                due, first_failure = state
+                due, first_failure, failed = state
+                down = down or failed
                 next_due = min(next_due, due)
                 if first_failure is not None:
                     oldest_failure = min(first_failure, oldest_failure or first_failure)
@@ -300,11 +304,13 @@ class Handoff:
                 self._failing_since[name] = oldest_failure
         return next_due
 
-    def _try(self, destination: Destination, path: Path) -> tuple[float, float | None] | None:
-        """Deliver the record at ``path`` if it is due and ours to take.
+    def _try(
+        self, destination: Destination, path: Path, *, deliver: bool
+    ) -> tuple[float, float | None, bool] | None:
+        """Deliver the record at ``path`` if it is due and ours to take (and ``deliver``).
 
-        Returns None when it is gone (delivered), else when it is due next and
-        since when it has been failing.
+        Returns None when it is gone (delivered), else when it is due next,
+        since when it has been failing, and whether it failed just now.
         """
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -315,7 +321,7 @@ class Handoff:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
                 if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    return (self._clock() + 1.0, None)  # another service has it now
+                    return (self._clock() + 1.0, None, False)  # another service has it now
                 raise
             try:
                 if os.stat(path, follow_symlinks=False).st_ino != os.fstat(descriptor).st_ino:
@@ -324,8 +330,9 @@ class Handoff:
                 return None
             record = orjson.loads(os.read(descriptor, 1 << 24))
             now = self._clock()
-            if record["due"] > now or self._waits_for_registration(destination, record):
-                return (max(record["due"], now + 0.5), record["first_failure"])
+            waiting = record["due"] > now or self._waits_for_registration(destination, record)
+            if waiting or not deliver:
+                return (max(record["due"], now + 0.5), record["first_failure"], False)
             try:
                 destination.deliver(record["key"], record["series"])
             except DeliveryError as error:
@@ -349,7 +356,9 @@ class Handoff:
             return False
         return (self.folder / "celery" / f"{record['key']}.json").exists()
 
-    def _failed(self, path: Path, record: dict[str, Any], message: str) -> tuple[float, float]:
+    def _failed(
+        self, path: Path, record: dict[str, Any], message: str
+    ) -> tuple[float, float, bool]:
         now = self._clock()
         attempts = record["attempts"] + 1
         delay = min(MAX_BACKOFF_S, 2.0 ** (attempts - 1))
@@ -376,7 +385,7 @@ class Handoff:
             self.log.error(Event.HANDOFF_STUCK, **fields)
         else:
             self.log.warning(Event.HANDOFF_RETRY, **fields)
-        return (now + delay, record["first_failure"])
+        return (now + delay, record["first_failure"], True)
 
     def problems(self) -> list[str]:
         """Destinations that have been failing for longer than :data:`UNREADY_AFTER_S`."""
