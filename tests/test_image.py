@@ -308,3 +308,57 @@ def test_the_kubernetes_manifest_runs_under_podman_kube_play(
         assert took < 5, f"the pod took {took:.1f} s to stop"
     finally:
         clean_up()
+
+
+@pytest.mark.image
+@pytest.mark.slow
+def test_the_image_hands_a_series_to_cube(
+    engine: dict[str, str], tmp_path: Path, example_files: list[Path]
+) -> None:
+    """The image has the chris extra: it registers a series through a Redis on the host."""
+    import tempfile  # noqa: PLC0415
+
+    from .brokers import cube_worker, redis_server  # noqa: PLC0415
+
+    build = ["podman", "build", "--format", "docker", "-t", IMAGE,
+             *_build_arguments(tmp_path).split(), str(ROOT)]  # fmt: skip
+    built = subprocess.run(build, env=engine, capture_output=True, text=True, timeout=900,
+                           check=False)  # fmt: skip
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    # The container's user (10001) must reach the folders: a shared one outside pytest's own.
+    shared = Path(tempfile.mkdtemp(prefix="pypx-image-"))
+    name = f"pypx-handoff-{os.getpid()}"
+    try:
+        for folder in ("incoming", "cube/SERVICES/PACS/PYPXIMG", "log", "quarantine"):
+            (shared / folder).mkdir(parents=True)
+        for folder in [shared, *shared.rglob("*")]:
+            folder.chmod(0o777)
+        with redis_server(tmp_path / "redis") as redis:
+            broker = f"redis://127.0.0.1:{redis.port}/0"
+            with cube_worker(broker, shared / "cube", tmp_path / "registered.jsonl") as worker:
+                run = subprocess.run(
+                    ["podman", "run", "-d", "--name", name, "--network", "host",
+                     "-v", f"{shared}:/shared", IMAGE, "pypx-listener", "--incoming",
+                     "/shared/incoming",
+                     "--datadir", "/shared/cube/SERVICES/PACS/PYPXIMG", "--logdir",
+                     "/shared/log", "--quarantine", "/shared/quarantine", "--pacs-name",
+                     "PYPXIMG", "--celery-broker", broker, "--series-quiet", "1",
+                     "--settle", "0.5", "--metrics-port", "0"],
+                    env=engine, capture_output=True, text=True, timeout=120, check=False,
+                )  # fmt: skip
+                assert run.returncode == 0, run.stderr
+                for path in example_files[:7]:
+                    staged = shared / f".{path.name}"
+                    staged.write_bytes(path.read_bytes())
+                    staged.rename(shared / "incoming" / path.name)
+                wait_for(lambda: len(worker.registered()) == 1, 120, "CUBE's registration")
+        (registered,) = worker.registered()
+        assert registered["ndicom"] == 7
+        assert registered["path"].startswith("SERVICES/PACS/PYPXIMG/")
+    finally:
+        logs = subprocess.run(["podman", "logs", name], env=engine, capture_output=True,
+                              text=True, timeout=60, check=False)  # fmt: skip
+        subprocess.run(["podman", "rm", "-f", "-t", "5", name], env=engine, capture_output=True,
+                       timeout=120, check=False)  # fmt: skip
+        shutil.rmtree(shared, ignore_errors=True)
+    assert '"handoff.sent"' in logs.stdout
