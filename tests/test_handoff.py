@@ -366,3 +366,27 @@ def test_a_destination_that_is_down_costs_one_attempt_per_pass_not_one_per_recor
         hook.fail = 0
         handoff.deliver_due()
         assert len(hook.received) == 3  # all that were due went, one after the other
+
+
+def test_no_progress_message_follows_a_series_done() -> None:
+    """A count still queued when the series completes is dropped; a resend starts afresh."""
+    from watcher._lonk import LonkProgress, NatsConnection  # noqa: PLC0415
+
+    with nats_server() as nats:
+        url = f"nats://127.0.0.1:{nats.port}"
+        with NatsSubscriber(url) as subscriber:
+            connection = NatsConnection(url)
+            progress = LonkProgress(connection, PACS, interval=0.0)
+            with connection.lock:  # the publisher waits: what it holds is still queued
+                progress.count("1.2.3", 7)
+                progress.forget("1.2.3")  # complete: its "done" is on its way
+                progress.count("1.2.3", 1)  # the series sent again: a new first instance
+            progress.stop()
+            connection.publish([("oxidicom.flush", b"")])  # the server has all before it
+            wait_for(lambda: any(t == "oxidicom.flush" for t, _ in subscriber.messages), 10,
+                     "the flush")  # fmt: skip
+            connection.close()
+    counts = [
+        struct.unpack("<I", d[1:])[0] for t, d in subscriber.messages if t != "oxidicom.flush"
+    ]
+    assert counts == [1]

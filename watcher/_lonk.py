@@ -66,7 +66,8 @@ class NatsConnection:
         self._user, self._password = parsed.username, parsed.password
         self._socket: socket.socket | None = None
         self._buffer = b""
-        self._lock = threading.Lock()
+        #: Held for each publish; a caller may hold it across a check and a publish.
+        self.lock = threading.RLock()
 
     def _connect(self) -> socket.socket:
         connection = socket.create_connection(
@@ -104,7 +105,12 @@ class NatsConnection:
 
     def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Publish ``(subject, payload)`` pairs and wait until the server has them."""
-        with self._lock:
+        with self.lock:
+            self.publish_locked(messages)
+
+    def publish_locked(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """:meth:`publish`, :attr:`lock` held by the caller."""
+        with self.lock:
             try:
                 connection = self._socket or self._connect()
                 frames = b"".join(
@@ -132,7 +138,7 @@ class NatsConnection:
             self._socket = None
 
     def close(self) -> None:
-        with self._lock:
+        with self.lock:
             self.close_locked()
 
 
@@ -172,35 +178,45 @@ class LonkProgress:
     def __init__(self, nats: NatsConnection, pacs_name: str, interval: float) -> None:
         self.nats, self.pacs_name, self.interval = nats, pacs_name, interval
         self._last: dict[str, float] = {}
-        self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue(maxsize=1024)
+        #: Per series, how often it completed: a count queued before that is stale.
+        self._epochs: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[str, int, int] | None] = queue.Queue(maxsize=1024)
         self._thread = threading.Thread(target=self._publish, name="lonk-progress", daemon=True)
         self._thread.start()
 
     def count(self, series_uid: str, instances: int) -> None:
         now = time.monotonic()
-        last = self._last.get(series_uid)
-        if last is not None and now - last < self.interval:
-            return
-        self._last[series_uid] = now
+        with self._lock:
+            last = self._last.get(series_uid)
+            if last is not None and now - last < self.interval:
+                return
+            self._last[series_uid] = now
+            epoch = self._epochs.get(series_uid, 0)
         with contextlib.suppress(queue.Full):
-            self._queue.put_nowait((series_uid, instances))
+            self._queue.put_nowait((series_uid, instances, epoch))
 
     def forget(self, series_uid: str) -> None:
-        """The series is complete (its last count goes with its "done" record)."""
-        self._last.pop(series_uid, None)
+        """The series is complete: its last count goes with its "done" record, and no count
+        queued before now may follow that."""
+        with self._lock:
+            self._last.pop(series_uid, None)
+            if len(self._epochs) >= 4096:  # bounded: it only guards counts still queued
+                self._epochs.clear()
+            self._epochs[series_uid] = self._epochs.get(series_uid, 0) + 1
 
     def _publish(self) -> None:
         while (item := self._queue.get()) is not None:
-            series_uid, instances = item
+            series_uid, instances, epoch = item
+            subject = lonk_subject(self.pacs_name, series_uid)
             try:
-                self.nats.publish(
-                    [
-                        (
-                            lonk_subject(self.pacs_name, series_uid),
-                            LONK_PROGRESS + struct.pack("<I", instances),
-                        )
-                    ]
-                )
+                with self.nats.lock:
+                    with self._lock:
+                        if self._epochs.get(series_uid, 0) != epoch:
+                            continue  # the series completed since: its "done" may be out
+                    self.nats.publish_locked(
+                        [(subject, LONK_PROGRESS + struct.pack("<I", instances))]
+                    )
             except DeliveryError:
                 continue  # progress is news: the next count, or the record, says more
 
