@@ -125,7 +125,7 @@ class Handoff:
         self, series_uid: str, folder: str, log_path: str, patient_id: str, study_uid: str
     ) -> None:
         """Mark a series this service has started to receive (its first instance)."""
-        name = hashlib.sha256(series_uid.encode()).hexdigest()[:32] + ".json"
+        path = self._mark_path(series_uid)
         mark = {
             "SeriesInstanceUID": series_uid,
             "folder": folder,
@@ -137,23 +137,24 @@ class Handoff:
             if series_uid in self._marks:
                 return
             try:
-                self._store.create_once(self._receiving / name, json_bytes(mark))
-                descriptor = os.open(
-                    self._receiving / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                )
+                self._store.create_once(path, json_bytes(mark))
+                descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except (OSError, StorageError):
                 return  # another service marked it, or the log tree is unwritable: it announces
             self._marks[series_uid] = descriptor
+
+    def _mark_path(self, series_uid: str) -> Path:
+        """Where a series' mark lives (a hash: any UID makes one safe name)."""
+        return self._receiving / f"{hashlib.sha256(series_uid.encode()).hexdigest()[:32]}.json"
 
     def _unmark(self, series_uid: str) -> None:
         with self._marks_lock:
             descriptor = self._marks.pop(series_uid, None)
             if descriptor is None:
                 return
-            name = hashlib.sha256(series_uid.encode()).hexdigest()[:32] + ".json"
             try:
-                os.unlink(self._receiving / name)
+                os.unlink(self._mark_path(series_uid))
             except OSError:
                 pass
             finally:
