@@ -129,10 +129,13 @@ def rabbitmq_server(tmp: Path) -> Iterator[Server]:
     # The server script itself: the wrapper on PATH would switch to the rabbitmq user, who
     # cannot enter the test's private folder.
     server = Server(["/usr/lib/rabbitmq/bin/rabbitmq-server"], port, env, ready_timeout=120)
+    epmd_was_running = _port_open(4369)  # Erlang's port mapper, which the server starts
     try:
         yield server.start()
     finally:
         server.stop()
+        if not epmd_was_running:  # nothing the test started outlives it
+            subprocess.run(["epmd", "-kill"], capture_output=True, timeout=30, check=False)
 
 
 @contextlib.contextmanager
