@@ -3,6 +3,7 @@ CUBE's task, a NATS subscriber, a webhook server and a command, all started here
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -390,3 +391,26 @@ def test_no_progress_message_follows_a_series_done() -> None:
         struct.unpack("<I", d[1:])[0] for t, d in subscriber.messages if t != "oxidicom.flush"
     ]
     assert counts == [1]
+
+
+def test_a_series_another_live_service_marked_costs_no_descriptor(tmp_path: Path) -> None:
+    """Two services on one log tree: the second finds the mark locked, and keeps nothing open."""
+    from watcher._destinations import Webhook as WebhookDestination  # noqa: PLC0415
+    from watcher._handoff import Handoff  # noqa: PLC0415
+    from watcher._metrics import Metrics  # noqa: PLC0415
+
+    from .test_outcomes import Log  # noqa: PLC0415
+
+    (tmp_path / "log" / "outbox" / ".receiving").mkdir(parents=True)
+    one, two = (
+        Handoff(tmp_path / "log", [WebhookDestination("http://127.0.0.1:9/")], metrics=Metrics(),
+                log=Log())
+        for _ in range(2)
+    )  # fmt: skip
+    one.receiving("1.2.3", "/data/x", "", "P", "1.2")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        two.receiving("1.2.3", "/data/x", "", "P", "1.2")
+    assert len(os.listdir("/proc/self/fd")) == before
+    one.stop(1)
+    two.stop(1)

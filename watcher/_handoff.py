@@ -31,6 +31,7 @@ reached the data tree is left unregistered.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -59,6 +60,20 @@ MAX_BACKOFF_S = 300.0
 STUCK_AFTER = 5
 #: A destination whose oldest failing record has failed this long makes ``/readyz`` fail.
 UNREADY_AFTER_S = 300.0
+
+
+def _locked(path: Path) -> int | None:
+    """A descriptor of ``path`` holding its ``flock``, or None when it is gone or locked."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        return None
+    return descriptor
 
 
 class Handoff:
@@ -138,11 +153,11 @@ class Handoff:
                 return
             try:
                 self._store.create_once(path, json_bytes(mark))
-                descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except (OSError, StorageError):
-                return  # another service marked it, or the log tree is unwritable: it announces
-            self._marks[series_uid] = descriptor
+            except StorageError:
+                return  # the log tree is unwritable: the series is announced all the same
+            descriptor = _locked(path)
+            if descriptor is not None:  # else another live service marked it first
+                self._marks[series_uid] = descriptor
 
     def _mark_path(self, series_uid: str) -> Path:
         """Where a series' mark lives (a hash: any UID makes one safe name)."""
@@ -153,12 +168,9 @@ class Handoff:
             descriptor = self._marks.pop(series_uid, None)
             if descriptor is None:
                 return
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self._mark_path(series_uid))
-            except OSError:
-                pass
-            finally:
-                os.close(descriptor)
+            os.close(descriptor)
 
     def _adopt(self, series: SeriesTracker) -> None:
         """Take over the marks of series whose service died before announcing them."""
@@ -167,17 +179,14 @@ class Handoff:
         except OSError:
             return
         for name in names:
-            path = self._receiving / name
+            descriptor = _locked(self._receiving / name)
+            if descriptor is None:
+                continue  # held by a live service, or gone
             try:
-                descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 mark = orjson.loads(os.read(descriptor, 1 << 20))
                 uid = mark["SeriesInstanceUID"]
             except (OSError, ValueError, KeyError, TypeError):
-                os.close(descriptor)  # held by a live service, or not a mark
+                os.close(descriptor)  # not a mark
                 continue
             with self._marks_lock:
                 self._marks[uid] = descriptor
@@ -231,16 +240,8 @@ class Handoff:
         for name in self.destinations:
             if name in refused:
                 continue
-            record = {
-                "key": key,
-                "destination": name,
-                "created": now,
-                "attempts": 0,
-                "due": now,
-                "first_failure": None,
-                "last_error": None,
-                "series": document,
-            }
+            record = {"key": key, "destination": name, "created": now, "attempts": 0, "due": now,
+                      "first_failure": None, "last_error": None, "series": document}  # fmt: skip
             try:
                 self._store.create_once(self.folder / name / f"{key}.json", json_bytes(record))
             except StorageError as error:

@@ -104,12 +104,10 @@ class NatsConnection:
         return line
 
     def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
-        """Publish ``(subject, payload)`` pairs and wait until the server has them."""
-        with self.lock:
-            self.publish_locked(messages)
+        """Publish ``(subject, payload)`` pairs and wait until the server has them.
 
-    def publish_locked(self, messages: Sequence[tuple[str, bytes]]) -> None:
-        """:meth:`publish`, :attr:`lock` held by the caller."""
+        Under :attr:`lock` (reentrant: a caller may hold it across a check and a publish).
+        """
         with self.lock:
             try:
                 connection = self._socket or self._connect()
@@ -214,9 +212,7 @@ class LonkProgress:
                     with self._lock:
                         if self._epochs.get(series_uid, 0) != epoch:
                             continue  # the series completed since: its "done" may be out
-                    self.nats.publish_locked(
-                        [(subject, LONK_PROGRESS + struct.pack("<I", instances))]
-                    )
+                    self.nats.publish([(subject, LONK_PROGRESS + struct.pack("<I", instances))])
             except DeliveryError:
                 continue  # progress is news: the next count, or the record, says more
 
