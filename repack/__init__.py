@@ -33,7 +33,7 @@ from ._errors import (
 )
 from ._events import Event, configure_logging, get_logger, log_repacked, output_blocked_for
 from ._json import dumps, json_bytes, printable
-from ._repack import MissingElement, Placement, Repacked, Repacker, plan_placement, repack_file
+from ._repack import MissingElement, Repacked, Repacker, plan_placement, repack_file
 from ._sanitize import sanitize_component
 from ._seahash import seahash_hex
 from ._source import (
@@ -67,7 +67,6 @@ __all__ = [
     "NotDicomError",
     "NotRegularFileError",
     "Others",
-    "Placement",
     "RepackError",
     "Repacked",
     "Repacker",

@@ -43,14 +43,7 @@ from ._source import SourceFile, open_path
 from ._store import Store
 from ._template import Layout
 
-__all__ = [
-    "MissingElement",
-    "Placement",
-    "Repacked",
-    "Repacker",
-    "plan_placement",
-    "repack_file",
-]
+__all__ = ["MissingElement", "Repacked", "Repacker", "plan_placement", "repack_file"]
 
 _SERIES_PACK = json_bytes({"seriesPack": True})
 #: Per-series files known to exist; forgetting only costs a stat, so memory stays flat.
@@ -69,25 +62,6 @@ class MissingElement:
         return {"tag": self.tag, "name": self.name, "error": self.error}
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where an instance goes, relative to the data dir (pure: no disk)."""
-
-    root: str
-    study: str
-    series: str
-    image: str
-    missing: tuple[MissingElement, ...]
-
-    @property
-    def series_path(self) -> Path:
-        return Path(self.root, self.study, self.series)
-
-    @property
-    def relative_path(self) -> Path:
-        return self.series_path / self.image
-
-
 def _missing_element(instance: Instance, keyword: str) -> MissingElement:
     from pydicom.datadict import tag_for_keyword  # noqa: PLC0415 - keep the pure import light
 
@@ -100,8 +74,11 @@ def _missing_element(instance: Instance, keyword: str) -> MissingElement:
     )
 
 
-def plan_placement(instance: Instance, layout: Layout) -> Placement:
-    """Render the four templates of ``layout`` for ``instance``."""
+def plan_placement(instance: Instance, layout: Layout) -> tuple[Path, tuple[MissingElement, ...]]:
+    """Where ``instance`` goes, relative to the data dir, and what the templates missed.
+
+    Pure (no disk): the four templates of ``layout`` rendered for ``instance``.
+    """
     values: Mapping[str, str | None] = {k: instance.text(k) for k in layout.keywords}
     if layout.px:
         # px-repack's rules: str() of each present element, fields left as text.
@@ -116,13 +93,8 @@ def plan_placement(instance: Instance, layout: Layout) -> Placement:
     else:
         root, study, series, image = (t.render(values) for t in layout.templates)
     missing_keywords = dict.fromkeys(k for r in (root, study, series, image) for k in r.missing)
-    return Placement(
-        root=root.text,
-        study=study.text,
-        series=series.text,
-        image=image.text,
-        missing=tuple(_missing_element(instance, k) for k in missing_keywords),
-    )
+    missing = tuple(_missing_element(instance, k) for k in missing_keywords)
+    return Path(root.text, study.text, series.text, image.text), missing
 
 
 @dataclass(frozen=True)
@@ -144,6 +116,8 @@ class Repacked:
     duration_ms: float = 0.0
     #: What the event should say about the instance as sent (not an error).
     notes: tuple[str, ...] = ()
+    #: pydicom's warnings about this file, each once (added by the caller that caught them).
+    warnings: tuple[str, ...] = ()
 
     def event_fields(self) -> dict[str, Any]:
         """The fields of the ``repack.done`` event line (rx-repack's keys)."""
@@ -165,7 +139,7 @@ class Repacked:
 def _outcome(
     source: SourceFile,
     instance: Instance,
-    placement: Placement,
+    missing: tuple[MissingElement, ...],
     *,
     series_dir: Path,
     destination: Path,
@@ -183,7 +157,7 @@ def _outcome(
         series_instance_uid=instance.px_value("SeriesInstanceUID"),
         sop_instance_uid=instance.px_value("SOPInstanceUID"),
         series_dir=series_dir,
-        missing=placement.missing,
+        missing=missing,
         source_removed=removed,
         series_log=series_log,
         duration_ms=(time.perf_counter() - started) * 1000,
@@ -236,14 +210,13 @@ class Repacker:
         self._written: Memo[Path | tuple[Path, str], bool] = Memo(_REMEMBER_AT_MOST)
         # Built once per series: the same path objects (and their cached hashes)
         # serve every instance.
-        self._series_dirs: Memo[tuple[str, str, str], Path] = Memo(_REMEMBER_AT_MOST)
+        self._series_dirs: Memo[Path, Path] = Memo(_REMEMBER_AT_MOST)
         self._log_paths: Memo[tuple[str, str, str], LogPaths] = Memo(_REMEMBER_AT_MOST)
         # Most values are the same bytes in every instance of a series: converted once.
         self._values = ValueCache()
 
-    def _series_dir(self, placement: Placement) -> Path:
-        key = (placement.root, placement.study, placement.series)
-        return self._series_dirs.get(key, lambda: self.datadir / placement.series_path)
+    def _series_dir(self, relative: Path) -> Path:
+        return self._series_dirs.get(relative.parent, lambda: self.datadir / relative.parent)
 
     def _paths_of(self, instance: Instance, logdir: Path) -> LogPaths:
         key = (
@@ -274,23 +247,23 @@ class Repacker:
         if self.move and source.open_elsewhere is None:
             source.others()
         instance = read_source(source, self._keywords, self._values)
-        placement = plan_placement(instance, self.layout)
-        series_dir = self._series_dir(placement)
-        destination = series_dir / placement.image
+        relative, missing = plan_placement(instance, self.layout)
+        series_dir = self._series_dir(relative)
+        destination = series_dir / relative.name
         generation = self._store.generation
         stat = self._store.place(source, destination, link=self.move, folder=series_dir)
         if self.logdir is not None:
-            self._write_logs(instance, placement, series_dir, destination, stat)
+            self._write_logs(instance, series_dir, destination, stat)
             if self._store.generation != generation:
                 # A folder was removed under us: what we remember writing may be gone.
                 self._written.clear()
-                self._write_logs(instance, placement, series_dir, destination, stat)
+                self._write_logs(instance, series_dir, destination, stat)
         removed = self.move and source.remove()
         series_log = ""
         if self.logdir is not None:
             series_log = str(self._paths_of(instance, self.logdir).study_series)
         return _outcome(
-            source, instance, placement, series_dir=series_dir, destination=destination,
+            source, instance, missing, series_dir=series_dir, destination=destination,
             size=stat.st_size, started=started, removed=removed, series_log=series_log,
         )  # fmt: skip
 
@@ -303,28 +276,27 @@ class Repacker:
         """
         started = time.perf_counter()
         instance = read_source(source, self._keywords)
-        placement = plan_placement(instance, self.layout)
-        series_dir = self.datadir / placement.series_path
-        destination = series_dir / placement.image
+        relative, missing = plan_placement(instance, self.layout)
+        series_dir = self.datadir / relative.parent
+        destination = series_dir / relative.name
         if self.logdir is not None:
-            LogPaths.of(self.logdir, instance).image(placement.image)
+            LogPaths.of(self.logdir, instance).image(relative.name)
             for document in (
                 patient_document(instance, [instance.px_value("StudyInstanceUID")]),
                 study_meta_document(instance),
                 study_series_document(instance, str(series_dir)),
                 series_meta_document(instance),
-                image_document(instance, placement.image, source.stat, str(destination)),
+                image_document(instance, relative.name, source.stat, str(destination)),
             ):
                 json_bytes(document)
         return _outcome(
-            source, instance, placement, series_dir=series_dir, destination=destination,
+            source, instance, missing, series_dir=series_dir, destination=destination,
             size=source.stat.st_size, started=started,
         )  # fmt: skip
 
     def _write_logs(
         self,
         instance: Instance,
-        placement: Placement,
         series_dir: Path,
         destination: Path,
         stat: os.stat_result,
@@ -340,11 +312,11 @@ class Repacker:
             # The data file is a hard link to the source, which goes next: record
             # the link count the file will have, as a copy would.
             nlink = max(1, stat.st_nlink - 1)
-        image = image_document(instance, placement.image, stat, str(destination), nlink=nlink)
+        image = image_document(instance, destination.name, stat, str(destination), nlink=nlink)
         # The -img folder holds one file per instance and nothing else (pypx
         # counts them), so its temporary files live one level up.
         store.write_atomic(
-            paths.image(placement.image),
+            paths.image(destination.name),
             json_bytes(image),
             temp_dir=paths.series_data,
             folder=paths.images,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from watcher._metrics import Metrics
 from watcher._outcomes import CRASHES_BEFORE_QUARANTINE, REPEATS_BEFORE_ERROR, ResultRouter
 from watcher._quarantine import Quarantine
 from watcher._series import SeriesTracker
-from watcher._workers import Outcome, Result
+from watcher._workers import NotRepacked, Outcome
 
 from .helpers import Clock, metric
 
@@ -108,7 +109,7 @@ def _repacked(tmp_path: Path) -> Repacked:
 def test_done_tells_the_series_counts_and_forgets_the_file_in_move_mode(
     routed: Routed, tmp_path: Path
 ) -> None:
-    routed.router.route(routed.candidate(), Result(Outcome.DONE, _repacked(tmp_path)))
+    routed.router.route(routed.candidate(), _repacked(tmp_path))
     assert routed.counts.repacked == 1
     assert routed.series.active() == 1
     assert routed.tracker.pending_count() == 0
@@ -121,7 +122,7 @@ def test_done_tells_the_series_counts_and_forgets_the_file_in_move_mode(
 def test_done_in_copy_mode_remembers_the_version(tmp_path: Path) -> None:
     routed = Routed(tmp_path, "--mode", "copy")
     candidate = routed.candidate()
-    routed.router.route(candidate, Result(Outcome.DONE, _repacked(tmp_path)))
+    routed.router.route(candidate, _repacked(tmp_path))
     routed.tracker.found(str(routed.file), os.lstat(routed.file))
     assert routed.tracker.pending_count() == 0  # the same version is not taken again
 
@@ -133,7 +134,7 @@ def test_done_in_copy_mode_remembers_the_version(tmp_path: Path) -> None:
 def test_busy_and_unclaimed_are_looked_at_again_after_the_settle_period(
     routed: Routed, outcome: Outcome, event: Event
 ) -> None:
-    routed.router.route(routed.candidate(), Result(outcome))
+    routed.router.route(routed.candidate(), NotRepacked(outcome))
     assert routed.log.lines == [("debug", str(event), {"src": str(routed.file)})]
     assert routed.again() == []
     routed.clock.now += 1.0
@@ -144,7 +145,7 @@ def test_busy_and_unclaimed_are_looked_at_again_after_the_settle_period(
 
 def test_unproven_waits_for_the_unleased_settle_period_since_first_seen(routed: Routed) -> None:
     candidate = routed.candidate()
-    routed.router.route(candidate, Result(Outcome.UNPROVEN))
+    routed.router.route(candidate, NotRepacked(Outcome.UNPROVEN))
     routed.clock.now += 29.0
     assert routed.again() == []
     routed.clock.now += 1.0
@@ -154,7 +155,7 @@ def test_unproven_waits_for_the_unleased_settle_period_since_first_seen(routed: 
 
 @pytest.mark.parametrize("outcome", [Outcome.CHANGED, Outcome.VANISHED])
 def test_changed_and_vanished_are_forgotten(routed: Routed, outcome: Outcome) -> None:
-    routed.router.route(routed.candidate(), Result(outcome))
+    routed.router.route(routed.candidate(), NotRepacked(outcome))
     assert routed.tracker.pending_count() == 0
     assert routed.counts.vanished == (outcome is Outcome.VANISHED)
 
@@ -162,7 +163,7 @@ def test_changed_and_vanished_are_forgotten(routed: Routed, outcome: Outcome) ->
 def test_invalid_and_long_unchanged_is_quarantined_at_once(routed: Routed) -> None:
     os.utime(routed.file, (0, 0))  # unchanged since 1970
     candidate = routed.candidate()
-    routed.router.route(candidate, Result(Outcome.INVALID, reason="not-dicom", message="no"))
+    routed.router.route(candidate, NotRepacked(Outcome.INVALID, reason="not-dicom", message="no"))
     assert routed.log.events() == [Event.REPACK_FAILED]
     assert not routed.file.exists()
     assert routed.counts.quarantined == 1
@@ -172,7 +173,7 @@ def test_invalid_and_long_unchanged_is_quarantined_at_once(routed: Routed) -> No
 def test_invalid_and_still_changing_is_held_then_quarantined(routed: Routed) -> None:
     candidate = routed.candidate()
     routed.clock.now += 2.0  # the tracker saw it 2 s ago; its mtime is now
-    routed.router.route(candidate, Result(Outcome.INVALID, reason="truncated", message="cut"))
+    routed.router.route(candidate, NotRepacked(Outcome.INVALID, reason="truncated", message="cut"))
     assert routed.log.events() == [Event.REPACK_INCOMPLETE]
     assert routed.file.exists()
     routed.clock.now += 7.9
@@ -180,7 +181,7 @@ def test_invalid_and_still_changing_is_held_then_quarantined(routed: Routed) -> 
     routed.clock.now += 0.2  # ten seconds since first seen (and since its mtime, or not)
     (again,) = routed.again()
     os.utime(routed.file, (0, 0))
-    routed.router.route(again, Result(Outcome.INVALID, reason="truncated", message="cut"))
+    routed.router.route(again, NotRepacked(Outcome.INVALID, reason="truncated", message="cut"))
     assert routed.log.events()[-1] == Event.REPACK_FAILED
     assert not routed.file.exists()
 
@@ -189,7 +190,7 @@ def test_storage_failures_back_off_and_say_stuck_once(routed: Routed) -> None:
     candidate = routed.candidate()
     delays = []
     for attempt in range(REPEATS_BEFORE_ERROR + 1):
-        failed = Result(Outcome.STORAGE, message="disk full", errno=errno.ENOSPC)
+        failed = NotRepacked(Outcome.STORAGE, message="disk full", errno=errno.ENOSPC)
         routed.router.route(candidate, failed)
         _, event, fields = routed.log.lines[-1]
         delays.append(fields["retry_in_s"])
@@ -209,7 +210,7 @@ def test_a_file_that_crashes_its_worker_is_quarantined_after_three_crashes(
 ) -> None:
     candidate = routed.candidate()
     for crash in range(CRASHES_BEFORE_QUARANTINE):
-        routed.router.route(candidate, Result(Outcome.CRASHED, message="worker process died"))
+        routed.router.route(candidate, NotRepacked(Outcome.CRASHED, message="worker process died"))
         if crash + 1 < CRASHES_BEFORE_QUARANTINE:
             routed.clock.now += 60
             (candidate,) = routed.again()
@@ -220,7 +221,7 @@ def test_a_file_that_crashes_its_worker_is_quarantined_after_three_crashes(
 
 
 def test_warnings_become_one_event_each_and_a_metric(routed: Routed, tmp_path: Path) -> None:
-    result = Result(Outcome.DONE, _repacked(tmp_path), warnings=("odd charset", "bad date"))
+    result = replace(_repacked(tmp_path), warnings=("odd charset", "bad date"))
     routed.router.route(routed.candidate(), result)
     assert routed.log.events() == [Event.REPACK_WARNING, Event.REPACK_WARNING]
     assert routed.metric("pypx_listener_dicom_warnings_total") == 2
@@ -230,7 +231,7 @@ def test_a_file_gone_before_its_quarantine_counts_as_vanished(routed: Routed) ->
     os.utime(routed.file, (0, 0))
     candidate = routed.candidate()
     routed.file.unlink()
-    routed.router.route(candidate, Result(Outcome.INVALID, reason="not-dicom", message="no"))
+    routed.router.route(candidate, NotRepacked(Outcome.INVALID, reason="not-dicom", message="no"))
     assert routed.counts.vanished == 1
     assert routed.counts.quarantined == 0
     assert signature_of(os.stat(routed.incoming)) is not None

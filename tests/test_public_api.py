@@ -21,7 +21,7 @@ SURFACES = {
         "LOCK_DIR", "NOT_DEFINED", "REQUIRED_KEYWORDS", "TEMP_PREFIX",
         # reading and repacking
         "Instance", "read_instance", "read_source", "Repacker", "Repacked", "repack_file",
-        "MissingElement", "Placement", "plan_placement",
+        "MissingElement", "plan_placement",
         # opening untrusted inputs
         "SourceFile", "open_root", "open_beneath", "open_path", "folder_beneath", "file_type",
         "open_folder_beneath", "Others",

@@ -89,10 +89,10 @@ def test_rendered_path_always_stays_inside_the_data_dir(
         SeriesDescription=series,
         SOPInstanceUID=sop.replace("\\", ""),
     )
-    placement = plan_placement(Instance(ds), Layout.named())
+    relative, _ = plan_placement(Instance(ds), Layout.named())
     datadir = Path("/data")
-    target = os.path.normpath(datadir / placement.relative_path)
+    target = os.path.normpath(datadir / relative)
     assert target.startswith("/data/")
-    parts = placement.relative_path.parts
+    parts = relative.parts
     assert len(parts) == 4
     assert all(len(p.encode()) <= MAX_COMPONENT_BYTES and p not in (".", "..") for p in parts)

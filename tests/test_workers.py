@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from repack import Layout, open_beneath
+from repack import Layout, Repacked, open_beneath
 from watcher._completion import Candidate, signature_of
 from watcher._incoming import IncomingRoot
 from watcher._workers import (
+    NotRepacked,
     Outcome,
     WorkerConfig,
     WorkerProcess,
@@ -59,12 +60,11 @@ def test_a_claimed_file_is_repacked_and_its_warnings_come_with_it(
         write_dicom(odd, make_dataset(SpecificCharacterSet="ISO_IR 999"))
     repacker = config(tmp_path).repacker()
     done = repack_candidate(repacker, incoming, incoming.identity, candidate(path))
-    assert done.outcome is Outcome.DONE
-    assert done.repacked is not None
-    assert done.repacked.dst.exists()
+    assert isinstance(done, Repacked)
+    assert done.dst.exists()
     assert not path.exists()  # move mode
     warned = repack_candidate(repacker, incoming, incoming.identity, candidate(odd))
-    assert warned.outcome is Outcome.DONE
+    assert isinstance(warned, Repacked)
     assert any("ISO_IR 999" in w for w in warned.warnings)
     assert len(warned.warnings) == len(set(warned.warnings))
 
@@ -144,16 +144,19 @@ def test_a_worker_process_repacks_batches_and_is_started_again_after_it_died(
         gone = candidate(files[1])
         files[1].unlink()
         results = worker.repack(incoming.identity, [candidate(files[0]), gone])
-        assert [r.outcome for r in results] == [Outcome.DONE, Outcome.VANISHED]
+        assert isinstance(results[0], Repacked)
+        assert isinstance(results[1], NotRepacked)
+        assert results[1].outcome is Outcome.VANISHED
         assert worker._process is not None
         os.kill(worker._process.pid, signal.SIGKILL)
         worker._process.wait(10)
         third = write_dicom(incoming.path / "MR.3", SOPInstanceUID="1.2.3.3")
         (crashed,) = worker.repack(incoming.identity, [candidate(third)])
+        assert isinstance(crashed, NotRepacked)
         assert crashed.outcome is Outcome.CRASHED
         assert "died" in crashed.message
         (done,) = worker.repack(incoming.identity, [candidate(third)])  # a new process
-        assert done.outcome is Outcome.DONE
+        assert isinstance(done, Repacked)
     finally:
         worker.stop(5)
     assert worker._process is None

@@ -1,9 +1,9 @@
-"""What the service does with each worker's :class:`~watcher._workers.Result`.
+"""What the service does with each worker's result (:data:`~watcher._workers.Result`).
 
 =========  ==============================================================
 outcome    action
 =========  ==============================================================
-done       the series is told; copy mode remembers the version (the service
+repacked   the series is told; copy mode remembers the version (the service
            has written ``repack.done``, the batch's events first)
 unclaimed  looked at again after the settle period (another process holds its
            lock; while it does, the file is still counted as waiting)
@@ -82,14 +82,15 @@ class ResultRouter:
         self.log = log
 
     def route(self, candidate: Candidate, result: Result) -> None:
-        outcome = result.outcome
         if result.warnings:
             self.metrics.warned(len(result.warnings))
         for warning in result.warnings:
             self.log.warning(Event.REPACK_WARNING, src=candidate.shown, warning=warning)
-        if outcome is Outcome.DONE:
+        if isinstance(result, Repacked):
             self._done(candidate, result)
-        elif outcome in (Outcome.BUSY, Outcome.UNCLAIMED):
+            return
+        outcome = result.outcome
+        if outcome in (Outcome.BUSY, Outcome.UNCLAIMED):
             busy = outcome is Outcome.BUSY
             self.log.debug(
                 Event.REPACK_BUSY if busy else Event.REPACK_UNCLAIMED, src=candidate.shown
@@ -114,22 +115,20 @@ class ResultRouter:
                     candidate, "repack-crashed", f"crashed {repeats} times: {result.message}"
                 )
 
-    def _done(self, candidate: Candidate, result: Result) -> None:
+    def _done(self, candidate: Candidate, repacked: Repacked) -> None:
         self.tracker.finished(candidate, remember=not self.settings.move)
         self.counts.add("repacked")
-        repacked = result.repacked
-        if repacked is not None:
-            self.metrics.repacked(repacked.duration_ms / 1000, repacked.size)
-            count = self.series.add(
-                repacked.series_instance_uid,
-                repacked.sop_instance_uid,
-                folder=str(repacked.series_dir),
-                patient_id=repacked.patient_id,
-                study_uid=repacked.study_instance_uid,
-                log_path=repacked.series_log,
-            )
-            if count and self.on_instance is not None:
-                self.on_instance(repacked, count)
+        self.metrics.repacked(repacked.duration_ms / 1000, repacked.size)
+        count = self.series.add(
+            repacked.series_instance_uid,
+            repacked.sop_instance_uid,
+            folder=str(repacked.series_dir),
+            patient_id=repacked.patient_id,
+            study_uid=repacked.study_instance_uid,
+            log_path=repacked.series_log,
+        )
+        if count and self.on_instance is not None:
+            self.on_instance(repacked, count)
 
     def _invalid(self, candidate: Candidate, reason: str, message: str) -> None:
         if reason != NotRegularFileError.reason:

@@ -23,6 +23,7 @@ from typing import Any
 from repack import (
     TEMP_PREFIX,
     Event,
+    Repacked,
     Store,
     get_logger,
     log_repacked,
@@ -44,7 +45,7 @@ from ._quarantine import Quarantine
 from ._scan import Scans
 from ._series import SeriesTracker
 from ._settings import Settings
-from ._workers import Outcome, Result, WorkerConfig, WorkerProcess
+from ._workers import NotRepacked, Outcome, WorkerConfig, WorkerProcess
 
 __all__ = ["OUTPUT_BLOCKED_S", "Service"]
 
@@ -384,8 +385,8 @@ class Service:
         # The batch's events first: a service killed now loses no event of a file
         # its workers finished.
         for candidate, result in zip(candidates, results, strict=True):
-            if result.repacked is not None:
-                fields = result.repacked.event_fields()
+            if isinstance(result, Repacked):
+                fields = result.event_fields()
                 if candidate.attempt:
                     fields["attempt"] = candidate.attempt
                 log_repacked(self.log, fields)
@@ -397,4 +398,4 @@ class Service:
         message = f"{type(error).__name__}: {error}"
         for candidate in candidates:
             self.log.error(Event.WORKER_ERROR, worker=index, src=candidate.shown, error=message)
-            self.router.route(candidate, Result(Outcome.CRASHED, message=message))
+            self.router.route(candidate, NotRepacked(Outcome.CRASHED, message=message))

@@ -3,7 +3,8 @@
 Repacking is CPU-bound Python, so each pool thread owns one child process
 (``python -P .../watcher/_worker_main.py``, a fresh interpreter) and hands it
 a batch of candidates at a time over a socket pair; the child claims and
-repacks each one and answers with one :class:`Result` per file. Events,
+repacks each one and answers with one result per file: the
+:class:`~repack.Repacked` instance, or why it was not (:class:`NotRepacked`). Events,
 series and metrics stay in the parent, which writes every ``repack.done``.
 
 Claiming a file (:func:`repack_candidate`), in this order:
@@ -38,7 +39,7 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -63,7 +64,14 @@ from ._completion import Candidate
 from ._incoming import Identity, IncomingRoot
 from ._settings import Settings
 
-__all__ = ["Outcome", "Result", "WorkerConfig", "WorkerProcess", "repack_candidate"]
+__all__ = [
+    "NotRepacked",
+    "Outcome",
+    "Result",
+    "WorkerConfig",
+    "WorkerProcess",
+    "repack_candidate",
+]
 
 
 @dataclass(frozen=True)
@@ -97,9 +105,8 @@ class WorkerConfig:
 
 
 class Outcome(StrEnum):
-    """What became of one file (the routing table of :mod:`watcher._outcomes`)."""
+    """Why a file was not repacked (the routing table of :mod:`watcher._outcomes`)."""
 
-    DONE = "done"
     #: Another process holds its lock (another service, a one-shot): look again later.
     UNCLAIMED = "unclaimed"
     #: It changed since it was seen: leave it (its change brings a new event).
@@ -118,16 +125,19 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True)
-class Result:
-    """The outcome of one file, as it crosses back to the parent."""
+class NotRepacked:
+    """Why one file was not repacked, as it crosses back to the parent."""
 
     outcome: Outcome
-    repacked: Repacked | None = None
     reason: str = ""
     message: str = ""
     errno: int | None = None
     #: pydicom's warnings about this file, each once.
     warnings: tuple[str, ...] = ()
+
+
+#: What a worker answers for each file.
+Result = Repacked | NotRepacked
 
 
 def _refusal(source: SourceFile, *, closed: bool) -> Outcome | None:
@@ -156,27 +166,23 @@ def repack_candidate(
     """Claim and repack one candidate of the folder ``identity``; never raises."""
     descriptor = root.current(identity)
     if descriptor is None:  # the folder this file was seen in is no longer there
-        return Result(Outcome.VANISHED)
+        return NotRepacked(Outcome.VANISHED)
     relative = root.relative(candidate.path)
+    result: Result
     with collected_warnings() as warned:
         try:
             with open_beneath(descriptor, relative, shown_as=Path(candidate.path)) as source:
                 refused = _refusal(source, closed=candidate.closed)
-                result = Result(refused) if refused else Result(
-                    Outcome.DONE, repacker.repack_source(source)
-                )  # fmt: skip
+                result = NotRepacked(refused) if refused else repacker.repack_source(source)
         except SourceVanishedError:
-            result = Result(Outcome.VANISHED)
+            result = NotRepacked(Outcome.VANISHED)
         except InvalidInstanceError as error:
-            result = Result(Outcome.INVALID, reason=error.reason, message=str(error))
+            result = NotRepacked(Outcome.INVALID, reason=error.reason, message=str(error))
         except StorageError as error:
-            result = Result(Outcome.STORAGE, message=str(error), errno=error.errno)
+            result = NotRepacked(Outcome.STORAGE, message=str(error), errno=error.errno)
         except Exception as error:  # a bug must not kill the worker or lose the file
-            result = Result(Outcome.CRASHED, message=f"{type(error).__name__}: {error}")
-    if warned:
-        return Result(result.outcome, result.repacked, result.reason, result.message,
-                      result.errno, tuple(dict.fromkeys(warned)))  # fmt: skip
-    return result
+            result = NotRepacked(Outcome.CRASHED, message=f"{type(error).__name__}: {error}")
+    return replace(result, warnings=tuple(dict.fromkeys(warned))) if warned else result
 
 
 # -- the worker process's side -------------------------------------------------
@@ -288,8 +294,8 @@ def _report_orphaned(results: list[Result]) -> None:
     """
     log = get_logger()
     for result in results:
-        if result.repacked is not None:
-            log_repacked(log, result.repacked.event_fields())
+        if isinstance(result, Repacked):
+            log_repacked(log, result.event_fields())
 
 
 def worker_command(descriptor: int) -> list[str]:
@@ -348,16 +354,15 @@ class WorkerProcess:
             problem = self.wait_ready(60)
             if problem is not None:
                 self._restart()
-                return [Result(Outcome.CRASHED, message=f"worker did not start: {problem}")] * len(
-                    candidates
-                )
+                failed = NotRepacked(Outcome.CRASHED, message=f"worker did not start: {problem}")
+                return [failed] * len(candidates)
         assert self._connection is not None  # noqa: S101 - started just above
         try:
             self._connection.send((identity, candidates))
             results: list[Result] = self._connection.recv()
         except (EOFError, OSError) as error:
             self._restart()
-            crashed = Result(Outcome.CRASHED, message=f"worker process died: {error or 'EOF'}")
+            crashed = NotRepacked(Outcome.CRASHED, message=f"worker process died: {error or 'EOF'}")
             return [crashed] * len(candidates)
         return results
 
