@@ -1,0 +1,125 @@
+"""Count the calls across modules on one file's path, from watchdog's event to ``repack.done``.
+
+Runs the path's steps in one process, in the order the service runs them on
+its threads and its worker process: the watchdog handler, the tracker, the
+claim and repack, ``repack.done``'s writer, the router. The two hand-overs
+between processes and threads (the pool's queue, the worker's socket pair)
+are not calls of ours and are added by hand. A profiler records every call
+from a module of ``repack``/``watcher`` into a *different* one of them.
+
+    .venv/bin/python -m benchmarks.path_calls [FILE.dcm]
+
+Prints each caller -> callee pair once, in the order first made, and the
+counts: pairs, and calls on the main line (made by the step functions
+themselves, not by what they call in turn).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from watchdog.events import FileClosedEvent
+
+from repack import Repacked, get_logger, log_repacked
+from repack import Store as _Store
+from watcher import parse_settings
+from watcher._completion import CompletionTracker
+from watcher._counts import Counts
+from watcher._incoming import IncomingRoot
+from watcher._metrics import Metrics
+from watcher._observer import Recorder
+from watcher._outcomes import ResultRouter
+from watcher._quarantine import Quarantine
+from watcher._series import SeriesTracker
+from watcher._workers import WorkerConfig, repack_candidate
+
+_OURS = ("repack.", "watcher.")
+
+
+def _module(frame: FrameType) -> str:
+    return str(frame.f_globals.get("__name__", ""))
+
+
+def main(argv: list[str]) -> int:
+    example = Path(argv[0]) if argv else min(Path("examples/FNNDSC-SAG-anon-3d6e850").glob("*.dcm"))
+    work = Path(tempfile.mkdtemp(prefix="path-calls-"))
+    try:
+        return _trace(example, work)
+    finally:
+        shutil.rmtree(work)
+
+
+def _trace(example: Path, work: Path) -> int:
+    incoming = work / "incoming"
+    incoming.mkdir()
+    settings = parse_settings(
+        ["--incoming", str(incoming), "--datadir", str(work / "data"), "--logdir",
+         str(work / "log"), "--quarantine", str(work / "quarantine"), "--settle", "1"],
+        environ={},
+    )  # fmt: skip
+    tracker = CompletionTracker(0.0)
+    root = IncomingRoot(incoming)
+    root.open()
+    log = get_logger()
+    router = ResultRouter(
+        settings, tracker=tracker, quarantine=Quarantine(settings.quarantine, _Store(None)),
+        root=root, series=SeriesTracker(30), counts=Counts(), metrics=Metrics(), log=log,
+    )  # fmt: skip
+    recorder = Recorder(tracker, str(incoming))
+    repacker = WorkerConfig.of(settings).repacker()
+    # Warm up on a first file, so that the traced one takes the steady path.
+    for name in ("MR.0", "MR.1"):
+        path = incoming / name
+        shutil.copyfile(example, path)
+        if name == "MR.1":
+            pairs: dict[tuple[str, str], int] = {}
+            main_line: list[str] = []
+            steps = {"on_any_event", "take_ready", "repack_candidate", "log_repacked", "route"}
+
+            def profile(frame: FrameType, event: str, _: Any) -> None:
+                if event != "call":
+                    return
+                caller = frame.f_back
+                if caller is None:
+                    return
+                callee, calling = _module(frame), _module(caller)
+                if not (callee.startswith(_OURS) and calling.startswith(_OURS)):
+                    return
+                if callee == calling:
+                    return
+                pair = (f"{calling}.{caller.f_code.co_name}", f"{callee}.{frame.f_code.co_name}")
+                if pair not in pairs:
+                    pairs[pair] = len(pairs)
+                    if caller.f_code.co_name in steps:
+                        main_line.append(f"{pair[0]} -> {pair[1]}")
+
+            sys.setprofile(profile)
+        try:
+            recorder.on_any_event(FileClosedEvent(str(path)))
+            (candidate,) = tracker.take_ready(1)
+            result = repack_candidate(repacker, root, root.identity, candidate)
+            if not isinstance(result, Repacked):
+                raise SystemExit(f"not repacked: {result}")
+            log_repacked(log, result.event_fields())
+            router.route(candidate, result)
+        finally:
+            sys.setprofile(None)
+    root.close()
+    for caller, callee in pairs:
+        print(f"{caller} -> {callee}")
+    print("\nmain line (calls the steps make themselves):")
+    print("\n".join(main_line))
+    print(
+        f"\ncross-module pairs: {len(pairs)}; on the main line: {len(main_line)}"
+        " (+2 hand-overs: the pool's queue, the worker's socket pair)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
