@@ -29,11 +29,10 @@ from repack import Repacked, get_logger, log_repacked
 from repack import Store as _Store
 from watcher import parse_settings
 from watcher._completion import CompletionTracker
-from watcher._counts import Counts
-from watcher._incoming import IncomingRoot
+from watcher._folders import IncomingRoot
 from watcher._metrics import Metrics
 from watcher._observer import Recorder
-from watcher._outcomes import ResultRouter
+from watcher._outcomes import Counts, ResultRouter
 from watcher._quarantine import Quarantine
 from watcher._series import SeriesTracker
 from watcher._workers import WorkerConfig, repack_candidate
@@ -72,32 +71,28 @@ def _trace(example: Path, work: Path) -> int:
     )  # fmt: skip
     recorder = Recorder(tracker, str(incoming))
     repacker = WorkerConfig.of(settings).repacker()
+    pairs: dict[tuple[str, str], int] = {}
+    main_line: list[str] = []
+    steps = {"on_any_event", "take_ready", "repack_candidate", "log_repacked", "route"}
+
+    def profile(frame: FrameType, event: str, _: Any) -> None:
+        caller = frame.f_back
+        if event != "call" or caller is None:
+            return
+        callee, calling = _module(frame), _module(caller)
+        if callee == calling or not (callee.startswith(_OURS) and calling.startswith(_OURS)):
+            return
+        pair = (f"{calling}.{caller.f_code.co_name}", f"{callee}.{frame.f_code.co_name}")
+        if pair not in pairs:
+            pairs[pair] = len(pairs)
+            if caller.f_code.co_name in steps:
+                main_line.append(f"{pair[0]} -> {pair[1]}")
+
     # Warm up on a first file, so that the traced one takes the steady path.
     for name in ("MR.0", "MR.1"):
         path = incoming / name
         shutil.copyfile(example, path)
         if name == "MR.1":
-            pairs: dict[tuple[str, str], int] = {}
-            main_line: list[str] = []
-            steps = {"on_any_event", "take_ready", "repack_candidate", "log_repacked", "route"}
-
-            def profile(frame: FrameType, event: str, _: Any) -> None:
-                if event != "call":
-                    return
-                caller = frame.f_back
-                if caller is None:
-                    return
-                callee, calling = _module(frame), _module(caller)
-                if not (callee.startswith(_OURS) and calling.startswith(_OURS)):
-                    return
-                if callee == calling:
-                    return
-                pair = (f"{calling}.{caller.f_code.co_name}", f"{callee}.{frame.f_code.co_name}")
-                if pair not in pairs:
-                    pairs[pair] = len(pairs)
-                    if caller.f_code.co_name in steps:
-                        main_line.append(f"{pair[0]} -> {pair[1]}")
-
             sys.setprofile(profile)
         try:
             recorder.on_any_event(FileClosedEvent(str(path)))

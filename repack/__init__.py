@@ -32,10 +32,9 @@ from ._errors import (
     TruncatedFileError,
 )
 from ._events import Event, configure_logging, get_logger, log_repacked, output_blocked_for
-from ._json import dumps, json_bytes, printable
+from ._logs import dumps, json_bytes, printable
 from ._repack import MissingElement, Repacked, Repacker, plan_placement, repack_file
-from ._sanitize import sanitize_component
-from ._seahash import seahash_hex
+from ._sanitize import sanitize_component, seahash_hex
 from ._source import (
     Others,
     SourceFile,
@@ -49,7 +48,7 @@ from ._source import (
 from ._store import LOCK_DIR, Store
 from ._template import Layout, NamedLayout, Template, parse_template
 from ._temps import TEMP_PREFIX, probe_writable, sweep_stale_temps
-from ._warnings import collected as collected_warnings
+from ._values import collected_warnings
 
 __all__ = [
     "LOCK_DIR",

@@ -1,17 +1,16 @@
-"""``pypx-repack``: repack DICOM files once, as a storescp handler or in batch.
+r"""``pypx-repack``: repack DICOM files once, as a storescp handler or in batch.
 
 As a ``storescp -xcr`` handler (a drop-in for rx-repack and px-repack)::
 
-    storescp -od /incoming -xcr "pypx-repack --xcrdir #p --xcrfile #f \\
+    storescp -od /incoming -xcr "pypx-repack --xcrdir #p --xcrfile #f \
         --datadir /data --logdir /log --cleanup --log-ndjson" 11113
 
-In batch, over files and folders (recursively, every DICOM file whatever its
-name)::
+In batch, over files and folders (recursively)::
 
     pypx-repack --datadir /data --logdir /log /old/exports
 
-Exit status: 0 when every DICOM file was repacked, 1 when one failed, 2 for
-a usage error (bad option or template), each with a one-line reason.
+Exit status 0 when every DICOM file was repacked, 1 when one failed, 2 for a
+usage error, each with a one-line reason.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from ._arguments import (
 )
 from ._errors import NotDicomError, NotRegularFileError, RepackError
 from ._events import Event, configure_logging, get_logger, log_repacked
-from ._json import printable
+from ._logs import printable
 from ._repack import Repacked, Repacker
 from ._source import open_beneath, open_root
 from ._temps import TEMP_PREFIX

@@ -29,9 +29,8 @@ from ._full_read import (
     image_without_pixels,
     read_full,
 )
-from ._header import read_header
+from ._header import PIXEL_TAGS, read_header
 from ._source import SourceFile, open_path
-from ._tags import PIXEL_TAGS
 from ._values import NOT_DEFINED, Converted, ValueCache, charset_key, converted_element, px_string
 
 __all__ = [

@@ -5,7 +5,7 @@ pipe into ``jq``) each event is a JSON object rendered by orjson, with an
 ISO 8601 UTC ``timestamp`` and a ``level``; on a terminal the same events are
 printed readably. Standard-library logging (watchdog, pydicom) and Python
 warnings are routed through the same renderer (pydicom's by the one hook of
-:mod:`repack._warnings`), so the stream stays one format. Event names are
+:mod:`repack._values`), so the stream stays one format. Event names are
 the constants of :class:`Event`.
 """
 
@@ -22,8 +22,8 @@ from typing import Any, BinaryIO, TextIO, cast
 import structlog
 from pydicom import config as pydicom_config
 
-from . import _warnings
-from ._json import dumps
+from ._logs import dumps
+from ._values import install_warning_hook
 
 __all__ = ["Event", "configure_logging", "get_logger", "log_repacked", "output_blocked_for"]
 
@@ -212,7 +212,7 @@ def configure_logging(
             root.removeHandler(handler)
     root.addHandler(_ToStructlog())
     root.setLevel(logging.WARNING)
-    _warnings.install()
+    install_warning_hook()
     # Values that break the standard's VR rules are still repacked as they are;
     # pydicom's per-value complaints would only flood the event stream.
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE

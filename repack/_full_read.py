@@ -1,14 +1,11 @@
 """pydicom's full read of a file, bounded, checked complete, its errors translated.
 
-The authority on errors: the fast reader (:mod:`repack._header`) hands every
-file it is unsure of to :func:`read_full`. Every pydicom and :class:`OSError`
-failure is translated here into the :mod:`repack._errors` tree.
-
-Completeness: pydicom parses a truncated file without complaint (it stops at
-end-of-file, or returns a short value). A file is complete when its last
-top-level element ends exactly at the end of the file, or, for an element of
-undefined length, when the file ends with the sequence delimitation item; and
-an Image Pixel module (``Rows``) must come with its pixel data.
+The authority on errors: the fast reader hands every file it is unsure of to
+:func:`read_full`, and every pydicom and :class:`OSError` failure becomes a
+:mod:`repack._errors` error here. pydicom parses a truncated file without
+complaint, so a file is complete only when its last top-level element ends
+the file (or it ends with a sequence delimiter, for an undefined length), and
+an Image Pixel module (``Rows``) comes with its pixel data.
 """
 
 from __future__ import annotations
@@ -25,8 +22,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from ._errors import MalformedFileError, NotDicomError, StorageError, TruncatedFileError
+from ._header import PIXEL_TAGS, ROWS, UNDEFINED_LENGTH, must_have_pixels
 from ._source import SourceFile
-from ._tags import PIXEL_TAGS, ROWS, UNDEFINED_LENGTH, must_have_pixels
 
 __all__ = [
     "DEFER_BYTES",

@@ -16,7 +16,8 @@ cut, or lies), and a wanted value longer than ``max_value``
 and loading it is what a hostile sender wants). On anything else unusual
 (big endian, deflate, a short read, an odd VR, a file that does not end where
 its last element ends) it returns ``None`` and the caller falls back to the
-full pydicom read, which is the authority on errors.
+full pydicom read, which is the authority on errors. The one rule both readers
+apply, when an instance must carry pixel data (:func:`must_have_pixels`), is here.
 """
 
 from __future__ import annotations
@@ -29,12 +30,18 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
 from ._errors import MalformedFileError, TruncatedFileError
-from ._tags import PIXEL_TAGS, ROWS, UNDEFINED_LENGTH, must_have_pixels
 
-__all__ = ["read_header"]
+__all__ = ["PIXEL_TAGS", "ROWS", "UNDEFINED_LENGTH", "must_have_pixels", "read_header"]
 
+#: A value length that means "until the delimiter".
+UNDEFINED_LENGTH = 0xFFFF_FFFF
+#: Pixel Data, Float Pixel Data, Double Float Pixel Data.
+PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+#: Rows: an instance that has it is an image.
+ROWS = 0x00280010
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
                        b"UR", b"UT", b"UV"})  # fmt: skip
 _SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
@@ -151,6 +158,13 @@ class _Walker:
                     raise self.past_end(tag, length, value)
                 else:
                     position = value + length
+
+
+def must_have_pixels(has_rows: bool, sop_class_uid: str | None) -> bool:
+    """Whether an instance must carry pixel data to be complete."""
+    if has_rows:
+        return True
+    return sop_class_uid is not None and "Image Storage" in getattr(UID(sop_class_uid), "name", "")
 
 
 def _uid(raw: bytes) -> str:

@@ -1,4 +1,4 @@
-"""The pypx "smdb" JSON log files: where they live and what they contain.
+r"""The pypx "smdb" JSON log files: where they live and what they contain.
 
 Pure functions: from an :class:`~repack._dicom.Instance` (and, for the image
 file, an :class:`os.stat_result`) to JSON-ready dictionaries, and from tag
@@ -11,6 +11,12 @@ readers (``px-status``, ``px-push``, ``px-register``, ``px-smdb``)::
     <logdir>/seriesData/<SeriesInstanceUID>-meta.json
     <logdir>/seriesData/<SeriesInstanceUID>-img/<image>.json
     <logdir>/seriesData/<SeriesInstanceUID>-pack.json
+
+Every file and event line is ASCII JSON (:func:`json_bytes`, :func:`dumps`):
+pypx's readers are Python's ``json`` in whatever locale the host has, and
+px-repack wrote ``\uXXXX`` escapes. orjson encodes; the escaping pass runs
+only on bytes that are not ASCII already. A file name's undecodable bytes
+(lone surrogates, which no encoder accepts) are spelled ``\xff``.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ from __future__ import annotations
 import datetime
 import functools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from ._dicom import Instance
 from ._sanitize import safe_log_name
@@ -31,8 +40,11 @@ __all__ = [
     "STAT_FIELDS",
     "STUDY_FIELDS",
     "LogPaths",
+    "dumps",
     "image_document",
+    "json_bytes",
     "patient_document",
+    "printable",
     "series_fields",
     "series_meta_document",
     "stat_fields",
@@ -204,3 +216,53 @@ class LogPaths:
     @functools.cached_property
     def pack(self) -> Path:
         return self.series_data / f"{self.series_uid}-pack.json"
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_INDENT = orjson.OPT_INDENT_2
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates (undecodable name bytes) spelled ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "backslashreplace")
+    return text
+
+
+def _repair(value: Any) -> Any:
+    """A copy of ``value`` whose strings (keys too) are all encodable."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {_repair(k): _repair(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_repair(v) for v in value]
+    return value
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def dumps(document: Any, *, indent: bool = False, default: Any = None) -> bytes:
+    """``document`` as ASCII JSON bytes (``\\uXXXX`` escapes, as ``json.dump``)."""
+    option = _INDENT if indent else 0
+    try:
+        data = orjson.dumps(document, option=option, default=default)
+    except TypeError:  # a str with lone surrogates: a non-UTF-8 file name
+        data = orjson.dumps(_repair(document), option=option, default=default)
+    if data.isascii():
+        return data
+    return _NON_ASCII.sub(_escape, data.decode("utf-8")).encode("ascii")
+
+
+def json_bytes(document: dict[str, Any]) -> bytes:
+    """A log file's bytes: indented ASCII JSON, as pypx readers in any locale accept."""
+    return dumps(document, indent=True)

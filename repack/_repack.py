@@ -1,19 +1,13 @@
 """Repacking one instance: the order of effects that makes it crash-safe.
 
-:class:`Repacker` holds the settings (data dir, log dir, layout, move or
-copy) and a little memory of what it already wrote, so that a long-running
-service does not re-check the once-per-series files for every instance.
-
-The order of effects, chosen so that at every instant the instance is either
-still at its source or completely repacked with all its logs:
-
-1. read and check the header (nothing written yet for a bad file);
-2. place the data file (hard link or synced copy, published atomically);
-3. write the log files (each atomic; create-once files published with a link);
-4. only then, in move mode, remove the source.
-
-A crash anywhere before 4 leaves the source in place; repacking it again
-rewrites the same destination and the same logs, with no duplicate.
+At every instant the instance is either still at its source or completely
+repacked with all its logs: (1) read and check the header (nothing written
+for a bad file); (2) place the data file (a link or a synced copy, published
+atomically); (3) write the logs (each atomic; create-once files by a link);
+(4) only then, in move mode, remove the source. A crash before (4) leaves the
+source; repacking it again rewrites the same files, with no duplicate.
+:class:`Repacker` remembers the once-per-series files it wrote, so a service
+does not check them again for every instance.
 """
 
 from __future__ import annotations
@@ -26,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from ._dicom import REQUIRED_KEYWORDS, Instance, ValueCache, read_source
-from ._json import json_bytes
 from ._logs import (
     PATIENT_FIELDS,
     SERIES_FIELDS,
     STUDY_FIELDS,
     LogPaths,
     image_document,
+    json_bytes,
     patient_document,
     series_meta_document,
     study_meta_document,

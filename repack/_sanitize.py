@@ -4,15 +4,24 @@ Pure functions, no file system: a component produced here is never empty,
 never ``.`` or ``..``, contains no path separator, and is at most
 :data:`MAX_COMPONENT_BYTES` bytes long, so a path joined from them can never
 leave the directory it is joined onto.
+
+SeaHash, the 64-bit hash that rx-repack uses (its ``seahash`` template
+function, and here to keep shortened names apart), is a pure-Python port of
+the reference algorithm (the ``seahash`` crate's ``reference`` module).
 """
 
 from __future__ import annotations
 
 import re
 
-from ._seahash import seahash
-
-__all__ = ["MAX_COMPONENT_BYTES", "is_safe_name", "safe_log_name", "sanitize_component"]
+__all__ = [
+    "MAX_COMPONENT_BYTES",
+    "is_safe_name",
+    "safe_log_name",
+    "sanitize_component",
+    "seahash",
+    "seahash_hex",
+]
 
 #: The longest file name (in bytes) that Linux file systems accept.
 MAX_COMPONENT_BYTES = 255
@@ -86,3 +95,29 @@ def safe_log_name(name: str, *, suffix: str = "", several: bool = False) -> str:
     digest = "-" + format(seahash(name.encode("utf-8", "surrogatepass")), "016x")
     room = MAX_COMPONENT_BYTES - len(suffix.encode("utf-8")) - len(digest)
     return sanitize_component(name, max_bytes=room) + digest
+
+
+_MASK = 0xFFFF_FFFF_FFFF_FFFF
+_PRIME = 0x6EED0E9DA4D94A4F
+_SEED = (0x16F11FE89B0D677C, 0xB480A793D8E6C86C, 0x6FE2E5AAF078EBC9, 0x14F994A4C5259381)
+
+
+def _diffuse(x: int) -> int:
+    x = (x * _PRIME) & _MASK
+    x ^= (x >> 32) >> (x >> 60)
+    return (x * _PRIME) & _MASK
+
+
+def seahash(data: bytes) -> int:
+    """Return the 64-bit SeaHash of ``data``."""
+    lanes = list(_SEED)
+    for lane, start in enumerate(range(0, len(data), 8)):
+        word = int.from_bytes(data[start : start + 8], "little")
+        lanes[lane % 4] = _diffuse(lanes[lane % 4] ^ word)
+    a, b, c, d = lanes
+    return _diffuse(a ^ b ^ c ^ d ^ (len(data) & _MASK))
+
+
+def seahash_hex(text: str) -> str:
+    """Lowercase hex of the SeaHash of ``text``'s UTF-8 bytes, not zero-padded."""
+    return format(seahash(text.encode("utf-8")), "x")

@@ -1,29 +1,20 @@
 """Opening an input file without trusting the folder it lies in.
 
-The incoming folder is writable by whoever can reach storescp's host, so a
-path is only a hint: between the moment a file was seen and the moment it is
-repacked, any folder on its path may have been swapped for a symbolic link
-to somewhere else, and the name itself may be a link, a FIFO, a socket, a
-device or a hard link to an outside file. So an input is opened once, safely,
-and everything after goes through descriptors:
+Anyone may write into the incoming folder, so a path is only a hint: any
+folder on it may be swapped for a link, and the name itself may be a link,
+FIFO, socket, device or a hard link to an outside file. An input is opened
+once, safely, and everything after goes through descriptors:
 
-* :func:`open_beneath` walks from a descriptor of the root folder one
-  component at a time with ``O_NOFOLLOW | O_DIRECTORY``; a component that is
-  a link, or ``..``, ends the walk (the file has left the folder);
-* the final name is ``lstat``-ed relative to its folder's descriptor and
-  opened only if it is a regular file, with ``O_NOFOLLOW | O_NONBLOCK`` (a
-  FIFO swapped in at that instant cannot block) and checked again with
-  ``fstat``; anything else raises :class:`NotRegularFileError`, so a FIFO or
-  device is never opened for reading;
-* the data is read with ``pread`` on the descriptor, linked into the data
-  tree from ``/proc/self/fd`` (the opened inode, never a path), or copied
-  from the descriptor when its link count says that another name shares it;
-* the name is removed relative to its folder's descriptor, and only while
-  it still names the same, unchanged inode and that folder is still the one
-  reached from the root.
+* :func:`open_beneath` walks from the root folder's descriptor one component
+  at a time (``O_NOFOLLOW | O_DIRECTORY``); a link or ``..`` ends the walk;
+* the final name is ``lstat``-ed in its folder and opened only if a regular
+  file (``O_NOFOLLOW | O_NONBLOCK``, checked again with ``fstat``), else
+  :class:`NotRegularFileError`: a FIFO or device is never opened for reading;
+* data is read with ``pread``, linked from ``/proc/self/fd`` or copied;
+* the name is removed in its folder's descriptor, only while it still names
+  the same unchanged inode in the folder reached from the root.
 
-Every :class:`OSError` of these steps is translated here into the
-:mod:`repack._errors` tree.
+Every :class:`OSError` of these steps becomes a :mod:`repack._errors` error here.
 """
 
 from __future__ import annotations

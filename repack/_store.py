@@ -1,34 +1,23 @@
 """Every file-system effect of repacking, and the translation of ``OSError``.
 
-* **Atomic writes**: a new file is written as an unnamed file in its folder
-  (``O_TMPFILE``) and linked into place when complete; replacing a file goes
-  through a temporary name (starting with :data:`TEMP_PREFIX`) and
-  ``os.replace``. A reader sees no file, the old one or the new one, never a
-  partial one, and never a temporary name where it counts files.
-* **Create once**: files that must keep their first writer's content are
-  published with a link, which fails if the final name exists: no lock, no
-  lost race.
+* **Atomic writes**: a new file is an unnamed ``O_TMPFILE`` linked into place
+  when complete; a replacement goes through a temporary name
+  (:data:`TEMP_PREFIX`) and ``os.replace``. Readers never see a partial file.
+* **Create once**: files that keep their first writer's content are published
+  with a link, which fails if the name exists: no lock, no lost race.
 * **Locked updates**: the one read-modify-write (a patient's ``StudyList``)
-  runs under ``fcntl.flock`` on a lock file below ``<logdir>/.locks``. flock
-  locks belong to an open file and die with their process, so a writer that
-  crashed can never leave a stale lock behind; threads lock too, because
-  each acquisition opens its own file description.
-* **Placing data**: the opened input (a :class:`~repack._source.SourceFile`,
-  never a path) is hard-linked from ``/proc/self/fd`` (same file system: no
-  data is copied, and the source stays in place until the logs are
-  written), else copied from its descriptor to a temporary name that is
-  synced before it is published. An input whose inode has other names (a
-  hard link to a file outside the incoming folder) is always copied, so the
-  data tree never shares an inode with the outside; a copy never keeps
-  set-user-ID, set-group-ID or execute bits.
-* **Folders that vanish**: created folders are remembered; when one turns
-  out to be gone (someone removed the data or log tree), the memory is
-  dropped, the folder made again and the write tried once more, and
-  :attr:`Store.generation` moves on so that callers forget what they wrote.
+  runs under ``flock`` on a file below ``<logdir>/.locks``; the lock dies with
+  its process (and each thread opens its own), so no stale lock is left.
+* **Placing data**: the opened :class:`~repack._source.SourceFile` (never a
+  path) is hard-linked from ``/proc/self/fd``, else copied from its descriptor
+  to a temporary name, synced, then published. An inode with other names is
+  always copied, and a copy keeps no set-ID or execute bit.
+* **Folders that vanish** (someone removed the tree): the folder is made again,
+  the write tried once more, and :attr:`Store.generation` moves on so that
+  callers forget what they wrote.
 
-Every :class:`OSError` is translated here into
-:class:`~repack._errors.StorageError` (or
-:class:`~repack._errors.SourceVanishedError` for a missing source).
+Every :class:`OSError` becomes a :class:`~repack._errors.StorageError` (or
+:class:`~repack._errors.SourceVanishedError` for a missing source) here.
 """
 
 from __future__ import annotations
@@ -44,9 +33,9 @@ from typing import Any, TypeVar
 import orjson
 
 from ._errors import SourceVanishedError, StorageError
-from ._json import dumps, printable
+from ._logs import dumps, printable
 from ._memo import Memo
-from ._seahash import seahash
+from ._sanitize import seahash
 from ._source import SourceFile
 from ._temps import temp_name
 

@@ -1,35 +1,21 @@
 """px-repack's ``%`` path templates: parsing, validation and rendering.
 
-A template is literal text with fields. A field is ``%Keyword`` (a DICOM
-keyword from pydicom's dictionary) optionally preceded by one function:
-``%_name|args_Keyword``. Functions:
+A field is ``%Keyword`` (a DICOM keyword), optionally after one function:
+``%_name|args_Keyword``. Functions: ``pad|W,C`` (right-justify to width ``W``
+with ``C``, default ``0``, never truncating), ``seahash|N`` and ``md5|N`` (the
+first ``N`` lowercase hex digits; SeaHash not zero-padded, as rx-repack),
+``strmsk|MASK`` (``*`` keeps a character, any other mask character replaces
+it), ``nospc|C`` (runs of non-word characters become ``C``).
 
-``pad|W,C``
-    right-justify to width ``W`` with fill character ``C`` (default ``0``),
-    never truncating: ``%_pad|5,0_SeriesNumber`` renders ``5`` as ``00005``.
-``seahash|N``
-    the first ``N`` characters of the lowercase hex SeaHash of the value
-    (not zero-padded, as rx-repack).
-``md5|N``
-    the first ``N`` hex characters of the MD5 of the value.
-``strmsk|MASK``
-    px-repack's string mask: ``*`` keeps the value's character, any other
-    mask character replaces it.
-``nospc|C``
-    px-repack's no-space: runs of non-word characters become ``C``.
-
-In the ``rx-repack`` layout (and custom templates) a function applies to the
-element it is written against, and an element that is absent or empty
-renders as its bare keyword, with no function applied. The ``px-repack-*``
-layouts follow px-repack's own substitution to the letter, so that a site
-moving from px-repack keeps its tree (:meth:`Template.render_px`): every
-present element whose keyword appears in the template's text is replaced by
-``str()`` of its value (``""`` when empty, ``None`` for an empty number),
-functions are paired with elements by position (px's bug, kept: an absent
-element shifts its function onto the next one), and a field nobody replaced
-stays as text (``%StudyDescription`` -> ``_StudyDescription``). Either way an
-absent or empty element is reported as missing. Templates are parsed once,
-so an invalid one is an error before any file is touched.
+In the ``rx-repack`` layout (and custom templates) a function applies to its
+own element, and an absent or empty element renders as its bare keyword. The
+``px-repack-*`` layouts follow px-repack's substitution to the letter
+(:meth:`Template.render_px`), so a site moving from px-repack keeps its tree:
+``str()`` of every present element whose keyword appears in the text,
+functions paired with elements by position (px's bug, kept), and a field
+nobody replaced left as text. Either way an absent or empty element is
+reported as missing. Templates are parsed once: an invalid one is an error
+before any file is touched.
 """
 
 from __future__ import annotations
@@ -45,8 +31,7 @@ from pydicom.datadict import keyword_dict
 
 from ._errors import TemplateError
 from ._memo import Memo
-from ._sanitize import sanitize_component
-from ._seahash import seahash_hex
+from ._sanitize import sanitize_component, seahash_hex
 
 __all__ = [
     "Field",

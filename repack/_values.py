@@ -4,12 +4,23 @@ Pure: no file is read here. :class:`ValueCache` keeps what a worker converted
 (most values are the same bytes in every instance of a series); a conversion
 that made pydicom warn is not kept, so that every file reports its own
 warnings.
+
+pydicom reports a problem with a value on its ``pydicom`` logger, and some
+also as a Python warning; both reach one hook, installed when :mod:`repack`
+is imported. Inside :func:`collected_warnings` (a worker repacking one file)
+each message goes into that file's list (the service's ``repack.warning``
+events); :func:`warning_count` lets the cache tell a quiet conversion; any
+other message goes on to the root logger (structlog, once configured).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+import contextlib
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO, TypeVar
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -19,7 +30,6 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import IS, DSfloat
 
-from . import _warnings
 from ._memo import Memo
 
 __all__ = [
@@ -27,8 +37,11 @@ __all__ = [
     "Converted",
     "ValueCache",
     "charset_key",
+    "collected_warnings",
     "converted_element",
+    "install_warning_hook",
     "px_string",
+    "warning_count",
 ]
 
 #: px's value for an element that is absent.
@@ -78,9 +91,9 @@ def _quietly(make: Callable[[], _Made]) -> tuple[_Made, bool]:
     Only a quiet result is kept for other instances: one that made pydicom
     warn is made again for each file, so every file reports its own warnings.
     """
-    warned = _warnings.count()
+    warned = warning_count()
     made = make()
-    return made, _warnings.count() == warned
+    return made, warning_count() == warned
 
 
 class ValueCache:
@@ -236,3 +249,68 @@ def px_string(element: DataElement) -> str:
         return str(value) if tags is None else tags
     except Exception:  # never let one odd value (or a deep sequence) stop the logs
         return f"<unprintable {type(value).__name__}>"
+
+
+# -- pydicom's warnings: one hook, collected per file
+
+_local = threading.local()
+
+
+class _Hook(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if not _take(record.getMessage(), record.levelno >= logging.WARNING):
+            logging.getLogger().handle(record)
+
+
+def _take(message: str, keep: bool) -> bool:
+    """Count ``message``; keep it for the current file; False outside a file."""
+    _local.count = getattr(_local, "count", 0) + 1
+    bucket: list[str] | None = getattr(_local, "messages", None)
+    if bucket is None:
+        return False
+    if keep:
+        bucket.append(message)
+    return True
+
+
+def _show(  # noqa: PLR0917 - warnings.showwarning's signature
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    if "pydicom" in filename and _take(str(message), keep=True):
+        return
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, message)
+
+
+def install_warning_hook() -> None:
+    """Put the hook on the ``pydicom`` logger and on Python's warnings (idempotent)."""
+    pydicom_logger = logging.getLogger("pydicom")
+    if not any(isinstance(h, _Hook) for h in pydicom_logger.handlers):
+        pydicom_logger.addHandler(_Hook())
+        pydicom_logger.propagate = False
+    warnings.showwarning = _show
+    # A warning of the same place is shown every time: each file reports its own.
+    warnings.filterwarnings("always", category=UserWarning, module=r"pydicom(\.|$)")
+
+
+def warning_count() -> int:
+    """How many pydicom messages this thread has seen."""
+    return int(getattr(_local, "count", 0))
+
+
+@contextlib.contextmanager
+def collected_warnings() -> Iterator[list[str]]:
+    """Collect this thread's pydicom messages into the list yielded (one file's)."""
+    messages: list[str] = []
+    _local.messages = messages
+    try:
+        yield messages
+    finally:
+        _local.messages = None
+
+
+install_warning_hook()

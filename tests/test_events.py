@@ -1,4 +1,4 @@
-"""repack._events and repack._warnings: one event per line, one hook for pydicom's warnings.
+"""repack._events and the pydicom warnings hook (repack._values): one event per line, one hook.
 
 Each case runs in a fresh interpreter: structlog's configuration and the
 warning hook are process-wide.
@@ -61,7 +61,7 @@ def test_pydicom_messages_are_collected_per_file_and_counted_and_forwarded_outsi
     shown = run("""
         import logging, warnings
         from repack import collected_warnings, configure_logging
-        from repack._warnings import count
+        from repack._values import warning_count as count
         configure_logging(json=True)
         before = count()
         with collected_warnings() as messages:

@@ -1,4 +1,4 @@
-"""Sanitising and confinement: nothing built from tag values escapes its folder."""
+"""Sanitising and confinement (nothing built from tag values escapes its folder); SeaHash."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from repack import Layout, plan_placement, sanitize_component
+from repack import Layout, plan_placement, sanitize_component, seahash_hex
 from repack._dicom import Instance
-from repack._sanitize import MAX_COMPONENT_BYTES, is_safe_name, safe_log_name
+from repack._sanitize import MAX_COMPONENT_BYTES, is_safe_name, safe_log_name, seahash
 
 from .conftest import make_dataset
 
@@ -96,3 +96,43 @@ def test_rendered_path_always_stays_inside_the_data_dir(
     parts = relative.parts
     assert len(parts) == 4
     assert all(len(p.encode()) <= MAX_COMPONENT_BYTES and p not in (".", "..") for p in parts)
+
+
+# -- SeaHash: the contract's check value and the reference crate's vectors
+
+
+def test_contract_check_value() -> None:
+    uid = "1.3.12.2.1107.5.2.19.45152.2013030808061520200285270.0.0.0"
+    assert seahash_hex(uid) == "a27cf06a782e3aad"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # From the seahash crate's documentation and tests.
+        (b"to be or not to be", 1988685042348123509),
+        (b"", 14492805990617963705),
+    ],
+)
+def test_reference_vectors(data: bytes, expected: int) -> None:
+    assert seahash(data) == expected
+
+
+def test_hex_is_not_zero_padded() -> None:
+    # rx-repack formats with {:x}: a hash below 2**60 has fewer than 16 digits.
+    for i in range(5000):
+        value = seahash(str(i).encode())
+        if value < 2**60:
+            assert seahash_hex(str(i)) == format(value, "x")
+            assert len(seahash_hex(str(i))) < 16
+            return
+    pytest.fail("no small hash found in the sample")
+
+
+@given(st.binary(max_size=64))
+def test_hash_is_64_bit_and_length_sensitive(data: bytes) -> None:
+    value = seahash(data)
+    assert 0 <= value < 2**64
+    assert seahash(data) == value
+    # The length is folded in, so a trailing zero byte always changes the hash.
+    assert seahash(data + b"\x00") != value

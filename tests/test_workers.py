@@ -13,7 +13,7 @@ import pytest
 
 from repack import Layout, Repacked, open_beneath
 from watcher._completion import Candidate, signature_of
-from watcher._incoming import IncomingRoot
+from watcher._folders import IncomingRoot
 from watcher._workers import (
     NotRepacked,
     Outcome,

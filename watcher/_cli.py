@@ -1,28 +1,18 @@
 """``pypx-listener``: run the service until SIGTERM or SIGINT.
 
-Everything that can fail at start (settings, folders, the metrics port, the
-worker processes, the inotify limits) is checked before ``watcher.started``
-is announced; a failure is one line, a ``hint:`` and exit status 2 (a
-setting) or 3 (a folder, port or worker).
+Everything that can fail at start is checked before ``watcher.started``: a
+failure is one line, a ``hint:`` and exit status 2 (a setting) or 3 (a folder,
+port or worker). A closed stdout stops the service as SIGTERM does, with exit
+status 141 (128 + SIGPIPE) and one line on stderr.
 
-If whatever reads the event stream goes away (stdout is a closed pipe), the
-service stops as on SIGTERM and exits with 141 (128 + SIGPIPE) and one line
-on stderr, rather than losing a thread to ``BrokenPipeError`` and running on
-without its events.
-
-The first signal stops watching and lets the workers finish (or hand back)
-what they hold, within ``--stop-timeout``; the exit status is then 0. A
-second signal exits at once: every write is atomic and a source is only
-removed after its copy and logs exist, so even that loses nothing. The same
-holds when the clean stop itself cannot finish by ``--stop-timeout`` after
-the signal (nothing reads the event stream, so every line waits): the
-workers are killed and the service exits with 128 + the signal's number.
-
-Signals are acted on by a thread of their own (:func:`_handle_signals`),
-never inside a Python signal handler: a handler runs in the main thread
-wherever that thread happens to be, such as inside an event write that holds
-the event stream's lock, and a handler that logged there waited forever for
-the lock its own thread held.
+The first signal stops watching and lets the workers finish or hand back what
+they hold, within ``--stop-timeout`` (exit 0). A second signal, or a clean stop
+that cannot finish in time (nothing reads the event stream), kills the
+workers and exits with 128 + the signal: every write is atomic and a source
+goes only after its copy and logs, so nothing is lost. Signals are acted on by
+a thread of their own (:func:`_handle_signals`): a Python signal handler runs
+wherever the main thread is, such as inside an event write that holds the
+stream's lock, and one that logged there waited for ever.
 """
 
 from __future__ import annotations

@@ -1,38 +1,25 @@
 """Deciding when a file in the incoming folder is completely written.
 
-storescp writes each instance under its final name with no temporary name
-and no rename, and watchdog does not always report the close (a new
-sub-folder's first file may only get a synthetic "created"; polling never
-reports closes). The rule, measured to find every file and no partial one:
+storescp writes each instance under its final name (no temporary name, no
+rename), and watchdog does not always report the close (a new sub-folder's
+first file may only get a synthetic "created"; polling reports no closes).
+So a file is a **candidate** on a close-after-write, or once its
+``(inode, size, mtime)`` has not changed for ``settle`` seconds after its
+last event or a scan found it (at once when the scan finds it older than
+that); the read then checks that it is complete. Each
+``(path, inode, size, mtime)`` version is taken once: a re-sent instance is a
+new version. :attr:`Candidate.closed` says that its writer closed it, or that
+it has not changed for ``unleased_settle`` seconds (what a worker without a
+lease needs). Ages count from when the tracker first saw a version, never
+from an mtime, which anyone can set to the future.
 
-* a file is a **candidate** on a close-after-write, or once its
-  ``(inode, size, mtime)`` has stayed the same for a **settle** period after
-  its last created/modified/moved event or after a scan found it (a scan
-  that finds a file whose mtime is already older than the settle period
-  makes it a candidate at once);
-* every candidate must still pass the completeness check when it is read
-  (done by :func:`repack.read_instance`);
-* each ``(path, inode, size, mtime)`` version is processed once; a re-sent
-  instance is a new version and is processed again.
-
-A candidate is :attr:`Candidate.closed` when its writer closed it, or when
-its version has not changed for ``unleased_settle`` seconds since the
-tracker first saw it: a worker that cannot take a lease (another owner, no
-``CAP_LEASE``) repacks only such a file. Ages are measured from when the
-tracker first saw a version, never from its mtime alone, which anyone can set
-to the future.
-
-The watchdog handler tells the tracker directly (it only records, under one
-lock, and wakes the dispatcher when something is due now). The tracker holds
-at most ``capacity`` pending paths and :data:`NEW_FOLDERS_AT_MOST` new
-folders to scan: past that it drops what it is told and raises
-:attr:`CompletionTracker.overflowed`, and the service rescans the folder
-later, so a backlog waits on disk, not in memory.
-Files that cannot progress must not starve those that can: scans hand over
-at most :data:`SCAN_SHARE` of the capacity (the rest is kept for files that
-events announce), and files waiting out their quarantine delay hold at most
-:data:`HELD_SHARE` of it (more are forgotten, and found by a later scan).
-Thread-safe: the dispatcher records, workers report back.
+Bounded: at most ``capacity`` pending paths and :data:`NEW_FOLDERS_AT_MOST`
+new folders; past that, what it is told is dropped, :attr:`~CompletionTracker.overflowed`
+is raised and the service rescans later (a backlog waits on disk). Scans get
+at most :data:`SCAN_SHARE` of the room and files waiting for their quarantine
+at most :data:`HELD_SHARE`, so that files which cannot progress never starve
+those that can. Thread-safe: the watchdog handler records (and wakes the
+dispatcher), the dispatcher takes, the pool threads report back.
 """
 
 from __future__ import annotations

@@ -1,18 +1,26 @@
-"""The service's four folders: checked at start, with a hint that says what to do."""
+"""The service's four folders, checked at start (with a hint), and the incoming one held open.
+
+Every candidate is opened beneath a descriptor of the incoming folder
+(:class:`IncomingRoot`, :func:`repack.open_beneath`), never by its full path.
+The folder can be renamed away and a new one made under its name (a clean-up
+script, an operator, an attacker): :meth:`IncomingRoot.current` notices that
+its identity changed and opens the new one, so no worker keeps working in a
+folder nobody watches any more.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
-from repack import probe_writable
+from repack import open_root, probe_writable
 
 from ._errors import EXIT_STARTUP, ConfigError
-from ._incoming import IncomingRoot
 from ._settings import Settings
 
-__all__ = ["check_folders"]
+__all__ = ["Identity", "IncomingRoot", "check_folders", "identity_of"]
 
 _PSEUDO_FILE_SYSTEMS = frozenset(
     {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "securityfs",
@@ -102,3 +110,63 @@ def check_folders(settings: Settings, root: IncomingRoot) -> None:
             hint="the incoming folder itself must be a real folder, not a symbolic link",
             exit_code=EXIT_STARTUP,
         ) from error
+
+
+#: A folder's device and inode numbers.
+Identity = tuple[int, int]
+
+
+def identity_of(path: Path) -> Identity | None:
+    """The identity of the folder at ``path`` (not following a link), or None."""
+    try:
+        found = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(found.st_mode):
+        return None
+    return found.st_dev, found.st_ino
+
+
+class IncomingRoot:
+    """A descriptor of the incoming folder, opened again when the folder is replaced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.descriptor = -1
+        self.identity: Identity = (0, 0)
+        # Descriptors of replaced folders: another thread may still be using one,
+        # and a closed number can be reused for another file. Closed by close().
+        self._retired: list[int] = []
+
+    def open(self) -> None:
+        """Open the folder (raises :class:`OSError`, e.g. when it is a link or gone)."""
+        descriptor = open_root(self.path)
+        opened = os.fstat(descriptor)
+        if self.descriptor >= 0:
+            self._retired.append(self.descriptor)
+        self.descriptor, self.identity = descriptor, (opened.st_dev, opened.st_ino)
+
+    def current(self, expected: Identity) -> int | None:
+        """The descriptor of the folder whose identity is ``expected``, or None.
+
+        Opens the folder again when this one is not it (the folder was
+        replaced since this root was opened).
+        """
+        if self.descriptor < 0 or self.identity != expected:
+            try:
+                self.open()
+            except OSError:
+                return None
+        return self.descriptor if self.identity == expected else None
+
+    def relative(self, path: str) -> str:
+        """``path`` (a path below this folder, as watchdog reports it) relative to it."""
+        return os.path.relpath(path, self.path)
+
+    def close(self) -> None:
+        """Close the descriptor and those of replaced folders (when no thread uses them)."""
+        for descriptor in [*self._retired, self.descriptor]:
+            if descriptor >= 0:
+                os.close(descriptor)
+        self._retired.clear()
+        self.descriptor = -1

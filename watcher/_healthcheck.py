@@ -1,19 +1,11 @@
 """``pypx-healthcheck``: the container's HEALTHCHECK, for whichever program the image runs.
 
-One image runs either ``pypx-listener`` or an unmodified ``storescp``, and
-Docker runs one HEALTHCHECK command for both. So the command asks what the
-container's main process is (PID 1, or ``--pid``; when that is an init such
-as tini, ``docker run --init``'s or podman's catatonit, the program it runs)
-and checks that:
-
-* ``pypx-listener``: ``GET /healthz`` on its metrics port (``--metrics-port``
-  on its command line, else ``PYPX_LISTENER_METRICS_PORT``); without a metrics
-  port, that the process is alive;
-* ``storescp``: that its port (the last argument) accepts a connection;
-* anything else: nothing to check.
-
-Exit status 0 when healthy, 1 when not (Docker's convention), with one line
-saying what was checked.
+It looks at the container's main process (PID 1 or ``--pid``, or the program
+an init such as tini or catatonit runs): ``pypx-listener`` gets ``GET
+/healthz`` on its metrics port (from its command line or
+``PYPX_LISTENER_METRICS_PORT``; without one, alive is enough); ``storescp``
+must accept a connection on its port (its last argument); anything else has
+nothing to check. Exit 0 when healthy, 1 when not, with one line.
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """A small HTTP server for probes and scrapes that never waits on one client.
 
-The port is reachable from outside the pod, so whoever can connect must not
-be able to keep the health answer from the kubelet: one thread serves every
-connection from one selector, with non-blocking sockets only, so a client
-that sends its request a byte at a time (slowloris) or never reads its
-answer costs a slot, never the thread. Each connection has
-:data:`REQUEST_TIMEOUT` seconds for the whole exchange (request and answer,
-not per read); at most :data:`MAX_CONNECTIONS` are open at once, and a new
-one beyond that closes the oldest, so a flood of connections cannot lock a
-probe out: a probe's request is answered as soon as its bytes arrive.
-
-An answer is computed on the serving thread (``answer(path)``); it must be
-quick and must not block (the folder probes and the in-memory metrics are).
-Every answer closes its connection (``Connection: close``), which Prometheus
-and every probe handle.
+The port is reachable from outside the pod, so no client may keep the answer
+from the kubelet: one thread serves every connection from one selector with
+non-blocking sockets (a slowloris client costs a slot, never the thread);
+each connection has :data:`REQUEST_TIMEOUT` seconds for the whole exchange;
+at most :data:`MAX_CONNECTIONS` are open, a new one closing the oldest. An
+answer (``answer(path)``) is computed on the serving thread and must not
+block; every answer closes its connection.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """The watchdog side: an observer on the incoming folder and a recording handler.
 
-watchdog calls handlers on its single dispatch thread, so the handler only
-records what happened into the :class:`~watcher._completion.CompletionTracker`
-and returns. The tracker is bounded: when it is full, events are dropped and
-it says so, and the service rescans the folder (the files are on disk).
-
-watchdog's inotify observer hands every event through three threads (the
-reader of the inotify descriptor, the emitter, the dispatcher), and each
-hand-over wakes a thread. While storescp writes a file at a time, its reader
-woke for nearly every event. :class:`_BurstReader` lets the events of a few
-milliseconds gather in the kernel's queue before it reads them, so the three
-threads wake once per burst instead of once per event.
+watchdog calls handlers on its single dispatch thread, so :class:`Recorder`
+only tells the (bounded) :class:`~watcher._completion.CompletionTracker` and
+returns. watchdog hands every event through three threads, each hand-over a
+wake-up; :class:`_BurstReader` lets a few milliseconds of events gather in
+the kernel's queue, so the threads wake once per burst, not once per event.
 """
 
 from __future__ import annotations

@@ -25,28 +25,36 @@ crashed    retried; after :data:`CRASHES_BEFORE_QUARANTINE` crashes on the same
 
 A retry that failed the same way :data:`REPEATS_BEFORE_ERROR` times in a
 row says so once at error level (``repack.stuck``) and is counted in the
-``files_failing`` gauge until it succeeds or goes away.
+``files_failing`` gauge until it succeeds or goes away. What became of the
+files since the start is counted in :class:`Counts` (``watcher.stopped``).
 """
 
 from __future__ import annotations
 
 import errno
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from repack import Event, NotRegularFileError, Repacked, SourceVanishedError, StorageError
 
 from ._completion import Candidate, CompletionTracker
-from ._counts import Counts
-from ._incoming import IncomingRoot
+from ._folders import IncomingRoot
 from ._metrics import Metrics
 from ._quarantine import Quarantine
 from ._series import SeriesTracker
 from ._settings import Settings
 from ._workers import Outcome, Result
 
-__all__ = ["CRASHES_BEFORE_QUARANTINE", "REPEATS_BEFORE_ERROR", "ResultRouter"]
+__all__ = [
+    "CRASHES_BEFORE_QUARANTINE",
+    "REPEATS_BEFORE_ERROR",
+    "CountName",
+    "Counts",
+    "ResultRouter",
+]
 
 #: Same failure this many times in a row: an error event and the failing gauge.
 REPEATS_BEFORE_ERROR = 5
@@ -202,3 +210,29 @@ class ResultRouter:
         else:
             self.log.warning(Event.REPACK_RETRY, repeated=repeats, **fields)
         return repeats
+
+
+CountName = Literal[
+    "repacked", "quarantined", "retried", "vanished", "series_completed", "handed_back"
+]
+
+
+@dataclass
+class Counts:
+    """Thread-safe counters, one per :data:`CountName`."""
+
+    repacked: int = 0
+    quarantined: int = 0
+    retried: int = 0
+    vanished: int = 0
+    series_completed: int = 0
+    handed_back: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, name: CountName, amount: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {k: v for k, v in vars(self).items() if not k.startswith("_")}

@@ -1,22 +1,15 @@
 """A bounded pool of worker threads fed by a bounded queue.
 
-The dispatcher only submits while there is room (:meth:`WorkerPool.free_slots`),
-so a backlog stays on disk in the incoming folder, not in this queue. Stopping
-is explicit and bounded: queued items that no worker started are handed back
-(their files are still in the incoming folder), every idle worker is woken,
-and every join has a deadline.
-
-A worker takes what is queued in one go, up to ``batch`` items (never waiting
-for more: a lone item goes at once), so that a burst crosses to a worker
-process in a few messages rather than one per file. A worker survives
-whatever a batch raises (``failed(index, items, error)`` is told), and the
-pool knows since when each worker holds its batch, so health can tell a busy
-worker from a stuck one.
-
-The first worker leads: it takes whatever is queued. The others help only
-when a full batch is waiting, or when an item has waited ``help_after``
-seconds. While files trickle in, one worker process does the work and stays
-warm (its caches, its folders); a backlog has every worker on it at once.
+The dispatcher submits only while there is room (:meth:`WorkerPool.free_slots`),
+so a backlog stays on disk. A worker takes what is queued in one go, up to
+``batch`` items (never waiting for more), so a burst crosses to a worker
+process in a few messages; it survives whatever a batch raises (``failed`` is
+told), and the pool knows since when each holds its batch (a busy worker or a
+stuck one). The first worker leads: the others help only when a full batch
+waits or an item has waited ``help_after`` seconds, so a trickle keeps one
+process warm and a backlog has every worker on it. Stopping is bounded:
+queued items are handed back (their files are still in the folder), idle
+workers are woken, every join has a deadline.
 """
 
 from __future__ import annotations

@@ -1,22 +1,14 @@
 """Setting aside files that can never be repacked, with a note saying why.
 
-Nothing is lost. A regular file is moved to ``<quarantine>/<UTC time>-<random>-<name>``
-(a hard link to the opened inode then the removal of its name, or a synced
-copy when the inode has other names or lies on another file system) and a
-JSON note ``<same name>.json`` is written beside it, atomically. In copy mode
-the incoming file stays and the quarantine gets a copy.
-
-A name that is not a regular file (a symbolic link, FIFO, socket or device)
-is never opened and never placed in the quarantine, where a live FIFO or
-device would be a trap for whoever looks there: its note records its type,
-mode and, for a link, the target, and in move mode the name is removed from
-the incoming folder (the name only: a link's target, a device's driver are
-untouched). Files are reached through the incoming folder's descriptor only,
-as the workers reach them.
-
-Quarantine names are cut by bytes (names are bytes, and a multibyte name of
-fewer than 255 characters can be longer than 255 bytes), with a hash of the
-whole name so that two long names stay apart.
+Nothing is lost. A regular file goes to ``<quarantine>/<UTC time>-<random>-<name>``
+(a link to the opened inode then the removal of its name, or a synced copy
+when the inode has other names or lies on another file system) with a JSON
+note ``<same name>.json`` beside it; in copy mode the incoming file stays. A
+name that is not a regular file (link, FIFO, socket, device) is never opened
+nor placed there, where a live FIFO would be a trap: its note records its
+type, mode and a link's target, and in move mode the name alone is removed.
+Files are reached through the incoming folder's descriptor, as the workers
+reach them. Names are cut by bytes, with a hash of the whole name.
 """
 
 from __future__ import annotations

@@ -1,15 +1,12 @@
 """Walking the incoming folder to find files nobody announced, a bounded step at a time.
 
-A :class:`FolderScan` walks beneath a descriptor of the incoming folder (never
-following a link: a link, to a file or a folder, is reported like a file and
-set aside by the workers) and yields what it finds one entry at a time, so
-the dispatcher can stop when the completion tracker is full and go on later
-from the same place. A backlog of 100,000 files then costs the memory of the
-tracker's bound, not of a list of every name in the folder.
-
-At its end a scan in move mode removes the subfolders that were already
-empty and older than ``empty_dir_age`` when it passed them (deepest first,
-each by its name in its parent's descriptor, so nothing outside is touched).
+A :class:`FolderScan` walks beneath the incoming folder's descriptor (a link
+is reported like a file, never followed) and yields one entry at a time, so
+the dispatcher stops when the tracker is full and goes on later from there: a
+backlog of 100,000 files costs the tracker's bound, not a list of names. In
+move mode a scan ends by removing the subfolders that were already empty and
+older than ``empty_dir_age`` when it passed them, deepest first, each by its
+name in its parent's descriptor.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ from collections.abc import Callable, Generator, Iterator
 from repack import SourceVanishedError, folder_beneath, open_folder_beneath
 
 from ._completion import CompletionTracker
-from ._incoming import IncomingRoot
+from ._folders import IncomingRoot
 
 __all__ = ["FolderScan", "Scans"]
 

@@ -9,7 +9,7 @@ stuck worker, quiet series -> the hand-off, the gauges); ``workers`` **pool thre
 :class:`~watcher._workers.WorkerProcess`, whose results
 :class:`~watcher._outcomes.ResultRouter` acts on; the hand-off's thread, if any
 (:mod:`watcher._handoff`). Files are reached only beneath a descriptor of the incoming
-folder (:class:`~watcher._incoming.IncomingRoot`), never through a link.
+folder (:class:`~watcher._folders.IncomingRoot`), never through a link.
 """
 
 from __future__ import annotations
@@ -32,14 +32,12 @@ from repack import (
 )
 
 from ._completion import Candidate, CompletionTracker
-from ._counts import Counts
 from ._errors import EXIT_STARTUP, ConfigError
-from ._folders import check_folders
+from ._folders import IncomingRoot, check_folders, identity_of
 from ._handoff_setup import build_handoff
-from ._incoming import IncomingRoot, identity_of
 from ._metrics import Metrics
 from ._observer import start_observer
-from ._outcomes import REPEATS_BEFORE_ERROR, ResultRouter
+from ._outcomes import REPEATS_BEFORE_ERROR, Counts, ResultRouter
 from ._pool import WorkerPool
 from ._quarantine import Quarantine
 from ._scan import Scans

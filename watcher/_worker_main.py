@@ -1,19 +1,11 @@
-"""The repack worker process, started by :class:`~watcher._workers.WorkerProcess`.
+"""The repack worker process: ``python -P .../watcher/_worker_main.py PACKAGES FD``.
 
-Its command line is ``python -P .../watcher/_worker_main.py PACKAGES FD``:
-``PACKAGES`` is the folder the parent imported this package from (so parent
-and worker always run the same code, installed or not), ``FD`` one end of a
-socket pair. The first message on it is the
-:class:`~watcher._workers.WorkerConfig`; then batches of candidates come in and
-lists of results go back, until ``None`` or the end of the connection.
-
-A plain child process rather than :mod:`multiprocessing`'s ``spawn``: spawn
-also starts a resource-tracker process (13 MB of memory, for semaphores and
-shared memory this service never uses) and re-imports the parent's main
-module in every worker.
-
-Signals are set first, before the heavy imports: the parent decides when a
-worker stops (SIGINT from a terminal reaches the whole process group).
+``PACKAGES`` is the folder the parent imported this package from (parent and
+worker run the same code, installed or not), ``FD`` one end of a socket pair
+(see :func:`watcher._workers.serve`). A plain child rather than
+:mod:`multiprocessing`'s spawn, which adds a resource-tracker process (13 MB)
+and re-imports the parent's main module. Signals are set before the heavy
+imports: the parent decides when a worker stops.
 """
 
 import os

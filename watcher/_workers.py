@@ -1,32 +1,24 @@
 """The repack worker processes, and how one file is claimed and repacked.
 
-Repacking is CPU-bound Python, so each pool thread owns one child process
-(``python -P .../watcher/_worker_main.py``, a fresh interpreter) and hands it
-a batch of candidates at a time over a socket pair; the child claims and
-repacks each one and answers with one result per file: the
-:class:`~repack.Repacked` instance, or why it was not (:class:`NotRepacked`). Events,
-series and metrics stay in the parent, which writes every ``repack.done``.
+Each pool thread owns one child process (``python -P .../_worker_main.py``)
+and hands it a batch of candidates at a time over a socket pair; the child
+answers with one result per file: the :class:`~repack.Repacked` instance, or
+why it was not (:class:`NotRepacked`). Events, series and metrics stay in the
+parent, which writes every ``repack.done``.
 
-Claiming a file (:func:`repack_candidate`), in this order:
+Claiming a file (:func:`repack_candidate`): open it beneath the incoming
+folder's descriptor (:func:`repack.open_beneath`: no link followed, nothing
+but a regular file), ``flock`` it (several services on one folder repack it
+once), check that its name still holds that version, and ask who else holds
+it (:meth:`repack.SourceFile.others`, a lease test): a writer means later, any
+other descriptor means a copy, never a link. Without a lease only a close, or
+the parent's quiet period, lets a file through (:attr:`Candidate.closed`).
 
-1. open it beneath the incoming folder's descriptor (:func:`repack.open_beneath`:
-   no link is followed, nothing but a regular file is opened);
-2. take an ``flock`` on it, so that several services on one folder repack
-   each instance once (the lock dies with its process);
-3. check that its name still holds that same version;
-4. ask who else holds it open (:meth:`repack.SourceFile.others`, a lease
-   test): a writer means it may still grow, so it is looked at again later;
-   any other descriptor means it is copied, never linked. Where no lease can
-   be taken (another owner without ``CAP_LEASE``, network file systems) only
-   a close event, or a quiet period the parent measures, lets the file
-   through (:attr:`~watcher._completion.Candidate.closed`).
-
-A child ignores SIGINT and SIGTERM (the parent decides when to stop) and
-exits when its pipe closes, so it finishes the file it holds even if the
-parent is killed, and then reports the files it finished itself; the parent
-kills a child that overruns a stop deadline or stalls on one file. A child
-runs as batch work at a lower priority (:func:`yield_to_others`), so that
-storescp gets a core first.
+A child ignores SIGINT and SIGTERM and exits when its pipe closes, so it
+finishes the file it holds even if the parent is killed (and then logs what
+it finished itself); the parent kills a child that overruns a deadline or
+stalls. Children run as batch work (:func:`yield_to_others`), so storescp
+gets a core first.
 """
 
 from __future__ import annotations
@@ -61,7 +53,7 @@ from repack import (
 )
 
 from ._completion import Candidate
-from ._incoming import Identity, IncomingRoot
+from ._folders import Identity, IncomingRoot
 from ._settings import Settings
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""repack._json: JSON that never fails and stays ASCII."""
+"""repack._logs: JSON that never fails and stays ASCII."""
 
 from __future__ import annotations
 
