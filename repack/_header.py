@@ -219,8 +219,8 @@ def _read(reader: _Reader, size: int, wanted: frozenset[int], max_value: int) ->
     count = 0
     while position < size:
         # The common element inline (explicit VR, a known VR, its header in the
-        # window): the same decisions as _Walker.element, without a call, which
-        # saves about a sixth of the header's time (benchmarks/HISTORY.md).
+        # window): the same decisions as _Walker.element without a call, kept
+        # because the benchmark says it pays (benchmarks/HISTORY.md).
         is_long = None
         if not implicit and start <= position and position + 12 <= end:
             group, number, vr, length = unpack(window, position - start)
