@@ -130,7 +130,7 @@ class Repacked:
         return fields
 
 
-def _outcome(
+def _repacked(
     source: SourceFile,
     instance: Instance,
     missing: tuple[MissingElement, ...],
@@ -256,7 +256,7 @@ class Repacker:
         series_log = ""
         if self.logdir is not None:
             series_log = str(self._paths_of(instance, self.logdir).study_series)
-        return _outcome(
+        return _repacked(
             source, instance, missing, series_dir=series_dir, destination=destination,
             size=stat.st_size, started=started, removed=removed, series_log=series_log,
         )  # fmt: skip
@@ -283,7 +283,7 @@ class Repacker:
                 image_document(instance, relative.name, source.stat, str(destination)),
             ):
                 json_bytes(document)
-        return _outcome(
+        return _repacked(
             source, instance, missing, series_dir=series_dir, destination=destination,
             size=source.stat.st_size, started=started,
         )  # fmt: skip
