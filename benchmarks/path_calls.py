@@ -25,8 +25,7 @@ from typing import Any
 
 from watchdog.events import FileClosedEvent
 
-from repack import Repacked, get_logger, log_repacked
-from repack import Store as _Store
+from repack import Repacked, Store, get_logger, log_repacked
 from watcher import parse_settings
 from watcher._completion import CompletionTracker
 from watcher._folders import IncomingRoot
@@ -66,7 +65,7 @@ def _trace(example: Path, work: Path) -> int:
     root.open()
     log = get_logger()
     router = ResultRouter(
-        settings, tracker=tracker, quarantine=Quarantine(settings.quarantine, _Store(None)),
+        settings, tracker=tracker, quarantine=Quarantine(settings.quarantine, Store(None)),
         root=root, series=SeriesTracker(30), counts=Counts(), metrics=Metrics(), log=log,
     )  # fmt: skip
     recorder = Recorder(tracker, str(incoming))
