@@ -2,16 +2,17 @@
 
 Runs the path's steps in one process, in the order the service runs them on
 its threads and its worker process: the watchdog handler, the tracker, the
-claim and repack, ``repack.done``'s writer, the router. The two hand-overs
-between processes and threads (the pool's queue, the worker's socket pair)
-are not calls of ours and are added by hand. A profiler records every call
-from a module of ``repack``/``watcher`` into a *different* one of them.
+claim and repack, ``repack.done``'s writer, the router. A profiler records
+every call from a module of ``repack``/``watcher`` into a *different* one.
+This script plays the service's part (the dispatcher, the pool thread, the
+socket pair to the worker process), so the service's own calls are listed
+by hand beside what is traced.
 
     .venv/bin/python -m benchmarks.path_calls [FILE.dcm]
 
-Prints each caller -> callee pair once, in the order first made, and the
-counts: pairs, and calls on the main line (made by the step functions
-themselves, not by what they call in turn).
+Prints each caller -> callee pair once, in the order first made, then the
+main line: the calls the steps make themselves (not what those call in
+turn), traced, and the service's own.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ from watcher._series import SeriesTracker
 from watcher._workers import WorkerConfig, repack_candidate
 
 _OURS = ("repack.", "watcher.")
+_SERVICE_CALLS = (
+    "watcher._service._dispatch_loop -> watcher._completion.take_ready",
+    "watcher._service._dispatch_loop -> watcher._pool.submit",
+    "watcher._pool._work -> watcher._service._handle (the pool's queue)",
+    "watcher._service._handle -> watcher._workers.repack (the socket pair: repack_candidate)",
+    "watcher._service._handle -> repack._events.log_repacked",
+    "watcher._service._handle -> watcher._outcomes.route",
+)
 
 
 def _module(frame: FrameType) -> str:
@@ -106,11 +115,13 @@ def _trace(example: Path, work: Path) -> int:
     root.close()
     for caller, callee in pairs:
         print(f"{caller} -> {callee}")
-    print("\nmain line (calls the steps make themselves):")
+    print("\nmain line, traced (the calls the steps make themselves):")
     print("\n".join(main_line))
+    print("\nmain line, the service's own calls (this script plays the service):")
+    print("\n".join(_SERVICE_CALLS))
     print(
-        f"\ncross-module pairs: {len(pairs)}; on the main line: {len(main_line)}"
-        " (+2 hand-overs: the pool's queue, the worker's socket pair)"
+        f"\ncross-module pairs traced: {len(pairs)}; on the main line: {len(main_line)} traced"
+        f" + {len(_SERVICE_CALLS)} of the service"
     )
     return 0
 
