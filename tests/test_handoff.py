@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,18 @@ def cube(tmp_path: Path) -> Cube:
 def _service(tmp_path: Path, cube: Cube, broker: str, *more: str) -> Listener:
     # The listener's own --datadir comes first; the later one (CUBE's) wins.
     return Listener(tmp_path, *FAST, *cube.args(broker, *more))
+
+
+def _killed_once(
+    service: Listener, files: list[Path], until: Callable[[], bool], what: str
+) -> None:
+    """Start ``service``, give it ``files``, wait for ``until()``, then SIGKILL its group."""
+    service.start()
+    try:
+        put(service, files)
+        service.wait_for(until, 60, what)
+    finally:
+        service.kill()
 
 
 def test_one_series_end_to_end_through_storescp_to_every_destination(
@@ -177,12 +189,10 @@ def test_broker_down_sigkill_restart_broker_back(
     with redis_server(tmp_path / "redis") as redis:
         broker = f"redis://127.0.0.1:{redis.port}/0"
         redis.stop()
-        first = _service(tmp_path, cube, broker).start()
-        try:
-            put(first, example_files[:6])
-            first.wait_for(lambda: first.count("handoff.retry") >= 1, 60, "a failed delivery")
-        finally:
-            first.kill()  # SIGKILL, to the whole process group
+        first = _service(tmp_path, cube, broker)
+        _killed_once(
+            first, example_files[:6], lambda: first.count("handoff.retry") >= 1, "a failed delivery"
+        )
         assert len(outbox(first)) == 1
         with listener(tmp_path, *FAST, *cube.args(broker)) as again:
             redis.start()
@@ -199,12 +209,10 @@ def test_a_series_cut_short_by_sigkill_is_adopted_and_registered(
     """Killed after repacking, before the series went quiet: the next start announces it."""
     with redis_server(tmp_path / "redis") as redis:
         broker = f"redis://127.0.0.1:{redis.port}/0"
-        first = _service(tmp_path, cube, broker, "--series-quiet", "600").start()
-        try:
-            put(first, example_files[:5])
-            first.wait_for(lambda: first.count("repack.done") == 5, 60, "5 repacked")
-        finally:
-            first.kill()  # SIGKILL, to the whole process group
+        first = _service(tmp_path, cube, broker, "--series-quiet", "600")
+        _killed_once(
+            first, example_files[:5], lambda: first.count("repack.done") == 5, "5 repacked"
+        )
         assert first.count("series.complete") == 0
         with (
             cube_worker(broker, cube.storage, cube.registry) as worker,
