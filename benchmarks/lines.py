@@ -22,7 +22,7 @@ import json
 import subprocess
 import sys
 import tokenize
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,7 +138,7 @@ def floor_of(source: str, path: Path) -> int:
 
 
 def _total(counts: list[LineCount]) -> LineCount:
-    return LineCount(*(sum(getattr(c, name) for c in counts) for name in LineCount.__annotations__))
+    return LineCount(*(sum(getattr(c, f.name) for c in counts) for f in fields(LineCount)))
 
 
 def main(argv: list[str]) -> int:
