@@ -22,7 +22,7 @@ import json
 import subprocess
 import sys
 import tokenize
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,14 +141,17 @@ def _total(counts: list[LineCount]) -> LineCount:
     return LineCount(*(sum(getattr(c, f.name) for c in counts) for f in fields(LineCount)))
 
 
+def library_modules() -> list[Path]:
+    """The modules of :data:`PACKAGES`, sorted."""
+    return sorted(path for package in PACKAGES for path in (ROOT / package).glob("*.py"))
+
+
 def main(argv: list[str]) -> int:
-    modules = sorted(p for package in PACKAGES for p in (ROOT / package).glob("*.py"))
     counted = {}
-    for path in modules:
+    for path in library_modules():
         source = path.read_text(encoding="utf-8")
-        count = count_source(source)
-        counted[str(path.relative_to(ROOT))] = LineCount(
-            **{**asdict(count), "floor": floor_of(source, path)}
+        counted[str(path.relative_to(ROOT))] = replace(
+            count_source(source), floor=floor_of(source, path)
         )
     core = [c for name, c in counted.items() if Path(name).name not in HANDOFF]
     handoff = [c for name, c in counted.items() if Path(name).name in HANDOFF]
