@@ -81,11 +81,13 @@ def _ends_complete(dataset: Dataset, fp: _Seekable, size: int) -> str | None:
     stopped = fp.tell()
     if stopped > size:
         return "the file ends inside a value that it declares longer"
-    elements = dataset._dict
-    if not elements:
+    tags = list(dataset.keys())
+    if not tags:
         return "no data elements after the file meta header"
-    raw = [e for e in elements.values() if isinstance(e, RawDataElement)]
-    furthest = max(raw, key=lambda e: e.value_tell, default=None)
+    # get_item: each element as read, never converted nor read if deferred.
+    items: list[object] = [dataset.get_item(tag, keep_deferred=True) for tag in tags]
+    raw = [e for e in items if isinstance(e, RawDataElement)]
+    furthest = max(raw, key=_value_tell, default=None)
     if furthest is not None and furthest.length != UNDEFINED_LENGTH:
         if furthest.value is not None and len(furthest.value) < furthest.length:
             return "the file ends inside its last value"
@@ -96,7 +98,7 @@ def _ends_complete(dataset: Dataset, fp: _Seekable, size: int) -> str | None:
             return f"{trailing} trailing byte(s) after the last element"
     elif not _tail_is_delimiter(fp, size):
         return "undefined-length value not closed"
-    if ROWS in elements and not PIXEL_TAGS.intersection(elements):
+    if ROWS in tags and not PIXEL_TAGS.intersection(tags):
         # What a file cut after its header looks like. An image storage instance
         # with no Image Pixel module at all is another thing: sent so (px-repack
         # repacks it too), and reported by Instance.image_without_pixels.
@@ -104,9 +106,14 @@ def _ends_complete(dataset: Dataset, fp: _Seekable, size: int) -> str | None:
     return None
 
 
+def _value_tell(element: RawDataElement) -> int:
+    return int(element.value_tell)
+
+
 def image_without_pixels(dataset: Dataset) -> bool:
     """Whether an image storage instance carries no pixel data (nor any Rows)."""
-    if PIXEL_TAGS.intersection(dataset._dict):
+    tags = dataset.keys()
+    if PIXEL_TAGS.intersection(tags):
         return False
     # Its raw bytes: converting a corrupt meta element would raise here, past
     # the translation boundary.
@@ -114,7 +121,7 @@ def image_without_pixels(dataset: Dataset) -> bool:
     value = item.value if item is not None else None
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace").rstrip("\x00 ")
-    return must_have_pixels(ROWS in dataset._dict, str(value) if value else None)
+    return must_have_pixels(ROWS in tags, str(value) if value else None)
 
 
 def _tail_is_delimiter(fp: _Seekable, size: int) -> bool:

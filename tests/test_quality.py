@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +100,81 @@ def test_the_floor_is_the_same_program(module: str) -> None:
     floor = lines.formatted_bare_code(source, path)
     assert _program(floor) == _program(source)
     assert len(floor.splitlines()) < lines.count_source(source).lines
+
+
+#: Underscore names that are public API of the standard library.
+_PUBLIC_UNDERSCORE = {"_exit", "_replace", "_asdict", "_fields", "_make"}
+#: What the library imports from outside itself.
+_DEPENDENCIES = ("pydicom", "watchdog", "structlog", "orjson", "celery", "kombu",
+                 "prometheus_client", "nats", "redis")  # fmt: skip
+
+
+def _private_uses(tree: ast.AST) -> list[str]:
+    """Underscore names reached on anything but ``self``/``cls``, and imported from a dependency.
+
+    A patch release of a dependency may change any of its private names (watchdog
+    7.1.1 changed the signature of a method the service once overrode), so the
+    library reaches none of them: neither an attribute of another object nor a
+    private module or name of a dependency, nor a dependency's class subclassed
+    to override an underscore method.
+    """
+    found = []
+    imported = {
+        alias.asname or alias.name: getattr(importlib.import_module(node.module), alias.name, None)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+        and node.module.split(".")[0] in _DEPENDENCIES
+        for alias in node.names
+    }  # fmt: skip
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            bases = [imported.get(ast.unparse(base)) for base in node.bases]
+            found.extend(
+                f"{item.lineno}: {node.name}.{item.name} overrides a private method"
+                for item in node.body
+                if isinstance(item, ast.FunctionDef)
+                and item.name.startswith("_") and not item.name.startswith("__")
+                and any(hasattr(base, item.name) for base in bases)
+            )  # fmt: skip
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            owner = node.value
+            own = isinstance(owner, ast.Name) and owner.id in ("self", "cls")
+            if not own and not node.attr.startswith("__") and node.attr not in _PUBLIC_UNDERSCORE:
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.level == 0
+            and node.module.split(".")[0] in _DEPENDENCIES
+        ):
+            names = [node.module, *(alias.name for alias in node.names)]
+            if any(part.startswith("_") for name in names for part in name.split(".")):
+                found.append(f"{node.lineno}: from {node.module} import ...")
+    return sorted(found, key=lambda line: int(line.split(":")[0]))
+
+
+@pytest.mark.parametrize(
+    "module", lines.library_modules(), ids=lambda path: str(path.relative_to(ROOT))
+)
+def test_no_private_name_of_a_dependency(module: Path) -> None:
+    assert _private_uses(ast.parse(module.read_text())) == []
+
+
+def test_the_private_name_check_finds_what_it_looks_for() -> None:
+    sample = (
+        "from watchdog.observers.inotify_c import InotifyFD\n"
+        "from pydicom.config import _private\n"
+        "class Reader(InotifyFD):\n"
+        "    def _check_inotify_fd(self):\n"
+        "        ...\n"
+        "    def _mine(self):\n"
+        "        return super()._check_inotify_fd()\n"
+        "elements = dataset._dict\n"
+        "self._mine = os._exit\n"
+    )
+    assert _private_uses(ast.parse(sample)) == [
+        "2: from pydicom.config import ...",
+        "4: Reader._check_inotify_fd overrides a private method",
+        "7: super()._check_inotify_fd",
+        "8: dataset._dict",
+    ]

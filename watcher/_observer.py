@@ -2,15 +2,14 @@
 
 watchdog calls handlers on its single dispatch thread, so :class:`Recorder`
 only tells the (bounded) :class:`~watcher._completion.CompletionTracker` and
-returns. watchdog hands every event through three threads, each hand-over a
-wake-up; :class:`_BurstReader` lets a few milliseconds of events gather in
-the kernel's queue, so the threads wake once per burst, not once per event.
+returns. Only watchdog's public API is used: its inotify reader gathers a
+burst of events itself (watchdog 7.1.1), so the threads wake once per burst.
 """
 
 from __future__ import annotations
 
 import os
-import time
+import threading
 from pathlib import Path
 
 from watchdog.events import (
@@ -22,14 +21,13 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver
-from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
-from watchdog.observers.inotify_c import InotifyFD
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 from ._completion import CompletionTracker
 
-__all__ = ["READ_BURST_S", "Recorder", "reads_in_bursts", "start_observer"]
+__all__ = ["Recorder", "observer_threads", "start_observer"]
 
 
 # Only what decides something is asked for. Opened and closed-without-write
@@ -86,40 +84,13 @@ class Recorder(FileSystemEventHandler):
             tracker.changed(path)
 
 
-#: How long the inotify reader lets events gather once the first one is there
-#: (measured: see benchmarks/HISTORY.md). It adds at most this much to a file's latency.
-READ_BURST_S = 0.005
+def observer_threads(observer: BaseObserver) -> list[threading.Thread]:
+    """The observer's own threads that the service can see: its dispatcher and its emitters.
 
-
-class _BurstReader(InotifyFD):
-    """watchdog's inotify reader, reading what a few milliseconds bring at once.
-
-    It extends watchdog's own wait for the descriptor to become readable
-    (``_check_inotify_fd``, watchdog 7); :func:`reads_in_bursts` tells
-    whether the installed watchdog still has it.
+    watchdog's inotify reader is a thread it does not expose; its death is seen
+    by :class:`~watcher._threads.ThreadWatch` (``threading.excepthook``).
     """
-
-    def _check_inotify_fd(self) -> bool:
-        readable = super()._check_inotify_fd()
-        if readable:
-            time.sleep(READ_BURST_S)  # the rest of the burst queues in the kernel
-        return readable
-
-
-class _BurstObserver(InotifyObserver):
-    """watchdog's inotify observer, built as its ``__init__`` does, with the burst reader."""
-
-    def __init__(self) -> None:
-        self._inotify_fd = _BurstReader()
-        self._inotify_fd.start()
-        BaseObserver.__init__(
-            self, InotifyEmitter, timeout=DEFAULT_OBSERVER_TIMEOUT, inotify_fd=self._inotify_fd
-        )
-
-
-def reads_in_bursts() -> bool:
-    """Whether the installed watchdog's reader waits where :class:`_BurstReader` extends it."""
-    return callable(getattr(InotifyFD, "_check_inotify_fd", None))
+    return [observer, *observer.emitters]
 
 
 def start_observer(
@@ -134,7 +105,9 @@ def start_observer(
 
     ``deletions``: also report deleted files (copy mode forgets their versions).
     """
-    observer: BaseObserver = PollingObserver(timeout=poll_interval) if polling else _BurstObserver()
+    observer: BaseObserver = (
+        PollingObserver(timeout=poll_interval) if polling else InotifyObserver()
+    )
     wanted = [*_WANTED, FileDeletedEvent] if deletions else _WANTED
     observer.schedule(
         Recorder(tracker, str(folder)), str(folder), recursive=True, event_filter=wanted
