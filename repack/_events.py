@@ -52,7 +52,7 @@ class Event(StrEnum):
     WATCHER_REARMED = "watcher.rearmed"
     WATCHER_INCOMING_LOST = "watcher.incoming_lost"
     WATCHER_UNKNOWN_SETTING = "watcher.unknown_setting"
-    WATCHER_DISPATCHER_CRASHED = "watcher.dispatcher_crashed"
+    WATCHER_THREAD_DIED = "watcher.thread_died"
     WORKER_ERROR = "worker.error"
     WORKER_STALLED = "worker.stalled"
     STORESCP_STARTED = "storescp.started"

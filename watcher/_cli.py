@@ -30,7 +30,7 @@ from typing import Any
 from repack import Event, configure_logging, get_logger
 from repack._arguments import report_error
 
-from ._errors import EXIT_OUTPUT_LOST, ConfigError
+from ._errors import EXIT_OUTPUT_LOST, EXIT_THREAD_DIED, ConfigError
 from ._operations import build_operations
 from ._service import Service
 from ._settings import ENV_PREFIX, parse_settings, unknown_variables
@@ -53,7 +53,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     log = get_logger()
     running: list[Service] = []
     signals: list[tuple[int, float]] = []
-    _handle_signals(stop_requested, signals, running, log, settings.stop_timeout)
+    signals_thread = _handle_signals(stop_requested, signals, running, log, settings.stop_timeout)
+    fatal: list[str] = []
+
+    def on_fatal(reason: str) -> None:
+        fatal.append(reason)
+        stop_requested.set()
+
     for name in unknown_variables(os.environ):
         log.warning(
             Event.WATCHER_UNKNOWN_SETTING,
@@ -61,17 +67,22 @@ def run(argv: Sequence[str] | None = None) -> int:
             hint=f"no option is named so; see pypx-listener --help for the {ENV_PREFIX}* names",
         )
     operations = build_operations(settings)
-    service = Service(settings, metrics=operations.metrics)
+    service = Service(settings, metrics=operations.metrics, on_fatal=on_fatal)
     running.append(service)
+    service.threads.essential([signals_thread])
     service.start(announce=False)
     try:
         operations.start(service)
         service.announce()
-        stop_requested.wait()
+        # The main thread watches the others: a thread that ended unseen is a death too.
+        while not stop_requested.wait(_WATCH_S):
+            service.threads.check()
         if signals:
             log.info(Event.WATCHER_STOPPING, signal=signal.Signals(signals[0][0]).name)
+        elif fatal:
+            log.info(Event.WATCHER_STOPPING, reason=fatal[0])
     finally:
-        operations.stop()
+        operations.stop(service)
         timeout = None
         if signals:  # finish before the signals thread's deadline
             left = settings.stop_timeout - (time.monotonic() - signals[0][1])
@@ -86,9 +97,19 @@ def run(argv: Sequence[str] | None = None) -> int:
             "keep whatever reads pypx-listener's output running (a log shipper, a pipe)",
         )
         return EXIT_OUTPUT_LOST
+    if fatal:
+        report_error(
+            "pypx-listener",
+            f"stopped: {fatal[0]}",
+            "this is a bug (see the watcher.thread_died event); the service's supervisor"
+            " (compose restart:, Kubernetes) starts it again, and nothing received is lost",
+        )
+        return EXIT_THREAD_DIED
     return 0
 
 
+#: How often the main thread checks that every thread the service needs is alive.
+_WATCH_S = 0.25
 #: How long a forced exit waits for its ``watcher.killed`` line to be written.
 _LAST_WORD_S = 1.0
 #: Held by a forced exit until ``os._exit``: the main thread, which may finish
@@ -104,8 +125,8 @@ def _handle_signals(
     running: list[Service],
     log: Any,
     stop_timeout: float,
-) -> None:
-    """Act on SIGTERM and SIGINT in a thread of their own; call from the main thread.
+) -> threading.Thread:
+    """Act on SIGTERM and SIGINT in a thread of their own (returned); call from the main thread.
 
     The C-level handler only writes the signal's number into a pipe
     (``signal.set_wakeup_fd``); the Python-level handler does nothing. The
@@ -157,7 +178,9 @@ def _handle_signals(
                     continue
                 exit_now(number, "a second signal")
 
-    threading.Thread(target=act, name="signals", daemon=True).start()
+    thread = threading.Thread(target=act, name="signals", daemon=True)
+    thread.start()
+    return thread
 
 
 def _noted_by_the_wakeup_fd(_signum: int, _frame: FrameType | None) -> None:

@@ -13,12 +13,21 @@ Errors about single files never escape the service: they come from
 
 from __future__ import annotations
 
-__all__ = ["EXIT_CONFIG", "EXIT_OUTPUT_LOST", "EXIT_STARTUP", "ConfigError", "WatcherError"]
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_OUTPUT_LOST",
+    "EXIT_STARTUP",
+    "EXIT_THREAD_DIED",
+    "ConfigError",
+    "WatcherError",
+]
 
 #: Exit status for an invalid option, environment variable or template.
 EXIT_CONFIG = 2
 #: Exit status for a folder, port or worker that cannot be used at start.
 EXIT_STARTUP = 3
+#: Exit status when a thread the service needs died (EX_SOFTWARE): its supervisor restarts it.
+EXIT_THREAD_DIED = 70
 #: Exit status when the event stream's reader went away (128 + SIGPIPE, as a shell reports it).
 EXIT_OUTPUT_LOST = 141
 

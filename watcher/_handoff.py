@@ -214,8 +214,10 @@ class Handoff:
                 os.close(descriptor)
             self._marks.clear()
 
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+    def threads(self) -> list[threading.Thread]:
+        """The hand-off's threads, each to live until :meth:`stop`."""
+        progress = [self.progress.thread] if self.progress is not None else []
+        return [self._thread, *progress]
 
     # -- recording ---------------------------------------------------------------
 

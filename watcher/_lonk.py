@@ -180,8 +180,8 @@ class LonkProgress:
         self._epochs: dict[str, int] = {}
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[str, int, int] | None] = queue.Queue(maxsize=1024)
-        self._thread = threading.Thread(target=self._publish, name="lonk-progress", daemon=True)
-        self._thread.start()
+        self.thread = threading.Thread(target=self._publish, name="lonk-progress", daemon=True)
+        self.thread.start()
 
     def count(self, series_uid: str, instances: int) -> None:
         now = time.monotonic()
@@ -218,4 +218,4 @@ class LonkProgress:
 
     def stop(self) -> None:
         self._queue.put(None)
-        self._thread.join(5)
+        self.thread.join(5)

@@ -55,12 +55,12 @@ class StorescpSupervisor:
         self._process: subprocess.Popen[bytes] | None = None
         self._launched_at = 0.0
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._supervise, name="storescp", daemon=True)
+        self.thread = threading.Thread(target=self._supervise, name="storescp", daemon=True)
         self.restarts = 0
 
     def start(self) -> None:
         self._launch()
-        self._thread.start()
+        self.thread.start()
 
     def _launch(self) -> None:
         self._process = subprocess.Popen(
@@ -113,8 +113,8 @@ class StorescpSupervisor:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout)
             self.log.info(Event.STORESCP_STOPPED, pid=process.pid, returncode=process.returncode)
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        if self.thread.is_alive():
+            self.thread.join(timeout)
 
 
 @dataclass
@@ -138,11 +138,14 @@ class Operations:
             self.server.readiness.watching = service.watching
             self.server.readiness.service_problems = service.ready_problems
             self.server.start()
+            service.threads.essential([self.server.server.thread])
             get_logger().info(Event.METRICS_SERVING, port=self.server.port)
         if self.storescp is not None:
             self.storescp.start()
+            service.threads.essential([self.storescp.thread])
 
-    def stop(self) -> None:
+    def stop(self, service: Service) -> None:
+        service.threads.stopping()
         if self.storescp is not None:
             self.storescp.stop()
         if self.server is not None:

@@ -65,14 +65,14 @@ class WorkerPool(Generic[Item]):
         self._stopping = False
         #: Per worker: since when it holds its current item (None when idle).
         self._busy_since: list[float | None] = [None] * workers
-        self._threads = [
+        self.threads = [
             threading.Thread(target=self._work, args=(index,), name=f"{name}-{index}", daemon=True)
             for index in range(workers)
         ]
         self._started = False
 
     def start(self) -> None:
-        for thread in self._threads:
+        for thread in self.threads:
             thread.start()
         self._started = True
 
@@ -101,7 +101,7 @@ class WorkerPool(Generic[Item]):
 
     def running(self) -> bool:
         """Whether every worker thread is alive (before :meth:`stop`)."""
-        return self._started and all(thread.is_alive() for thread in self._threads)
+        return self._started and all(thread.is_alive() for thread in self.threads)
 
     def submit(self, item: Item) -> bool:
         """Queue ``item`` if there is room; never blocks."""
@@ -168,6 +168,6 @@ class WorkerPool(Generic[Item]):
         if not self._started:
             return handed_back, True
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        return handed_back, not any(t.is_alive() for t in self._threads)
+        return handed_back, not any(t.is_alive() for t in self.threads)

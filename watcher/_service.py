@@ -18,6 +18,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from repack import (
@@ -36,13 +37,14 @@ from ._errors import EXIT_STARTUP, ConfigError
 from ._folders import IncomingRoot, check_folders, identity_of
 from ._handoff_setup import build_handoff
 from ._metrics import Metrics
-from ._observer import start_observer
+from ._observer import observer_threads, start_observer
 from ._outcomes import REPEATS_BEFORE_ERROR, Counts, ResultRouter
 from ._pool import WorkerPool
 from ._quarantine import Quarantine
 from ._scan import Scans
 from ._series import SeriesTracker
 from ._settings import Settings
+from ._threads import ThreadWatch
 from ._workers import NotRepacked, Outcome, WorkerConfig, WorkerProcess
 
 __all__ = ["OUTPUT_BLOCKED_S", "Service"]
@@ -69,12 +71,33 @@ def _ignored(name: str) -> bool:
     return name.startswith(".") or name.startswith(TEMP_PREFIX)
 
 
+def _stop_observer(observer: Any, timeout: float) -> None:
+    """Stop an observer, waiting at most ``timeout`` seconds.
+
+    A broken observer (one of its threads died holding one of watchdog's locks)
+    can block its own stop for ever: the stop runs in a thread of its own, so
+    neither the dispatcher nor the service's stop waits on it unbounded.
+    """
+    stopper = threading.Thread(target=observer.stop, name="observer-stop", daemon=True)
+    stopper.start()
+    stopper.join(timeout)
+
+
 class Service:
     """The pypx-listener service; :meth:`start`, then :meth:`stop`."""
 
-    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_fatal(reason)``: a thread the service needs died for good; stop it (the CLI
+        does, and exits non-zero). Without it, :attr:`threads` only records the reason."""
         self.settings = settings
         self.log = get_logger()
+        self.threads = ThreadWatch(self.log, on_fatal or (lambda _reason: None))
         self.counts = Counts()
         self.metrics = metrics or Metrics()
         self.workers = [WorkerProcess(WorkerConfig.of(settings)) for _ in range(settings.workers)]
@@ -129,8 +152,10 @@ class Service:
         :class:`ConfigError`, before ``watcher.started`` is announced.
         """
         check_folders(self.settings, self.root)
+        self.threads.install()
         if self.handoff is not None:
             self.handoff.start(self.series)
+            self.threads.essential(self.handoff.threads())
         self._started = time.monotonic()
         for worker in self.workers:  # spawn the worker processes before any thread
             worker.start()
@@ -144,14 +169,18 @@ class Service:
                     exit_code=EXIT_STARTUP,
                 )
         self.pool.start()
+        self.threads.essential(self.pool.threads)
         try:
             self._observer = self._start_observer()
         except ConfigError:
             self.pool.stop(1.0)
             self.kill_workers()
+            self.threads.uninstall()
             raise
+        self.threads.observer(observer_threads(self._observer))
         self.watching.set()
         self._dispatcher.start()
+        self.threads.essential([self._dispatcher])
         threading.Thread(target=self._sweep, name="sweeper", daemon=True).start()
         if announce:
             self.announce()
@@ -179,15 +208,8 @@ class Service:
 
     def alive_problems(self) -> list[str]:
         """Why the service is not alive (empty when it is): what ``/healthz`` reports."""
-        problems = []
-        if not self._dispatcher.is_alive():
-            problems.append("the dispatcher thread is not running")
-        if self._observer is None or not self._observer.is_alive():
-            problems.append("the folder observer is not running")
-        if not self.pool.running():
-            problems.append("a repack worker thread is not running")
-        if self.handoff is not None and not self.handoff.alive():
-            problems.append("the hand-off thread is not running")
+        self.threads.check()
+        problems = self.threads.problems()
         for index in self.pool.stalled(self.settings.stall_timeout):
             problems.append(
                 f"repack worker {index} has been on one file for more than"
@@ -214,11 +236,12 @@ class Service:
         """
         timeout = self.settings.stop_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
+        self.threads.stopping()
         self._stopping.set()
         self.watching.clear()
         self.tracker.wake()
         if self._observer is not None:
-            self._observer.stop()
+            _stop_observer(self._observer, max(0.1, deadline - time.monotonic()))
         if self._dispatcher.is_alive():
             self._dispatcher.join(max(0.1, deadline - time.monotonic()))
         handed_back, clean = self.pool.stop(max(0.1, deadline - time.monotonic()))
@@ -230,6 +253,7 @@ class Service:
         if self.handoff is not None:  # what is not delivered yet stays in the outbox
             self.handoff.stop(max(0.1, deadline - time.monotonic()))
         self.root.close()
+        self.threads.uninstall()
         summary: dict[str, Any] = {
             **self.counts.as_dict(),
             "clean": clean,
@@ -252,13 +276,6 @@ class Service:
     # -- dispatcher ----------------------------------------------------------
 
     def _dispatch(self) -> None:
-        try:
-            self._dispatch_loop()
-        except Exception:
-            self.log.exception(Event.WATCHER_DISPATCHER_CRASHED)
-            raise
-
-    def _dispatch_loop(self) -> None:
         settings = self.settings
         self._scans.start()
         next_scan = time.monotonic() + settings.scan_interval
@@ -296,6 +313,7 @@ class Service:
                 self._scans.start()
                 next_scan = now + settings.scan_interval
             if now >= next_housekeeping:
+                self._check_observer()
                 self._check_incoming()
                 self._check_stalls()
                 self._announce_quiet_series()
@@ -325,22 +343,38 @@ class Service:
         before = self.root.identity
         try:
             self.root.open()
-            observer = self._start_observer()
+            self._rearm("the incoming folder was replaced", old_inode=before[1])
         except (OSError, ConfigError) as error:
             self._incoming_problem = f"cannot watch the new incoming folder: {error}"
             return
-        old, self._observer = self._observer, observer
-        if old is not None:
-            old.stop()
         self._incoming_problem = None
+
+    def _check_observer(self) -> None:
+        """Re-arm the observer when one of its threads died (:class:`ThreadWatch`)."""
+        died = self.threads.observer_died()
+        if died is None:
+            return
+        try:
+            self._rearm(f"the observer's thread {died!r} died")
+        except (OSError, ConfigError) as error:
+            self.threads.rearm_failed(str(error))
+
+    def _rearm(self, reason: str, **fields: Any) -> None:
+        """A new observer on the incoming folder, the old one stopped, a full scan for
+        what happened meanwhile. Raises :class:`ConfigError` when it cannot watch."""
+        observer = self._start_observer()
+        old, self._observer = self._observer, observer
+        self.threads.rearmed(observer_threads(observer))
+        if old is not None:
+            _stop_observer(old, 0.0)
         self.log.warning(
             Event.WATCHER_REARMED,
-            folder=str(incoming),
-            reason="the incoming folder was replaced",
-            old_inode=before[1],
+            folder=str(self.settings.incoming),
+            reason=reason,
+            **fields,
             new_inode=self.root.identity[1],
         )
-        self._scans.close()  # they walk the folder that was replaced
+        self._scans.close()  # they may walk a folder that was replaced
         self._scans.start()
 
     def _check_stalls(self) -> None:
