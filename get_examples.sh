@@ -10,6 +10,8 @@
 #                                         the real px-repack's output for each of them
 #   DIR/pypx-3.12/, DIR/px-repack-corpus/runs-3.12/
 #                                         the same with pypx==3.12.6
+#   DIR/px-repack-corpus/files/pydicom-3/ pydicom 3's test files with repeating groups
+#                                         (overlays 60xx, curves 50xx), run by both
 #
 #   ./get_examples.sh [DIR] [--instances-only]
 #
@@ -173,5 +175,57 @@ if [ ! -f px-repack-corpus/.complete-3.12 ]; then
     mv "$work/runs-3.12" px-repack-corpus/runs-3.12
     touch px-repack-corpus/.complete-3.12
     rm -rf "$work"
+fi
+
+# Repeating groups (overlays 60xx, curves 50xx): pydicom 2.4's corpus has none, so the
+# files of pydicom 3's corpus that carry one join it, run by both px-repacks.
+if [ ! -f px-repack-corpus/.complete-pydicom-3 ]; then
+    echo "get_examples: adding pydicom 3's test files with repeating groups to the corpus"
+    work="$(mktemp -d "$dir/.get-examples-XXXXXX")"
+    if ! pypx/bin/pip download --quiet --disable-pip-version-check --no-deps --only-binary :all: \
+            -d "$work/wheel" 'pydicom>=3,<4'; then
+        rm -rf "$work"
+        fail "cannot download pydicom 3 from PyPI" "check that PyPI is reachable"
+    fi
+    mkdir "$work/files"
+    # Chosen by what they hold, read with px's own pydicom 2.4.
+    pypx/bin/python - "$work"/wheel/pydicom-*.whl "$work/files" <<'PYTHON'
+import io, pathlib, sys, warnings, zipfile
+
+import pydicom
+
+warnings.simplefilter("ignore")
+wheel, out = sys.argv[1], pathlib.Path(sys.argv[2])
+with zipfile.ZipFile(wheel) as archive:
+    for name in archive.namelist():
+        if not name.startswith("pydicom/data/test_files/") or name.endswith((".py", ".pyc")):
+            continue
+        data = archive.read(name)
+        try:
+            dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+            groups = {tag.group & 0xFF00 for tag in dataset.keys()}
+        except Exception:
+            continue
+        if groups & {0x5000, 0x6000}:
+            (out / pathlib.PurePosixPath(name).name).write_bytes(data)
+PYTHON
+    found="$(find "$work/files" -type f | wc -l)"
+    if [ "$found" -eq 0 ]; then
+        rm -rf "$work"
+        fail "pydicom 3's test files hold no repeating group" "report this: the corpus changed"
+    fi
+    chmod -R a-w "$work/files"  # as the rest of the corpus, before px copies them
+    px_over_corpus "$dir/pypx/bin/px-repack" "$work/files" "$work/runs"
+    px_over_corpus "$dir/pypx-3.12/bin/px-repack" "$work/files" "$work/runs-3.12"
+    chmod u+w px-repack-corpus/files
+    rm -rf px-repack-corpus/files/pydicom-3 px-repack-corpus/runs/pydicom-3 \
+        px-repack-corpus/runs-3.12/pydicom-3
+    mv "$work/files" px-repack-corpus/files/pydicom-3
+    chmod a-w px-repack-corpus/files
+    mv "$work/runs" px-repack-corpus/runs/pydicom-3
+    mv "$work/runs-3.12" px-repack-corpus/runs-3.12/pydicom-3
+    touch px-repack-corpus/.complete-pydicom-3
+    rm -rf "$work"
+    echo "get_examples: $found file(s) with repeating groups added to the corpus"
 fi
 echo "get_examples: ready in $dir"

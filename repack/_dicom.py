@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_has_tag, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
@@ -163,12 +163,19 @@ class Instance:
     def dicom_dump(self) -> dict[str, str]:
         """px's ``DICOM`` table: every top-level, non-private keyword element.
 
-        PixelData and the file meta group are left out; keys are sorted.
+        PixelData and the file meta group are left out; keys are sorted. A repeating
+        group's elements are :data:`NO_ATTRIBUTE`, as px wrote them.
         """
         table: dict[str, str] = {}
         dataset = self.complete_dataset()
         for tag in list(dataset.keys()):
             if tag.is_private or int(tag) in PIXEL_TAGS:
+                continue
+            repeater = keyword_for_tag(tag)
+            if repeater and not dictionary_has_tag(tag):
+                # A repeating group (overlays 60xx, curves 50xx): px's pydicom 2.4
+                # lists its keyword (Dataset.dir) but cannot read it by that name.
+                table[repeater] = NO_ATTRIBUTE
                 continue
             raw = dataset.get_item(tag)
             if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
@@ -184,6 +191,10 @@ class Instance:
             if keyword:
                 table[keyword] = px_string(element)
         return dict(sorted(table.items()))
+
+
+#: What px wrote for a keyword it listed but could not read.
+NO_ATTRIBUTE = "no attribute"
 
 
 def read_source(

@@ -173,6 +173,18 @@ def test_every_corpus_file_lands_where_px_puts_it_with_the_same_logs(
     assert not report, f"{len(report)} of {len(files)} files differ:\n" + "\n".join(lines)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("layout", sorted(RUNS))
+def test_repeating_groups_are_listed_as_px_lists_them(layout: str, tmp_path: Path) -> None:
+    """Overlays (60xx) and curves (50xx): px lists each keyword that pydicom 2.4's
+    ``Dataset.dir()`` gives, with ``'no attribute'`` (it cannot read them by name)."""
+    _need(corpus() / ".complete-pydicom-3", "pydicom 3's files with repeating groups")
+    files = [f for f in corpus_files() if f.startswith("pydicom-3/")]
+    assert files
+    for relative in files:
+        assert differences(relative, layout, tmp_path) == [], relative
+
+
 def test_the_service_accounts_for_every_corpus_file(tmp_path: Path) -> None:
     """Every file of the corpus, dropped into a running service at once, is repacked or
     quarantined with a reason: none is lost, none stays behind."""

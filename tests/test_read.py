@@ -18,6 +18,8 @@ from repack import (
     repack_file,
 )
 
+from .conftest import make_dataset, write_dicom
+
 
 def test_example_instance_reads(example_files: list[Path]) -> None:
     instance = read_instance(example_files[0])
@@ -109,3 +111,19 @@ def test_bad_files_are_left_where_they_were(
 def test_vanished_source(tmp_path: Path) -> None:
     with pytest.raises(SourceVanishedError):
         read_instance(tmp_path / "gone")
+
+
+def test_repeating_groups_are_in_the_dicom_table_as_px_wrote_them(tmp_path: Path) -> None:
+    """Curves (50xx) and overlays (60xx), several groups of each: each keyword once,
+    ``'no attribute'`` (px's pydicom 2.4 lists them in ``dir()`` but cannot read them)."""
+    ds = make_dataset()
+    for group in (0x5000, 0x5002):
+        ds.add_new((group << 16) | 0x0005, "US", 1)  # CurveDimensions
+        ds.add_new((group << 16) | 0x3000, "OW", b"\0\1")  # CurveData
+    for group in (0x6000, 0x601E):
+        ds.add_new((group << 16) | 0x0010, "US", 4)  # OverlayRows
+        ds.add_new((group << 16) | 0x3000, "OW", b"\0" * 8)  # OverlayData
+    table = read_instance(write_dicom(tmp_path / "curves.dcm", ds)).dicom_dump()
+    for keyword in ("CurveDimensions", "CurveData", "OverlayRows", "OverlayData"):
+        assert table[keyword] == "no attribute"
+    assert table["PatientID"] == ds.PatientID
