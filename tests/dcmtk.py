@@ -91,10 +91,13 @@ def start_storescp(output: Path, *extra: str, port: int) -> subprocess.Popen[byt
     raise DcmtkError("storescp did not listen within 10 s")
 
 
-def send(port: int, files: Sequence[Path], timeout: float = 120) -> None:
-    """Send ``files`` to ``127.0.0.1:port`` in one association; raise on any failure."""
+def send(port: int, files: Sequence[Path], *options: str, timeout: float = 120) -> None:
+    """Send ``files`` to ``127.0.0.1:port`` in one association; raise on any failure.
+
+    ``options``: more of storescu's, such as the transfer syntax to propose (``-xv``).
+    """
     result = subprocess.run(
-        ["storescu", "-aec", "ANY-SCP", "-to", "20", "-ta", "20", "-td", "60",
+        ["storescu", "-aec", "ANY-SCP", "-to", "20", "-ta", "20", "-td", "60", *options,
          LOOPBACK, str(port), *map(str, files)],
         env=dcmtk_env(),
         capture_output=True,
@@ -121,10 +124,10 @@ def storescp(output: Path, *extra: str, port: int | None = None) -> Iterator[int
         stop_group(process)
 
 
-def storescu(port: int, files: Sequence[Path], timeout: float = 120) -> None:
-    """Send ``files`` for a test; fail the test on any error."""
+def storescu(port: int, files: Sequence[Path], *options: str, timeout: float = 120) -> None:
+    """Send ``files`` for a test (``options``: more of storescu's); fail the test on any error."""
     require_dcmtk()
     try:
-        send(port, files, timeout)
+        send(port, files, *options, timeout=timeout)
     except DcmtkError as error:
         pytest.fail(str(error))

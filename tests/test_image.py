@@ -25,6 +25,7 @@ from watcher._settings import WORKER_MEMORY, default_workers
 
 from .dcmtk import _port_open, require_dcmtk, storescu
 from .helpers import BIN, get, wait_for
+from .test_transfer_syntaxes import PROPOSE, compressed_examples
 
 # -- the worker count within a container's limits ----------------------------------
 
@@ -200,7 +201,8 @@ def test_the_image_under_compose_receives_resends_reports_health_and_stops_clean
 ) -> None:
     """docker-compose.yml as users run it: build, up, 192 instances from the host over
     loopback, 10 of them again (incoming and data are separate volumes), both
-    HEALTHCHECKs, then down in under 5 s with a clean watcher.stopped."""
+    HEALTHCHECKs, one file per compressed transfer syntax, then down in under 5 s
+    with a clean watcher.stopped."""
     require_dcmtk()
     compose = Compose(engine, f"pypxtest{os.getpid()}")
     try:
@@ -237,13 +239,19 @@ def test_the_image_under_compose_receives_resends_reports_health_and_stops_clean
             env=engine, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert leftovers.stdout.strip() == ""
+        # What PACSes send: each compressed transfer syntax, proposed as its own.
+        compressed = compressed_examples()
+        for number, (syntax, path) in enumerate(compressed.items(), start=203):
+            storescu(DICOM_PORT, [path], "-R", PROPOSE[syntax])
+            wait_for(lambda n=number: len(compose.events("repack.done")) == n, 60, path.name)
+        assert compose.events("repack.failed") == []
         started = time.monotonic()
         compose.run("down", timeout=120)
         took = time.monotonic() - started
         wait_for(lambda: len(compose.events("watcher.stopped")) == 1, 10, "watcher.stopped")
         (stopped,) = compose.events("watcher.stopped")
         assert stopped["clean"] is True
-        assert stopped["repacked"] == 202
+        assert stopped["repacked"] == 202 + len(compressed)
         assert took < 5, f"compose down took {took:.1f} s"
     finally:
         compose.close()

@@ -29,7 +29,33 @@ from ._settings import Settings
 if TYPE_CHECKING:
     from ._service import Service
 
-__all__ = ["Operations", "StorescpSupervisor", "build_operations"]
+__all__ = ["Operations", "StorescpSupervisor", "build_operations", "storescp_command"]
+
+
+#: storescp's options that choose which transfer syntaxes it accepts.
+_SYNTAX_CHOICES = ("+x", "--prefer-", "--accept-all", "--implicit", "-xf", "--config-file")
+
+
+def storescp_command(
+    incoming: str, aet: str, extra: str, port: int, *, executable: str = "storescp"
+) -> list[str]:
+    """The supervised storescp's command line.
+
+    ``+xa`` (accept every transfer syntax dcmtk supports: JPEG, JPEG-LS, JPEG 2000,
+    RLE, deflate, ...; files are written as received) unless ``extra`` chooses
+    the transfer syntaxes itself: a PACS that cannot convert what it holds
+    fails the push on storescp's default, uncompressed-only proposals.
+    """
+    options = shlex.split(extra)
+    chosen = any(option.startswith(_SYNTAX_CHOICES) for option in options)
+    return [
+        executable,
+        "-od", incoming,
+        "-aet", aet,
+        *([] if chosen else ["+xa"]),
+        *options,
+        str(port),
+    ]  # fmt: skip
 
 
 class StorescpSupervisor:
@@ -42,14 +68,14 @@ class StorescpSupervisor:
                 "--storescp-port needs dcmtk's storescp on PATH",
                 hint="apt-get install -y dcmtk, or run storescp yourself and drop --storescp-port",
             )
-        assert settings.storescp_port is not None  # noqa: S101 - checked by build_extras
-        self.command = [
-            executable,
-            "-od", str(settings.incoming),
-            "-aet", settings.storescp_aet,
-            *shlex.split(settings.storescp_args),
-            str(settings.storescp_port),
-        ]  # fmt: skip
+        assert settings.storescp_port is not None  # noqa: S101 - checked by build_operations
+        self.command = storescp_command(
+            str(settings.incoming),
+            settings.storescp_aet,
+            settings.storescp_args,
+            settings.storescp_port,
+            executable=executable,
+        )
         self.metrics = metrics
         self.log = get_logger(component="storescp")
         self._process: subprocess.Popen[bytes] | None = None
