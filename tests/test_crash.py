@@ -229,3 +229,37 @@ def test_a_worker_whose_service_died_mid_batch_reports_every_file_it_moved(
     reported = {Path(str(event["src"])).name for event in orphan.events("repack.done")}
     assert reported == moved
     assert len(list((tmp_path / "data").rglob("*.dcm"))) == len(moved)
+
+
+def test_a_series_in_flight_at_a_sigkill_is_reported_whole_after_the_restart(
+    tmp_path: Path, example_files: list[Path]
+) -> None:
+    """SIGKILL while a 192-instance series is repacked; the restarted service finishes it
+    and its ``series.complete`` (and what a hand-off is told) counts the whole series
+    and the time since its first instance, from the folder, not the 100-odd it saw."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    received = time.time() - 60
+    for number, path in enumerate(example_files):
+        target = incoming / f"MR.{number:03d}"
+        shutil.copyfile(path, target)
+        # When storescp wrote each one: 10 ms apart, as a push arrives.
+        os.utime(target, (received + number * 0.01, received + number * 0.01))
+    hand_off = tmp_path / "series.ndjson"
+    command = f"tee -a {hand_off}"  # an argv, no shell: the document is its stdin
+    args = ("--settle", "0.2", "--series-quiet", "2", "--on-series-complete", command)
+    first = Listener(tmp_path, *args, "--workers", "1").start()
+    first.wait_for(lambda: first.count("repack.done") >= 40, 60, "40 instances repacked")
+    first.kill()  # the whole process group, workers included
+    assert first.count("series.complete") == 0
+    with listener(tmp_path, *args) as second:
+        second.wait_for(lambda: second.count("series.complete") == 1, 60, "series.complete")
+        assert second.count("repack.done") < 192  # it saw only the rest
+        (complete,) = second.of("series.complete")
+        assert complete["instances"] == 192
+        assert complete["receive_s"] >= 1.9
+        second.wait_for(lambda: second.count("handoff.sent") == 1, 30, "the hand-off")
+    (document,) = [orjson.loads(line) for line in hand_off.read_text().splitlines()]
+    assert document["instances"] == 192
+    assert document["ndicom"] == 192
+    assert document["receive_s"] >= 1.9

@@ -12,13 +12,15 @@ The clock is injected, so the rule is tested without sleeping.
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import os
 import threading
 import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["QuietSeries", "SeriesTracker"]
+__all__ = ["QuietSeries", "SeriesTracker", "as_on_disk"]
 
 
 @dataclass(slots=True)
@@ -57,6 +59,35 @@ class QuietSeries:
     receive_s: float
     #: Its tag table in the log tree (``studyData/<Study>-series/<Series>-meta.json``).
     log_path: str = ""
+
+
+def as_on_disk(series: QuietSeries, ignored: Callable[[str], bool]) -> QuietSeries:
+    """The series as its folder has it: what a service that restarted mid-series knows.
+
+    A service killed while a series arrived is followed by one that saw only the
+    rest of it; the folder holds every instance (one file each) and their
+    modification times (kept by a move: when storescp wrote them). The counts
+    are the larger of what this process saw and what the folder says; a folder
+    that cannot be read changes nothing. ``ignored``: names that are not
+    instances (dot-files, temporary files).
+    """
+    files, first, last = 0, float("inf"), float("-inf")
+    try:
+        with os.scandir(series.folder) as entries:
+            for entry in entries:
+                if ignored(entry.name) or not entry.is_file(follow_symlinks=False):
+                    continue
+                modified = entry.stat(follow_symlinks=False).st_mtime
+                files, first, last = files + 1, min(first, modified), max(last, modified)
+    except OSError:
+        return series
+    if not files:
+        return series
+    return dataclasses.replace(
+        series,
+        instances=max(series.instances, files),
+        receive_s=max(series.receive_s, round(last - first, 3)),
+    )
 
 
 class SeriesTracker:

@@ -42,7 +42,7 @@ from ._outcomes import REPEATS_BEFORE_ERROR, Counts, ResultRouter
 from ._pool import WorkerPool
 from ._quarantine import Quarantine
 from ._scan import Scans
-from ._series import SeriesTracker
+from ._series import SeriesTracker, as_on_disk
 from ._settings import Settings
 from ._threads import ThreadWatch
 from ._workers import NotRepacked, Outcome, WorkerConfig, WorkerProcess
@@ -387,7 +387,8 @@ class Service:
         self._stall_reported = stalled  # each stall reported once
 
     def _announce_quiet_series(self) -> None:
-        for series in self.series.take_quiet():
+        for quiet in self.series.take_quiet():
+            series = as_on_disk(quiet, _ignored)  # a restart mid-series saw only its rest
             self.counts.add("series_completed")
             self.metrics.series_completed()
             self.log.info(
