@@ -67,6 +67,8 @@ class Event(StrEnum):
     HANDOFF_CRASHED = "handoff.crashed"
     HANDOFF_ADOPTED = "handoff.adopted"
     HANDOFF_REFUSED = "handoff.refused"
+    HANDOFF_LEFT_OUT = "handoff.left_out"
+    HANDOFF_DEAD_LETTERED = "handoff.dead_lettered"
 
 
 def log_repacked(log: Any, fields: dict[str, Any]) -> None:

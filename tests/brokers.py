@@ -265,18 +265,29 @@ class NatsSubscriber:
 class Webhook:
     """A local HTTP server that records each POST; ``fail`` answers 500 that many times first."""
 
-    def __init__(self, fail: int = 0) -> None:
+    def __init__(self, fail: int = 0, *, redirect: bool = False) -> None:
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.fail = fail
-        #: Every POST, answered 500 or not.
+        #: Answer every POST with a 302 to another path (which answers a GET with 200).
+        self.redirect = redirect
+        #: Every POST, answered 500 or not; every GET.
         self.attempts = 0
+        self.gets = 0
         hook = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hook.gets += 1
+                self.send_response(200)
+                self.end_headers()
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 hook.attempts += 1
-                if hook.fail > 0:
+                if hook.redirect:
+                    self.send_response(302)
+                    self.send_header("Location", "/elsewhere")
+                elif hook.fail > 0:
                     hook.fail -= 1
                     self.send_response(500)
                 else:

@@ -25,9 +25,11 @@ series, the first and the last always (:class:`watcher._lonk.LonkProgress`).
 
 from __future__ import annotations
 
-import datetime
+import contextlib
 import os
 import re
+import select
+import signal
 import subprocess
 import time
 import urllib.error
@@ -39,6 +41,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from ._cube import cube_registration
 from ._series import QuietSeries
 
 __all__ = [
@@ -47,9 +50,8 @@ __all__ = [
     "Command",
     "DeliveryError",
     "Destination",
+    "PermanentDeliveryError",
     "Webhook",
-    "celery_arguments",
-    "patient_age_days",
     "series_document",
 ]
 
@@ -58,11 +60,34 @@ CELERY_TASK = "pacsfiles.tasks.register_pacs_series"
 DELIVERY_TIMEOUT_S = 30.0
 #: How long a command may run.
 COMMAND_TIMEOUT_S = 300.0
-_NOT_DEFINED = "Not defined"  # px's value for an absent element
+
+
+def redacted(url: str) -> str:
+    """A URL as it may be printed or stored: no user info (a password, a token) and no
+    query value (``?token=...``), which can be secrets."""
+    parsed = urllib.parse.urlsplit(url)
+    netloc = parsed.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(
+        f"{name}=***" for name, _ in urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
+    )
+    return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, query, ""))
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is not a delivery: urllib would follow a 302 as a GET without the body."""
+
+    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
 
 
 class DeliveryError(Exception):
     """A delivery failed; the record stays and is tried again later."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The destination can never take this record: it is set aside (dead-lettered)."""
 
 
 class Destination(Protocol):
@@ -140,59 +165,6 @@ def series_document(series: QuietSeries, datadir: Path, pacs_name: str | None) -
 # -- CUBE's registration ------------------------------------------------------------
 
 
-def _date(text: str | None) -> str | None:
-    """A DICOM DA (``YYYYMMDD``) as ``YYYY-MM-DD``; None when it is not a date."""
-    if not text:
-        return None
-    for pattern in ("%Y%m%d", "%Y-%m-%d"):
-        try:
-            return datetime.datetime.strptime(text.strip(), pattern).date().isoformat()
-        except ValueError:
-            continue
-    return None
-
-
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([DWMY])\s*$")
-_DAYS_PER = {"D": 1.0, "W": 7.0, "M": 30.44, "Y": 365.24}  # oxidicom's and pypx's factors
-
-
-def patient_age_days(age: str | None) -> int | None:
-    """A DICOM AS (``034Y``, ``020D``) in days, as CUBE stores it; None when not an age."""
-    match = _AGE.match(age or "")
-    if match is None:
-        return None
-    return round(float(match[1]) * _DAYS_PER[match[2]])
-
-
-def _tag(series: Mapping[str, Any], keyword: str) -> str | None:
-    value = series.get("tags", {}).get(keyword)
-    if not isinstance(value, str) or value in ("", _NOT_DEFINED, "None"):
-        return None
-    return value
-
-
-def celery_arguments(series: Mapping[str, Any], pacs_name: str) -> dict[str, Any]:
-    """The keyword arguments of ``register_pacs_series`` for a series document."""
-    return {
-        "PatientID": series["PatientID"],
-        "StudyDate": _date(_tag(series, "StudyDate")),
-        "StudyInstanceUID": series["StudyInstanceUID"],
-        "SeriesInstanceUID": series["SeriesInstanceUID"],
-        "pacs_name": pacs_name,
-        "path": series["path"],
-        "ndicom": series["ndicom"],
-        "PatientName": _tag(series, "PatientName"),
-        "PatientBirthDate": _date(_tag(series, "PatientBirthDate")),
-        "PatientAge": patient_age_days(_tag(series, "PatientAge")),
-        "PatientSex": _tag(series, "PatientSex"),
-        "AccessionNumber": _tag(series, "AccessionNumber"),
-        "Modality": _tag(series, "Modality"),
-        "ProtocolName": _tag(series, "ProtocolName"),
-        "StudyDescription": _tag(series, "StudyDescription"),
-        "SeriesDescription": _tag(series, "SeriesDescription"),
-    }
-
-
 class CeleryRegistration:
     """Sends CUBE's registration task through a Redis or RabbitMQ broker."""
 
@@ -215,23 +187,28 @@ class CeleryRegistration:
         self.pacs_name = pacs_name
 
     def refuses(self, series: Mapping[str, Any]) -> str | None:
-        """What CUBE (and oxidicom) would refuse: no StudyDate, no PatientID, a comma."""
-        if _date(_tag(series, "StudyDate")) is None:
-            return "no valid StudyDate: CUBE cannot register the series"
-        if series["PatientID"] in ("", _NOT_DEFINED):
-            return "no PatientID: CUBE cannot register the series"
-        if "," in series["path"]:
-            return f"its path has a comma, which CUBE refuses: {series['path']}"
-        return None
+        """What CUBE would refuse (:mod:`watcher._cube`)."""
+        return cube_registration(series, self.pacs_name).refused
+
+    def notes(self, series: Mapping[str, Any]) -> list[str]:
+        """The optional fields CUBE would refuse, left out of the registration."""
+        return cube_registration(series, self.pacs_name).left_out
 
     def deliver(self, key: str, series: Mapping[str, Any]) -> None:
+        registration = cube_registration(series, self.pacs_name)
+        if registration.refused is not None:  # a record written before the rule existed
+            raise PermanentDeliveryError(registration.refused)
         try:
             self.app.send_task(
                 CELERY_TASK,
-                kwargs=celery_arguments(series, self.pacs_name),
+                kwargs=registration.arguments,
                 queue=self.queue_name,
                 task_id=key,
                 retry=False,
+                # Celery's default repeats every argument in the message headers,
+                # where brokers and monitors (Flower) show them: no patient data there.
+                kwargsrepr=f"{{'SeriesInstanceUID': {series['SeriesInstanceUID']!r}}}",
+                argsrepr="()",
             )
         except Exception as error:  # kombu's and the transports' errors: all mean "not taken"
             raise DeliveryError(f"{type(error).__name__}: {error}") from error
@@ -250,6 +227,8 @@ class Webhook:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.shown = redacted(url)
+        self._opener = urllib.request.build_opener(_NoRedirect)
 
     def refuses(self, series: Mapping[str, Any]) -> str | None:
         return None
@@ -266,59 +245,121 @@ class Webhook:
             },
         )
         try:
-            with urllib.request.urlopen(request, timeout=DELIVERY_TIMEOUT_S) as answer:  # noqa: S310
+            with self._opener.open(request, timeout=DELIVERY_TIMEOUT_S) as answer:
                 status = answer.status
         except urllib.error.HTTPError as error:
-            raise DeliveryError(f"{self.url} answered {error.code}") from error
+            said = " (a redirect is not a delivery)" if 300 <= error.code < 400 else ""
+            raise DeliveryError(f"{self.shown} answered {error.code}{said}") from error
         except (OSError, ValueError) as error:
-            raise DeliveryError(f"{self.url}: {error}") from error
+            reason = str(error).replace(self.url, self.shown)
+            raise DeliveryError(f"{self.shown}: {reason}") from error
         if not 200 <= status < 300:
-            raise DeliveryError(f"{self.url} answered {status}")
+            raise DeliveryError(f"{self.shown} answered {status}")
 
     def close(self) -> None:
         pass
 
 
 def _environment(key: str, series: Mapping[str, Any]) -> dict[str, str]:
+    """``PYPX_SERIES_*``: the document's plain values. One holding a NUL (which no
+    environment can carry) is left out: the whole document is on stdin as JSON."""
     variables = {"PYPX_SERIES_KEY": key}
     for name, value in series.items():
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).upper()
-            variables[f"PYPX_SERIES_{snake}"] = str(value)
+            if "\0" not in str(value):
+                variables[f"PYPX_SERIES_{snake}"] = str(value)
     return variables
 
 
+#: What a command inherits of the service's environment; the rest (passwords among
+#: it) stays with the service.
+COMMAND_INHERITS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+#: How much of a command's stderr is kept (its end, for the error message).
+_STDERR_TAIL = 4096
+
+
 class Command:
-    """Runs an argv with the series on stdin and in the environment; exit 0 is delivered."""
+    """Runs an argv with the series on stdin and in the environment; exit 0 is delivered.
+
+    Its environment is :data:`COMMAND_INHERITS` of the service's and the
+    ``PYPX_SERIES_*`` variables; its stderr is read as it comes, keeping only
+    its end; it runs in a session of its own, whose whole process group is
+    ended when it runs too long and when the service stops.
+    """
 
     name = "command"
 
     def __init__(self, argv: Sequence[str]) -> None:
         self.argv = list(argv)
+        self._running: subprocess.Popen[bytes] | None = None
 
     def refuses(self, series: Mapping[str, Any]) -> str | None:
         return None
 
     def deliver(self, key: str, series: Mapping[str, Any]) -> None:
+        inherited = {name: os.environ[name] for name in COMMAND_INHERITS if name in os.environ}
         try:
-            done = subprocess.run(
+            process = subprocess.Popen(
                 self.argv,
-                input=orjson.dumps(series),
-                env={**os.environ, **_environment(key, series)},
+                stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                timeout=COMMAND_TIMEOUT_S,
-                check=False,
+                env={**inherited, **_environment(key, series)},
+                start_new_session=True,
             )
+        except (OSError, ValueError) as error:
+            raise DeliveryError(f"cannot run {self.argv[0]}: {error}") from error
+        self._running = process
+        try:
+            tail = _run_bounded(process, orjson.dumps(series), COMMAND_TIMEOUT_S)
         except subprocess.TimeoutExpired as error:
             raise DeliveryError(
                 f"{self.argv[0]} ran longer than {COMMAND_TIMEOUT_S:g} s"
             ) from error
-        except OSError as error:
-            raise DeliveryError(f"cannot run {self.argv[0]}: {error.strerror or error}") from error
-        if done.returncode != 0:
-            said = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            raise DeliveryError(f"{self.argv[0]} exited {done.returncode}: {said[0][:200]}")
+        finally:
+            self._running = None
+            _end_group(process)
+        if process.returncode != 0:
+            said = tail.decode(errors="replace").strip().splitlines()[-1:] or [""]
+            raise DeliveryError(f"{self.argv[0]} exited {process.returncode}: {said[0][:200]}")
 
     def close(self) -> None:
-        pass
+        """End a command still running (the service stops), its children too."""
+        process = self._running
+        if process is not None:
+            _end_group(process)
+
+
+def _end_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(5)
+
+
+def _run_bounded(process: subprocess.Popen[bytes], data: bytes, timeout: float) -> bytes:
+    """Feed ``data`` to stdin, read stderr keeping its last :data:`_STDERR_TAIL` bytes,
+    wait for the exit; all within ``timeout`` seconds (else TimeoutExpired)."""
+    assert process.stdin is not None  # noqa: S101 - Popen made it a pipe
+    assert process.stderr is not None  # noqa: S101
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(BrokenPipeError):  # a command need not read its stdin
+        process.stdin.write(data)  # a few kilobytes: within the pipe's buffer
+    with contextlib.suppress(BrokenPipeError):
+        process.stdin.close()
+    tail = b""
+    errors = process.stderr.fileno()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise subprocess.TimeoutExpired(process.args, timeout)
+        if not select.select([errors], [], [], left)[0]:
+            continue
+        chunk = os.read(errors, 65536)
+        if not chunk:
+            break
+        tail = (tail + chunk)[-_STDERR_TAIL:]
+    process.stderr.close()
+    process.wait(max(0.0, deadline - time.monotonic()))
+    return tail

@@ -36,18 +36,24 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
 from repack import Event, Repacked, StorageError, Store, json_bytes
 
-from ._destinations import DeliveryError, Destination, series_document
+from ._destinations import (
+    DeliveryError,
+    Destination,
+    PermanentDeliveryError,
+    series_document,
+)
 from ._lonk import LonkProgress
 from ._metrics import Metrics
 from ._series import QuietSeries, SeriesTracker
@@ -60,6 +66,35 @@ MAX_BACKOFF_S = 300.0
 STUCK_AFTER = 5
 #: A destination whose oldest failing record has failed this long makes ``/readyz`` fail.
 UNREADY_AFTER_S = 300.0
+#: The largest record read (a series document is a few kilobytes).
+MAX_RECORD_BYTES = 1 << 20
+#: Where records that can never be delivered are set aside, per destination.
+DEAD_LETTER = ".dead-letter"
+
+
+def _malformed(record: object) -> str | None:
+    """Why a record read from the outbox cannot be one this service wrote, or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "key": str,
+        "attempts": int,
+        "due": (int, float),
+        "series": dict,
+    }
+    for name, kind in kinds.items():
+        if not isinstance(record.get(name), kind) or isinstance(record.get(name), bool):
+            return f"its {name!r} is missing or of the wrong type"
+    for name in ("first_failure", "last_error"):
+        if (
+            name in record
+            and record[name] is not None
+            and not isinstance(record[name], int | float | str)
+        ):
+            return f"its {name!r} is of the wrong type"
+    if not isinstance(record["series"].get("SeriesInstanceUID"), str):
+        return "its series has no SeriesInstanceUID"
+    return None
 
 
 def _locked(path: Path) -> int | None:
@@ -74,6 +109,41 @@ def _locked(path: Path) -> int | None:
         os.close(descriptor)
         return None
     return descriptor
+
+
+def _private(path: Path) -> None:
+    """A record names a patient: readable by this service's user alone (0600)."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o600)
+
+
+@runtime_checkable
+class _Notes(Protocol):
+    """A destination that leaves some of a series out (CUBE's optional fields)."""
+
+    def notes(self, series: Mapping[str, Any]) -> list[str]: ...
+
+
+def _read_record(descriptor: int) -> tuple[dict[str, Any], str | None]:
+    """The record behind ``descriptor``, or why it is not one this service wrote.
+
+    Only a regular file with one name, of a bounded size, holding a record of
+    the right shape: anything else someone put in the outbox (a folder, a FIFO,
+    a hard link to another file, a huge file, not JSON) is reported, not read.
+    """
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):
+        return {}, "not a regular file"
+    if info.st_nlink != 1:
+        return {}, "a file with more than one name (a hard link)"
+    if info.st_size > MAX_RECORD_BYTES:
+        return {}, f"larger than {MAX_RECORD_BYTES} bytes"
+    try:
+        record = orjson.loads(os.read(descriptor, MAX_RECORD_BYTES + 1))
+    except orjson.JSONDecodeError as error:
+        return {}, f"not JSON: {error}"
+    problem = _malformed(record)
+    return (record if problem is None else {}), problem
 
 
 class Handoff:
@@ -110,6 +180,8 @@ class Handoff:
 
     def start(self, series: SeriesTracker) -> None:
         """Make the folders, adopt the series a killed service left, start delivering."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.folder, 0o700)  # records name patients: for this service's user alone
         for name in [*self.destinations, ".receiving"]:
             (self.folder / name).mkdir(parents=True, exist_ok=True)
         self._adopt(series)
@@ -239,13 +311,24 @@ class Handoff:
                     error=reason,
                     SeriesInstanceUID=document["SeriesInstanceUID"],
                 )
-        for name in self.destinations:
+        for name, destination in self.destinations.items():
             if name in refused:
                 continue
+            notes = destination.notes(document) if isinstance(destination, _Notes) else []
+            if notes:
+                self.log.warning(
+                    Event.HANDOFF_LEFT_OUT,
+                    destination=name,
+                    key=key,
+                    fields=notes,
+                    SeriesInstanceUID=document["SeriesInstanceUID"],
+                )
             record = {"key": key, "destination": name, "created": now, "attempts": 0, "due": now,
                       "first_failure": None, "last_error": None, "series": document}  # fmt: skip
+            path = self.folder / name / f"{key}.json"
             try:
-                self._store.create_once(self.folder / name / f"{key}.json", json_bytes(record))
+                self._store.create_once(path, json_bytes(record))
+                _private(path)
             except StorageError as error:
                 # The log tree is unwritable: said like any other failure, the series
                 # stays in its folder, and the operator registers it by hand.
@@ -332,13 +415,19 @@ class Handoff:
                     return None  # delivered (or replaced) by another service meanwhile
             except FileNotFoundError:
                 return None
-            record = orjson.loads(os.read(descriptor, 1 << 24))
+            record, problem = _read_record(descriptor)
+            if problem is not None:
+                self._dead_letter(destination.name, path, problem, None)
+                return None
             now = self._clock()
             waiting = record["due"] > now or self._waits_for_registration(destination, record)
             if waiting or not deliver:
                 return (max(record["due"], now + 0.5), record["first_failure"], False)
             try:
                 destination.deliver(record["key"], record["series"])
+            except PermanentDeliveryError as error:
+                self._dead_letter(destination.name, path, str(error), record)
+                return None
             except DeliveryError as error:
                 return self._failed(path, record, str(error))
             os.unlink(path)
@@ -353,6 +442,28 @@ class Handoff:
             return None
         finally:
             os.close(descriptor)
+
+    def _dead_letter(
+        self, destination: str, path: Path, reason: str, record: Mapping[str, Any] | None
+    ) -> None:
+        """Set a record aside that can never be delivered: the others go on."""
+        folder = self.folder / DEAD_LETTER / destination
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            os.rename(path, folder / path.name)
+            where: str | None = str(folder / path.name)
+        except OSError:
+            where = None  # cannot move it: it is left, and reported at each pass
+        self.metrics.handoff_dead_lettered(destination)
+        series = record.get("series", {}) if record is not None else {}
+        self.log.error(
+            Event.HANDOFF_DEAD_LETTERED,
+            destination=destination,
+            record=path.name,
+            error=reason,
+            moved_to=where,
+            SeriesInstanceUID=series.get("SeriesInstanceUID"),
+        )
 
     def _waits_for_registration(self, destination: Destination, record: Mapping[str, Any]) -> bool:
         """LONK's "done" goes after the series' registration (when there is one)."""
@@ -374,6 +485,7 @@ class Handoff:
         )
         try:
             self._store.write_atomic(path, json_bytes(record))
+            _private(path)
         except StorageError as error:
             message = f"{message} (and the record could not be updated: {error})"
         self.metrics.handoff_failed(record["destination"])

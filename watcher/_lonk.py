@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from ._cube import valid_uid
 from ._destinations import DELIVERY_TIMEOUT_S, DeliveryError
 
 __all__ = [
@@ -39,10 +40,15 @@ LONK_DONE, LONK_PROGRESS, LONK_ERROR = b"\x00", b"\x01", b"\x02"
 
 
 def lonk_subject(pacs_name: str, series_uid: str) -> str:
-    """``oxidicom.<pacs_name>.<SeriesInstanceUID>``, each part made a valid subject token."""
+    """``oxidicom.<pacs_name>.<SeriesInstanceUID>``, each part made a valid subject token.
+
+    Dots become ``_`` (oxidicom's subjects); so does anything else but a letter,
+    a digit, ``-`` or ``_``: white space or a line end would end the protocol's
+    line and forge another message.
+    """
 
     def token(text: str) -> str:
-        return re.sub(r"[ .*>]", "_", text).replace("\0", "")
+        return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
     return f"oxidicom.{token(pacs_name)}.{token(series_uid)}"
 
@@ -150,6 +156,9 @@ class LonkDone:
         self.pacs_name = pacs_name
 
     def refuses(self, series: Mapping[str, Any]) -> str | None:
+        """A subject is made of the UID: anything but a DICOM UID could forge another."""
+        if not valid_uid(series.get("SeriesInstanceUID")):
+            return "SeriesInstanceUID is not a valid DICOM UID (digits and dots, at most 64)"
         return None
 
     def deliver(self, key: str, series: Mapping[str, Any]) -> None:
@@ -184,6 +193,8 @@ class LonkProgress:
         self.thread.start()
 
     def count(self, series_uid: str, instances: int) -> None:
+        if not valid_uid(series_uid):
+            return  # the series is refused at its end: no progress either
         now = time.monotonic()
         with self._lock:
             last = self._last.get(series_uid)

@@ -92,6 +92,12 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self._handoff_dead = Counter(
+            "pypx_listener_handoff_dead_lettered",
+            "Outbox records that can never be delivered, set aside",
+            ["destination"],
+            registry=r,
+        )
         self._handoff_pending = Gauge(
             "pypx_listener_handoff_pending",
             "Completed series waiting in the outbox",
@@ -107,6 +113,9 @@ class Metrics:
 
     def handoff_failed(self, destination: str) -> None:
         self._handoff_failed.labels(destination=destination).inc()
+
+    def handoff_dead_lettered(self, destination: str) -> None:
+        self._handoff_dead.labels(destination=destination).inc()
 
     def handoff_pending(self, destination: str, count: int) -> None:
         self._handoff_pending.labels(destination=destination).set(count)

@@ -16,7 +16,6 @@ import argparse
 import math
 import os
 import sys
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from repack._arguments import (
     version,
 )
 
+from ._destinations import redacted
 from ._errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "Settings", "default_workers", "parse_settings", "unknown_variables"]
@@ -96,16 +96,8 @@ class Settings:
         described["templates"] = [t.source for t in self.layout.templates]
         for name in ("celery_broker", "nats_url", "webhook_url"):  # passwords stay unsaid
             if described[name]:
-                described[name] = _without_password(described[name])
+                described[name] = redacted(described[name])
         return {k: str(v) if isinstance(v, Path) else v for k, v in described.items()}
-
-
-def _without_password(url: str) -> str:
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.password is None:
-        return url
-    host = parsed.netloc.rsplit("@", 1)[1]
-    return urllib.parse.urlunsplit(parsed._replace(netloc=f"{parsed.username}:***@{host}"))
 
 
 #: Memory one worker process needs at most, with room (about 45 MB measured).

@@ -1,0 +1,282 @@
+"""The hand-off under attack: hostile values, a tampered outbox, bad peers, secrets.
+
+Each test is an attack that once worked (issue 28): a tag value that forged a
+NATS message, a record that stopped its destination for good, a redirect
+counted as a delivery, a password printed and stored, a command that inherited
+every secret, read 1 GiB of stderr into memory, or outlived the service.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from watcher._cube import valid_uid
+from watcher._destinations import Command, Webhook, redacted
+from watcher._handoff import DEAD_LETTER, Handoff
+from watcher._lonk import lonk_subject
+from watcher._metrics import Metrics
+from watcher._settings import parse_settings
+
+from .brokers import Webhook as WebhookServer
+from .helpers import wait_for
+from .test_outcomes import Log
+
+_SUBJECT_TOKEN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def _document(uid: str = "1.2.3.4", **fields: Any) -> dict[str, Any]:
+    return {
+        "SeriesInstanceUID": uid,
+        "StudyInstanceUID": "1.2.3",
+        "PatientID": "P1",
+        "ndicom": 1,
+        "path": "SERVICES/PACS/PYPX/x",
+        "tags": {"StudyDate": "20240101"},
+        **fields,
+    }
+
+
+# -- 1. injection through tag values ----------------------------------------------
+
+
+@given(st.text(), st.text())
+def test_a_lonk_subject_is_three_tokens_whatever_the_values(pacs: str, uid: str) -> None:
+    subject = lonk_subject(pacs, uid)
+    prefix, *tokens = subject.split(".")
+    assert prefix == "oxidicom"
+    assert len(tokens) == 2
+    assert all(set(token) <= _SUBJECT_TOKEN for token in tokens)
+
+
+@pytest.mark.parametrize(
+    "uid",
+    ["1.2\r\nPUB oxidicom.PYPX.9 1\r\nx", "1.2\t3", "1.2 3", "1." + "2" * 6000, "", "1..2",
+     "01.2", "1.2.", "abc"],
+)  # fmt: skip
+def test_an_invalid_uid_is_refused_for_cube_and_for_nats(uid: str) -> None:
+    from watcher._destinations import CeleryRegistration  # noqa: PLC0415
+    from watcher._lonk import LonkDone  # noqa: PLC0415
+
+    assert not valid_uid(uid)
+    celery = CeleryRegistration("memory://", "main2", "PYPX")
+    try:
+        assert celery.refuses(_document(uid)) is not None
+        assert celery.refuses(_document(StudyInstanceUID=uid)) is not None
+    finally:
+        celery.close()
+    assert LonkDone.refuses(LonkDone.__new__(LonkDone), _document(uid)) is not None
+
+
+def test_valid_uids_pass() -> None:
+    assert valid_uid("1.2.840.10008.5.1.4.1.1.4")
+    assert valid_uid("0.1")
+    assert valid_uid("1." + "2" * 62)
+    assert not valid_uid("1." + "2" * 63)  # 65 characters
+
+
+def test_a_nul_in_a_value_does_not_stop_the_command(tmp_path: Path) -> None:
+    """A PatientID with a NUL: the variable is left out, the command runs, the JSON has it."""
+    out = tmp_path / "out"
+    command = Command(["sh", "-c", f'cat > {out}; echo "$PYPX_SERIES_PATIENT_ID" >> {out}.env'])
+    command.deliver("k1", _document(PatientID="P\x001"))
+    assert orjson.loads(out.read_bytes())["PatientID"] == "P\x001"
+    assert (tmp_path / "out.env").read_text() == "\n"
+
+
+# -- 2. one record never stops a destination ---------------------------------------
+
+
+def _hand_off(tmp_path: Path, argv: list[str]) -> tuple[Handoff, Log, Path]:
+    log = Log()
+    handoff = Handoff(tmp_path / "log", [Command(argv)], metrics=Metrics(), log=log)
+    folder = tmp_path / "log" / "outbox" / "command"
+    folder.mkdir(parents=True)
+    return handoff, log, folder
+
+
+def test_bad_entries_in_the_outbox_are_set_aside_and_the_good_one_goes(tmp_path: Path) -> None:
+    received = tmp_path / "received"
+    handoff, log, folder = _hand_off(tmp_path, ["sh", "-c", f"cat >> {received}"])
+    (folder / "0-not-json.json").write_bytes(b"{not json")
+    (folder / "1-wrong-types.json").write_bytes(orjson.dumps({"key": 1, "series": []}))
+    (folder / "2-a-list.json").write_bytes(b"[]")
+    (folder / "3-folder.json").mkdir()
+    os.mkfifo(folder / "4-fifo.json")
+    with (folder / "5-huge.json").open("wb") as huge:
+        huge.truncate(20 * 1024 * 1024)
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(b"{}")
+    os.link(outside, folder / "6-hard-link.json")
+    key = handoff.series_complete(_document())
+    started = time.monotonic()
+    handoff.deliver_due()
+    assert time.monotonic() - started < 10  # the FIFO hung nothing
+    assert orjson.loads(received.read_bytes())["SeriesInstanceUID"] == "1.2.3.4"
+    assert sorted(os.listdir(folder)) == []
+    dead = sorted(os.listdir(tmp_path / "log" / "outbox" / DEAD_LETTER / "command"))
+    assert len(dead) == 7
+    assert log.events().count("handoff.dead_lettered") == 7
+    assert "handoff.sent" in log.events()
+    assert "handoff.crashed" not in log.events()
+    assert outside.read_bytes() == b"{}"  # the hard link's other name is untouched
+    assert key
+
+
+def test_a_permanent_refusal_is_set_aside_and_readiness_stays(tmp_path: Path) -> None:
+    """A record CUBE can never take (here: written before the rule, with a forged UID)."""
+    from watcher._destinations import CeleryRegistration  # noqa: PLC0415
+
+    log = Log()
+    celery = CeleryRegistration("memory://", "main2", "PYPX")
+    handoff = Handoff(tmp_path / "log", [celery], metrics=Metrics(), log=log)
+    folder = tmp_path / "log" / "outbox" / "celery"
+    folder.mkdir(parents=True)
+    record = {"key": "k", "destination": "celery", "created": 0, "attempts": 0, "due": 0,
+              "first_failure": None, "last_error": None, "series": _document("1.2\n3")}  # fmt: skip
+    (folder / "k.json").write_bytes(orjson.dumps(record))
+    handoff.deliver_due()
+    assert log.events() == ["handoff.dead_lettered"]
+    assert handoff.problems() == []
+    celery.close()
+
+
+# -- 4. a redirect is not a delivery --------------------------------------------
+
+
+def test_a_redirect_is_a_failure_and_the_record_stays(tmp_path: Path) -> None:
+    with WebhookServer(redirect=True) as hook:
+        log = Log()
+        handoff = Handoff(tmp_path / "log", [Webhook(hook.url)], metrics=Metrics(), log=log)
+        (tmp_path / "log" / "outbox" / "webhook").mkdir(parents=True)
+        handoff.series_complete(_document())
+        handoff.deliver_due()
+        assert hook.attempts == 1
+        assert hook.gets == 0  # not followed as a GET
+    assert log.events() == ["handoff.retry"]
+    assert "302" in log.lines[0][2]["error"]
+    assert len(os.listdir(tmp_path / "log" / "outbox" / "webhook")) == 1
+
+
+# -- 6. secrets ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:s3cret@hook.example/x?token=abc&b=2", "https://***@hook.example/x?token=***&b=***"),
+        ("nats://t0ken@127.0.0.1:4222", "nats://***@127.0.0.1:4222"),
+        ("redis://:pw@127.0.0.1:6379/0", "redis://***@127.0.0.1:6379/0"),
+        ("http://127.0.0.1:9/x", "http://127.0.0.1:9/x"),
+    ],
+)  # fmt: skip
+def test_a_url_is_shown_without_its_secrets(url: str, shown: str) -> None:
+    assert redacted(url) == shown
+
+
+def test_no_secret_in_retries_stored_errors_or_the_start_event(tmp_path: Path) -> None:
+    url = "http://user:s3cret@127.0.0.1:9/x?token=t0ken"
+    log = Log()
+    handoff = Handoff(tmp_path / "log", [Webhook(url)], metrics=Metrics(), log=log)
+    (tmp_path / "log" / "outbox" / "webhook").mkdir(parents=True)
+    handoff.series_complete(_document())
+    handoff.deliver_due()
+    (record_path,) = (tmp_path / "log" / "outbox" / "webhook").iterdir()
+    stored = record_path.read_text()
+    said = repr(log.lines)
+    for secret in ("s3cret", "t0ken"):
+        assert secret not in stored
+        assert secret not in said
+    assert record_path.stat().st_mode & 0o777 == 0o600
+    settings = parse_settings(
+        ["--webhook-url", url, "--nats-url", "nats://t0ken@127.0.0.1:4222"], environ={}
+    )
+    described = repr(settings.describe())
+    assert "s3cret" not in described
+    assert "t0ken" not in described
+
+
+def test_the_command_gets_only_its_documented_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYPX_LISTENER_CELERY_BROKER", "redis://:pw@127.0.0.1/0")
+    monkeypatch.setenv("SOME_PASSWORD", "s3cret")
+    out = tmp_path / "env"
+    Command(["sh", "-c", f"env > {out}"]).deliver("k", _document())
+    names = {line.split("=", 1)[0] for line in out.read_text().splitlines()}
+    assert "SOME_PASSWORD" not in names
+    assert "PYPX_LISTENER_CELERY_BROKER" not in names
+    assert {"PATH", "PYPX_SERIES_KEY", "PYPX_SERIES_SERIES_INSTANCE_UID"} <= names
+
+
+# -- 7. bounded memory and processes -------------------------------------------------------
+
+
+def test_a_command_that_floods_stderr_is_read_bounded() -> None:
+    flood = "import sys; sys.stderr.write('x' * (1 << 20) * 256 + '\\nlast words'); sys.exit(3)"
+    command = Command([sys.executable, "-c", flood])
+    with pytest.raises(Exception, match="exited 3: last words") as raised:
+        command.deliver("k", _document())
+    assert len(str(raised.value)) < 400
+
+
+def test_stopping_ends_a_running_command_and_its_children(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    command = Command(["sh", "-c", f"sleep 300 & echo $! > {pids}; wait"])
+    import threading  # noqa: PLC0415
+
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            command.deliver("k", _document())
+        except Exception as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=deliver)
+    thread.start()
+    wait_for(lambda: pids.exists() and pids.read_text().strip() != "", 10, "the child")
+    child = int(pids.read_text())
+    command.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert errors  # killed: not delivered
+    wait_for(lambda: _gone(child), 10, "the child ended")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+def test_celery_headers_carry_no_patient_data() -> None:
+    """Celery's default argsrepr/kwargsrepr repeat every argument in the message headers."""
+    from watcher._destinations import CeleryRegistration  # noqa: PLC0415
+
+    celery = CeleryRegistration("memory://", "main2", "PYPX")
+    try:
+        series = _document(tags={"StudyDate": "20240101", "PatientName": "Doe^Jane"})
+        celery.deliver("key-1", series)
+        with celery.app.connection_for_write() as connection:
+            queue = connection.SimpleQueue("main2")
+            message = queue.get(timeout=5)
+            headers = message.headers
+            body = message.decode() if hasattr(message, "decode") else message.payload
+            queue.close()
+    finally:
+        celery.close()
+    assert "Doe" not in repr(headers)
+    assert "P1" not in repr(headers)
+    assert "1.2.3.4" in headers["kwargsrepr"]
+    assert "Doe^Jane" in repr(body)  # the task itself has them
