@@ -1,9 +1,10 @@
 """CUBE's registration task, as a real Celery worker runs it in tests.
 
 The task has ``pacsfiles.tasks.register_pacs_series``'s exact signature and
-CUBE's checks (read from ChRIS_ultron_backEnd's ``pacsfiles``): ``path`` is
-below ``SERVICES/PACS/<pacs_name>/`` and has no comma; ``pacs_name`` has at
-most 20 characters; the storage is listed for up to 30 s until exactly
+CUBE's checks (read from ChRIS_ultron_backEnd's ``pacsfiles``), rule by rule in
+:func:`validate` (the model's lengths and choices, dates, the serializer's
+path, PACS name and ``ndicom`` rules, DRF's blank, NUL and surrogate rules);
+the storage is listed for up to 30 s until exactly
 ``ndicom`` ``.dcm`` files are there (more is an error); a second
 registration of the same (pacs_name, SeriesInstanceUID) is refused. Instead
 of a database, registrations go to ``$CUBE_REGISTRY`` (one JSON line each)
@@ -46,6 +47,77 @@ def _refuse(reason: str, **fields: object) -> None:
     raise RegistrationError(reason)
 
 
+#: CharField max_length of CUBE's PACSSeries model (pacsfiles/models.py).
+MAX_LENGTH = {
+    "PatientID": 100,
+    "PatientName": 150,
+    "AccessionNumber": 100,
+    "Modality": 15,
+    "ProtocolName": 64,
+    "StudyInstanceUID": 100,
+    "StudyDescription": 400,
+    "SeriesInstanceUID": 100,
+    "SeriesDescription": 400,
+    "pacs_name": 20,  # the serializer's own CharField
+    "path": 1024,  # likewise
+}
+#: Fields the model requires (blank=False) or the serializer declares without a default.
+REQUIRED = ("PatientID", "StudyDate", "StudyInstanceUID", "SeriesInstanceUID", "pacs_name",
+            "path", "ndicom")  # fmt: skip
+SEXES = ("M", "F", "O")
+
+
+def validate(arguments: dict[str, object]) -> str | None:
+    """Why CUBE's ``PACSSeriesSerializer`` would refuse these task arguments, or None.
+
+    Rule by rule as CUBE has them: the task drops ``None`` values; DRF's CharField
+    trims white space, refuses a blank value unless the model allows it
+    (``blank=True``), refuses NUL and surrogate characters and anything longer
+    than ``max_length``; a ``choices`` field takes only its choices (or blank);
+    a DateField takes ISO dates; an IntegerField a 32-bit integer;
+    ``validate_path``, ``validate_pacs_name``, ``validate_ndicom`` and
+    ``validate`` add the path's prefix and comma rules and ``ndicom >= 1``.
+    """
+    data = {k: v for k, v in arguments.items() if v is not None}
+    for name in REQUIRED:
+        if name not in data:
+            return f"{name}: This field is required."
+    for name, value in data.items():
+        if isinstance(value, str):
+            text = value.strip()
+            if "\x00" in text:
+                return f"{name}: Null characters are not allowed."
+            if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+                return f"{name}: Surrogate characters are not allowed."
+            if name in MAX_LENGTH and len(text) > MAX_LENGTH[name]:
+                return f"{name}: Ensure this field has no more than {MAX_LENGTH[name]} characters."
+            if not text and name in REQUIRED:
+                return f"{name}: This field may not be blank."
+    if data.get("PatientSex", "") not in (*SEXES, ""):
+        return f'PatientSex: "{data["PatientSex"]}" is not a valid choice.'
+    for name in ("StudyDate", "PatientBirthDate"):
+        if name in data:
+            try:
+                time.strptime(str(data[name]), "%Y-%m-%d")
+            except ValueError:
+                return f"{name}: Date has wrong format."
+    age = data.get("PatientAge", 0)
+    if not isinstance(age, int) or not -(2**31) <= age < 2**31:
+        return "PatientAge: A valid integer is required."
+    pacs_name, path = str(data["pacs_name"]), str(data["path"])
+    if "," in path:
+        return "path: Cannot contain commas."
+    if not path.strip().strip("/").startswith("SERVICES/PACS/"):
+        return "path: This field must start with 'SERVICES/PACS/'."
+    if "/" in pacs_name or "," in pacs_name:
+        return "pacs_name: Cannot contain commas or slashes."
+    if not isinstance(data["ndicom"], int) or data["ndicom"] < 1:
+        return "ndicom: This field must be a postive integer."
+    if not path.startswith(f"SERVICES/PACS/{pacs_name}/"):
+        return f"The path field must start with 'SERVICES/PACS/{pacs_name}/'."
+    return None
+
+
 @app.task(name="pacsfiles.tasks.register_pacs_series")
 def register_pacs_series(  # noqa: PLR0917 - CUBE's signature, as it is
     PatientID: str,  # noqa: N803
@@ -66,11 +138,9 @@ def register_pacs_series(  # noqa: PLR0917 - CUBE's signature, as it is
     SeriesDescription: str | None = None,  # noqa: N803
 ) -> None:
     arguments = dict(locals())
-    if len(pacs_name) > 20:
-        _refuse("pacs_name longer than 20 characters", pacs_name=pacs_name)
-    if not path.startswith(f"SERVICES/PACS/{pacs_name}/") or "," in path:
-        _refuse("invalid path", path=path)
-    time.strptime(StudyDate, "%Y-%m-%d")  # a DateField: raises on anything else
+    problem = validate(arguments)
+    if problem is not None:
+        _refuse(problem, SeriesInstanceUID=SeriesInstanceUID)
     folder = Path(os.environ["CUBE_STORAGE"]) / path
     deadline = time.monotonic() + 30
     while True:
