@@ -44,6 +44,7 @@ class Event(StrEnum):
     REPACK_INCOMPLETE = "repack.incomplete"
     REPACK_LEFT_FOR_LATER = "repack.left_for_later"
     SERIES_COMPLETE = "series.complete"
+    SERIES_LATE = "series.late"
     WATCHER_STARTED = "watcher.started"
     WATCHER_STOPPING = "watcher.stopping"
     WATCHER_STOPPED = "watcher.stopped"

@@ -280,3 +280,44 @@ def test_celery_headers_carry_no_patient_data() -> None:
     assert "P1" not in repr(headers)
     assert "1.2.3.4" in headers["kwargsrepr"]
     assert "Doe^Jane" in repr(body)  # the task itself has them
+
+
+# -- issue 29: instances after the registration -------------------------------------------------
+
+
+def test_instances_after_the_registration_are_an_error_not_a_second_registration(
+    tmp_path: Path,
+) -> None:
+    """CUBE refuses a second registration: 8 registered, 2 more arrive -> series.late names
+    the 2, the other destinations hear of it (a LONK error), no second Celery record."""
+    from watcher._destinations import CeleryRegistration  # noqa: PLC0415
+
+    folder = tmp_path / "data" / "series"
+    folder.mkdir(parents=True)
+    for number in range(8):
+        (folder / f"{number:04d}.dcm").write_bytes(b"x")
+    log, metrics = Log(), Metrics()
+    celery = CeleryRegistration("memory://", "main2", "PYPX")
+    handoff = Handoff(tmp_path / "log", [celery, Command(["true"])], metrics=metrics, log=log)
+    outbox = tmp_path / "log" / "outbox"
+    for name in ("celery", "command"):
+        (outbox / name).mkdir(parents=True)
+    try:
+        handoff.series_complete(_document(folder=str(folder), ndicom=8))
+        assert len(os.listdir(outbox / "celery")) == 1
+        handoff.series_complete(_document(folder=str(folder), ndicom=8))  # sent again, same
+        assert "series.late" not in log.events()
+        for number in (8, 9):
+            (folder / f"{number:04d}.dcm").write_bytes(b"x")
+        handoff.series_complete(_document(folder=str(folder), ndicom=10))
+    finally:
+        celery.close()
+    assert len(os.listdir(outbox / "celery")) == 1  # the first registration only
+    (late,) = [fields for _, event, fields in log.lines if event == "series.late"]
+    assert late["files"] == ["0008.dcm", "0009.dcm"]
+    assert (late["registered"], late["unknown_to_cube"]) == (8, 2)
+    records = [orjson.loads(p.read_bytes()) for p in (outbox / "command").iterdir()]
+    told = [record["series"] for record in sorted(records, key=lambda r: r["created"])]
+    assert [series.get("error") for series in told][:2] == [None, None]
+    assert "after the series was registered" in told[2]["error"]
+    assert "pypx_listener_series_late_total 1.0" in metrics.render().decode()

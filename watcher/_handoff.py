@@ -70,6 +70,11 @@ UNREADY_AFTER_S = 300.0
 MAX_RECORD_BYTES = 1 << 20
 #: Where records that can never be delivered are set aside, per destination.
 DEAD_LETTER = ".dead-letter"
+#: What CUBE was asked to register, per series: the files it knows.
+REGISTERED = ".registered"
+_RESENT = "already registered with CUBE"
+#: Names of files CUBE does not know listed in one ``series.late`` event (the rest counted).
+_LATE_LISTED = 50
 
 
 def _malformed(record: object) -> str | None:
@@ -124,13 +129,21 @@ class _Notes(Protocol):
     def notes(self, series: Mapping[str, Any]) -> list[str]: ...
 
 
-def _read_record(descriptor: int) -> tuple[dict[str, Any], str | None]:
-    """The record behind ``descriptor``, or why it is not one this service wrote.
+def _dicom_names(folder: str) -> list[str]:
+    """The ``.dcm`` files of a series folder (what CUBE counts), sorted."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(
+                e.name
+                for e in entries
+                if e.name.endswith(".dcm") and e.is_file(follow_symlinks=False)
+            )
+    except OSError:
+        return []
 
-    Only a regular file with one name, of a bounded size, holding a record of
-    the right shape: anything else someone put in the outbox (a folder, a FIFO,
-    a hard link to another file, a huge file, not JSON) is reported, not read.
-    """
+
+def _read_document(descriptor: int) -> tuple[dict[str, Any], str | None]:
+    """A JSON object from a regular file of one name and bounded size, or why not."""
     info = os.fstat(descriptor)
     if not stat.S_ISREG(info.st_mode):
         return {}, "not a regular file"
@@ -139,10 +152,23 @@ def _read_record(descriptor: int) -> tuple[dict[str, Any], str | None]:
     if info.st_size > MAX_RECORD_BYTES:
         return {}, f"larger than {MAX_RECORD_BYTES} bytes"
     try:
-        record = orjson.loads(os.read(descriptor, MAX_RECORD_BYTES + 1))
+        document = orjson.loads(os.read(descriptor, MAX_RECORD_BYTES + 1))
     except orjson.JSONDecodeError as error:
         return {}, f"not JSON: {error}"
-    problem = _malformed(record)
+    if not isinstance(document, dict):
+        return {}, "not a JSON object"
+    return document, None
+
+
+def _read_record(descriptor: int) -> tuple[dict[str, Any], str | None]:
+    """The record behind ``descriptor``, or why it is not one this service wrote.
+
+    Only a regular file with one name, of a bounded size, holding a record of
+    the right shape: anything else someone put in the outbox (a folder, a FIFO,
+    a hard link to another file, a huge file, not JSON) is reported, not read.
+    """
+    record, problem = _read_document(descriptor)
+    problem = problem or _malformed(record)
     return (record if problem is None else {}), problem
 
 
@@ -311,6 +337,12 @@ class Handoff:
                     error=reason,
                     SeriesInstanceUID=document["SeriesInstanceUID"],
                 )
+        if "celery" in self.destinations and "celery" not in refused:
+            late = self._late(document)
+            if late is not None:
+                refused["celery"] = late
+                if not late.startswith(_RESENT):
+                    document["error"] = late  # LONK says so
         for name, destination in self.destinations.items():
             if name in refused:
                 continue
@@ -329,6 +361,8 @@ class Handoff:
             try:
                 self._store.create_once(path, json_bytes(record))
                 _private(path)
+                if name == "celery":
+                    self._remember_registration(document)
             except StorageError as error:
                 # The log tree is unwritable: said like any other failure, the series
                 # stays in its folder, and the operator registers it by hand.
@@ -442,6 +476,62 @@ class Handoff:
             return None
         finally:
             os.close(descriptor)
+
+    def _registration_path(self, series_uid: str) -> Path:
+        return (
+            self.folder
+            / REGISTERED
+            / f"{hashlib.sha256(series_uid.encode()).hexdigest()[:32]}.json"
+        )
+
+    def _remember_registration(self, document: Mapping[str, Any]) -> None:
+        """What CUBE is asked to register: a later completion of the series is late."""
+        memo = {
+            "SeriesInstanceUID": document["SeriesInstanceUID"],
+            "path": document.get("path"),
+            "files": _dicom_names(str(document.get("folder", ""))),
+        }
+        path = self._registration_path(document["SeriesInstanceUID"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._store.write_atomic(path, json_bytes(memo))
+        _private(path)
+
+    def _late(self, document: dict[str, Any]) -> str | None:
+        """Why the series gets no registration: CUBE has it already (None: it has not).
+
+        CUBE refuses a second registration of a series, so instances that
+        arrived after the first one are never registered: said as an error
+        (``series.late``, the files CUBE does not know), a LONK error, a metric.
+        """
+        path = self._registration_path(document["SeriesInstanceUID"])
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            memo, problem = _read_document(descriptor)
+        finally:
+            os.close(descriptor)
+        known = memo.get("files") if problem is None else None
+        if not isinstance(known, list):
+            return None  # an unreadable memo: registering again is what CUBE will judge
+        unknown = sorted(set(_dicom_names(str(document.get("folder", "")))) - set(known))
+        if not unknown:
+            return f"{_RESENT} (the same instances sent again)"
+        self.metrics.series_late()
+        self.log.error(
+            Event.SERIES_LATE,
+            SeriesInstanceUID=document["SeriesInstanceUID"],
+            path=document.get("path"),
+            registered=len(known),
+            ndicom=document.get("ndicom"),
+            unknown_to_cube=len(unknown),
+            files=unknown[:_LATE_LISTED],
+        )
+        return (
+            f"{len(unknown)} instance(s) arrived after the series was registered with CUBE"
+            f" ({len(known)} files): CUBE does not know them"
+        )
 
     def _dead_letter(
         self, destination: str, path: Path, reason: str, record: Mapping[str, Any] | None

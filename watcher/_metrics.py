@@ -92,6 +92,11 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self._series_late = Counter(
+            "pypx_listener_series_late",
+            "Series that received instances after CUBE registered them",
+            registry=r,
+        )
         self._handoff_dead = Counter(
             "pypx_listener_handoff_dead_lettered",
             "Outbox records that can never be delivered, set aside",
@@ -113,6 +118,9 @@ class Metrics:
 
     def handoff_failed(self, destination: str) -> None:
         self._handoff_failed.labels(destination=destination).inc()
+
+    def series_late(self) -> None:
+        self._series_late.inc()
 
     def handoff_dead_lettered(self, destination: str) -> None:
         self._handoff_dead.labels(destination=destination).inc()
