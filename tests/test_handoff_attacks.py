@@ -321,3 +321,33 @@ def test_instances_after_the_registration_are_an_error_not_a_second_registration
     assert [series.get("error") for series in told][:2] == [None, None]
     assert "after the series was registered" in told[2]["error"]
     assert "pypx_listener_series_late_total 1.0" in metrics.render().decode()
+
+
+@pytest.mark.parametrize(("umask", "deleted"), [("002", True), ("022", False)])
+def test_cube_as_another_user_of_the_group_can_delete_what_was_registered(
+    umask: str, deleted: bool, example_files: list[Path]
+) -> None:
+    """CUBE deletes a series it registered (rows and files). It runs as another user: with
+    ``--umask 002`` and a shared group it can; with 022 it gets PermissionError."""
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from .listener import listener  # noqa: PLC0415
+
+    root = Path(tempfile.mkdtemp(prefix="pypx-group-"))
+    os.chmod(root, 0o755)  # noqa: S103 - the other user must reach the data tree
+    try:
+        with listener(root, "--settle", "0.2", "--umask", umask) as running:
+            (running.incoming).mkdir(exist_ok=True)
+            shutil.copyfile(example_files[0], running.incoming / "MR.1")
+            running.wait_for(lambda: running.count("repack.done") == 1, 30, "repack.done")
+        (patient,) = running.data.iterdir()
+        as_cube = ("setpriv", "--reuid", "4321", "--regid", "0", "--clear-groups")
+        result = subprocess.run(
+            [*as_cube, "rm", "-r", str(patient)], capture_output=True, text=True, check=False
+        )
+        assert (result.returncode == 0) is deleted, result.stderr
+        assert patient.exists() is not deleted
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -66,6 +66,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             variable=name,
             hint=f"no option is named so; see pypx-listener --help for the {ENV_PREFIX}* names",
         )
+    if settings.umask is not None:  # before any folder or worker: they all inherit it
+        os.umask(settings.umask)
     operations = build_operations(settings)
     service = Service(settings, metrics=operations.metrics, on_fatal=on_fatal)
     running.append(service)

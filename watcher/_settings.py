@@ -70,6 +70,7 @@ class Settings:
     stall_timeout: float
     pending_limit: int
     fsync: bool
+    umask: int | None
     log_format: Literal["auto", "json", "console"]
     log_level: Literal["debug", "info", "warning", "error"]
     metrics_port: int | None
@@ -94,6 +95,8 @@ class Settings:
         described = asdict(self)
         described["layout"] = self.layout.name
         described["templates"] = [t.source for t in self.layout.templates]
+        if self.umask is not None:
+            described["umask"] = f"{self.umask:03o}"
         for name in ("celery_broker", "nats_url", "webhook_url"):  # passwords stay unsaid
             if described[name]:
                 described[name] = redacted(described[name])
@@ -182,6 +185,15 @@ def _niceness(text: str) -> int:
     return value
 
 
+def _umask(text: str) -> int | None:
+    if text.strip() in ("", "inherit"):
+        return None
+    value = int(text, 8)
+    if not 0 <= value <= 0o777:
+        raise ValueError(f"not a umask (octal, 000-777): {text}")
+    return value
+
+
 def _port(text: str) -> int | None:
     if text.strip() in ("", "0", "off", "none"):
         return None
@@ -245,6 +257,14 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
         "files tracked in memory at most; more wait on disk",
     ),
     ("fsync", _boolean, "true", "sync copies across file systems before removing the source"),
+    (
+        "umask",
+        _umask,
+        None,
+        "file mode creation mask (octal) for all the service writes; 002 makes folders"
+        " group-writable, so that CUBE running as another user of the group can delete what it"
+        " registered (default: the one the service was started with)",
+    ),
     ("log-format", str, "auto", "auto (JSON unless a terminal), json or console"),
     ("log-level", str, "info", "debug, info, warning or error"),
     ("metrics-port", _port, None, "serve Prometheus /metrics, /healthz, /readyz on this port"),
