@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -54,9 +54,11 @@ from ._destinations import (
     PermanentDeliveryError,
     series_document,
 )
-from ._lonk import LonkProgress
 from ._metrics import Metrics
 from ._series import QuietSeries, SeriesTracker
+
+if TYPE_CHECKING:  # nats-py only when --nats-url asks for it
+    from ._lonk import LonkProgress
 
 __all__ = ["MAX_BACKOFF_S", "STUCK_AFTER", "UNREADY_AFTER_S", "Handoff"]
 
@@ -314,8 +316,9 @@ class Handoff:
 
     def threads(self) -> list[threading.Thread]:
         """The hand-off's threads, each to live until :meth:`stop`."""
-        progress = [self.progress.thread] if self.progress is not None else []
-        return [self._thread, *progress]
+        if self.progress is None:
+            return [self._thread]
+        return [self._thread, self.progress.thread, self.progress.nats.thread]
 
     # -- recording ---------------------------------------------------------------
 

@@ -8,7 +8,6 @@ from typing import Any
 from ._destinations import Command, Destination, Webhook
 from ._errors import ConfigError
 from ._handoff import Handoff
-from ._lonk import LonkDone, LonkProgress, NatsConnection
 from ._metrics import Metrics
 from ._settings import Settings
 
@@ -51,6 +50,13 @@ def build_handoff(settings: Settings, metrics: Metrics, log: Any) -> Handoff | N
             ) from error
     progress = None
     if s.nats_url:
+        try:
+            from ._lonk import LonkDone, LonkProgress, NatsConnection  # noqa: PLC0415
+        except ImportError as error:
+            raise ConfigError(
+                f"--nats-url needs nats-py: {error}",
+                hint="pip install 'pypx-listener[chris]'",
+            ) from error
         nats = NatsConnection(s.nats_url)
         destinations.append(LonkDone(nats, str(s.pacs_name)))
         progress = LonkProgress(nats, str(s.pacs_name), s.progress_interval)

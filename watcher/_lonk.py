@@ -1,14 +1,16 @@
 """LONK, the Light Oxidicom NotifiKations CUBE relays to ChRIS_ui, over NATS.
 
-Subject ``oxidicom.<pacs_name>.<SeriesInstanceUID>`` (space, ``.``, ``*`` and
-``>`` made ``_``); payload ``0x01`` + the instance count as a little-endian u32
+Subject ``oxidicom.<pacs_name>.<SeriesInstanceUID>`` (anything but a letter, a
+digit, ``-`` and ``_`` made ``_``); payload ``0x01`` + the instance count as a little-endian u32
 (progress), ``0x00`` (done), ``0x02`` + UTF-8 text (an error). Spoken with
-NATS's text protocol over TCP (:class:`NatsConnection`): a publish is
-confirmed by the PONG to the PING that follows it.
+nats-py (:class:`NatsConnection`, as CUBE's own relay): a publish is
+confirmed by a flush, the PONG to the PING that follows it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import queue
 import re
@@ -20,7 +22,9 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import nats.errors
 import orjson
+from nats.aio.client import Client as NatsClient
 
 from ._cube import valid_uid
 from ._destinations import DELIVERY_TIMEOUT_S, DeliveryError
@@ -53,61 +57,116 @@ def lonk_subject(pacs_name: str, series_uid: str) -> str:
     return f"oxidicom.{token(pacs_name)}.{token(series_uid)}"
 
 
-def _refused(line: bytes) -> DeliveryError:
-    return DeliveryError(f"NATS: {line[5:].decode(errors='replace')}")
+#: The longest INFO line read when checking that a ``tls://`` server requires TLS.
+_MAX_INFO = 64 * 1024
+
+
+def _requires_tls(host: str, port: int, timeout: float) -> bool:
+    """Whether the NATS server at ``host:port`` says ``tls_required`` in its INFO line."""
+    with socket.create_connection((host, port), timeout=timeout) as probe:
+        probe.settimeout(timeout)
+        line = b""
+        deadline = time.monotonic() + timeout
+        while b"\r\n" not in line:
+            if len(line) > _MAX_INFO or time.monotonic() > deadline:
+                raise OSError("no INFO line from the NATS server")
+            chunk = probe.recv(4096)
+            if not chunk:
+                raise OSError("the NATS server closed the connection")
+            line += chunk
+    info = line.split(b"\r\n", 1)[0]
+    if not info.startswith(b"INFO "):
+        raise OSError(f"not a NATS server: {info[:60]!r}")
+    return bool(orjson.loads(info[5:]).get("tls_required"))
+
+
+async def _shut_down(client: Any) -> None:
+    """Close the client, and end whatever else still runs on the loop."""
+    if client is not None:
+        with contextlib.suppress(Exception):
+            await client.close()
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
 
 
 class NatsConnection:
-    """A minimal NATS client (the text protocol over TCP): publish, and flush by PING/PONG.
+    """A NATS client (nats-py, as CUBE's own LONK relay) behind a synchronous wrapper.
 
-    One connection, opened when first needed and again after a failure;
-    thread-safe. Publishing is confirmed by the PONG to the PING that
-    follows it: the server has processed every message before it.
+    nats-py is asynchronous: its event loop runs in a thread of its own
+    (:attr:`thread`), where it also answers the server's PINGs, so an idle
+    connection stays open; it reconnects after a server restart. Each call has
+    one deadline for the whole exchange. A publish is confirmed by a flush (the
+    PONG to a PING that follows it): the server has processed every message
+    before it. The URL may carry a user and password or a token; ``tls://``
+    connects only to a server that requires TLS (verified with the system's
+    certificates, or ``SSL_CERT_FILE``), never in plain text.
     """
 
-    def __init__(self, url: str) -> None:
-        parsed = urllib.parse.urlparse(url if "://" in url else f"nats://{url}")
-        self.host = parsed.hostname or "127.0.0.1"
-        self.port = parsed.port or 4222
-        self._user, self._password = parsed.username, parsed.password
-        self._socket: socket.socket | None = None
-        self._buffer = b""
+    def __init__(self, url: str, *, timeout: float = DELIVERY_TIMEOUT_S) -> None:
+        self.url = url if "://" in url else f"nats://{url}"
+        parsed = urllib.parse.urlsplit(self.url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 4222
+        self.tls = parsed.scheme == "tls"
+        self.timeout = timeout
         #: Held for each publish; a caller may hold it across a check and a publish.
         self.lock = threading.RLock()
+        self._loop = asyncio.new_event_loop()
+        self._client: Any = None
+        self.thread = threading.Thread(target=self._loop.run_forever, name="nats", daemon=True)
+        self.thread.start()
 
-    def _connect(self) -> socket.socket:
-        connection = socket.create_connection(
-            (self.host, self.port), timeout=DELIVERY_TIMEOUT_S / 3
-        )
-        self._socket, self._buffer = connection, b""
-        info = self._line()
-        if not info.startswith(b"INFO "):
-            raise DeliveryError(f"not a NATS server at {self.host}:{self.port}: {info[:60]!r}")
-        options: dict[str, Any] = {
-            "verbose": False,
-            "pedantic": False,
-            "name": "pypx-listener",
-            "lang": "python",
-            "version": "0",
-            "protocol": 0,
-        }
-        if self._user:
-            options.update(
-                user=urllib.parse.unquote(self._user),
-                **{"pass": urllib.parse.unquote(self._password or "")},
+    def _call(self, coroutine: Any, timeout: float) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError as error:
+            future.cancel()
+            raise DeliveryError(
+                f"NATS {self.host}:{self.port}: no answer within {timeout:g} s"
+            ) from error
+
+    async def _connected(self) -> Any:
+        client = self._client
+        if client is not None and not client.is_closed:
+            return client
+        if self.tls and not await asyncio.to_thread(
+            _requires_tls, self.host, self.port, self.timeout / 3
+        ):
+            raise DeliveryError(
+                f"NATS {self.host}:{self.port} does not require TLS: a tls:// URL never"
+                " connects in plain text"
             )
-        connection.sendall(b"CONNECT " + orjson.dumps(options) + b"\r\n")
-        return connection
 
-    def _line(self) -> bytes:
-        assert self._socket is not None  # noqa: S101 - connected by the caller
-        while b"\r\n" not in self._buffer:
-            chunk = self._socket.recv(4096)
-            if not chunk:
-                raise OSError("the NATS server closed the connection")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\r\n", 1)
-        return line
+        async def quiet(_error: Exception) -> None:
+            """nats-py's errors surface as failed publishes: said there, once."""
+
+        client = NatsClient()
+        try:
+            await client.connect(
+                servers=[self.url],
+                name="pypx-listener",
+                connect_timeout=max(1, int(self.timeout / 3)),
+                reconnect_time_wait=1,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                error_cb=quiet,
+                verbose=False,
+                pedantic=False,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.close()  # what a failed connect opened
+            raise
+        self._client = client
+        return client
+
+    async def _publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        client = await self._connected()
+        for subject, payload in messages:
+            await client.publish(subject, payload)
+        await client.flush(timeout=max(1, int(self.timeout / 2)))
 
     def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Publish ``(subject, payload)`` pairs and wait until the server has them.
@@ -116,34 +175,24 @@ class NatsConnection:
         """
         with self.lock:
             try:
-                connection = self._socket or self._connect()
-                frames = b"".join(
-                    b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
-                    for subject, payload in messages
-                )
-                connection.sendall(frames + b"PING\r\n")
-                while True:
-                    line = self._line()
-                    if line == b"PONG":
-                        return
-                    if line == b"PING":
-                        connection.sendall(b"PONG\r\n")
-                    elif line.startswith(b"-ERR"):
-                        raise _refused(line)
-            except (OSError, DeliveryError) as error:
-                self.close_locked()
-                if isinstance(error, DeliveryError):
-                    raise
-                raise DeliveryError(f"NATS {self.host}:{self.port}: {error}") from error
+                self._call(self._publish(messages), self.timeout)
+            except DeliveryError:
+                raise
+            except (TimeoutError, OSError, nats.errors.Error) as error:
+                reason = f"{type(error).__name__}: {error}".rstrip(": ")
+                raise DeliveryError(f"NATS {self.host}:{self.port}: {reason}") from error
 
-    def close_locked(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-
-    def close(self) -> None:
-        with self.lock:
-            self.close_locked()
+    def close(self, timeout: float = 2.0) -> None:
+        """Close the connection and end the loop's thread, within ``timeout`` seconds
+        (a server that never answers does not hold up the service's stop)."""
+        client, self._client = self._client, None
+        if self.thread.is_alive():
+            with contextlib.suppress(Exception):
+                self._call(_shut_down(client), timeout)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self.thread.join(timeout)
+        if not self.thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()
 
 
 class LonkDone:

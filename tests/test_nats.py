@@ -1,0 +1,165 @@
+"""watcher._lonk.NatsConnection against a real nats-server: what the hand-written client got wrong.
+
+It never answered the server's PINGs (the first publish after an idle period
+failed), refused a token URL, and connected in plain text to a ``tls://`` URL.
+Each server here is Debian's ``nats-server`` on loopback, with a config of the
+test's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from watcher._destinations import DeliveryError
+from watcher._lonk import NatsConnection
+
+from .brokers import NatsSubscriber, Server, need
+from .dcmtk import LOOPBACK, free_port
+from .helpers import wait_for
+
+
+@contextlib.contextmanager
+def _server(tmp_path: Path, config: str) -> Iterator[Server]:
+    port = free_port()
+    path = tmp_path / f"nats-{port}.conf"
+    path.write_text(f'listen: "{LOOPBACK}:{port}"\n{config}\n')
+    server = Server([need("nats-server"), "-c", str(path)], port)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def _delivered(url: str, subscribe: str, messages: list[tuple[str, bytes]]) -> list[bytes]:
+    """Publish through a new connection; what a subscriber on ``subscribe`` received."""
+    with NatsSubscriber(subscribe) as subscriber:
+        connection = NatsConnection(url, timeout=10)
+        try:
+            connection.publish(messages)
+        finally:
+            connection.close()
+        wait_for(lambda: len(subscriber.messages) == len(messages), 10, "the messages")
+        return [data for _, data in subscriber.messages]
+
+
+def test_an_idle_connection_past_the_servers_ping_interval_still_publishes(
+    tmp_path: Path,
+) -> None:
+    """The server pings every second and drops a client after one unanswered PING."""
+    with _server(tmp_path, 'ping_interval: "1s"\nping_max: 1') as server:
+        url = f"nats://{LOOPBACK}:{server.port}"
+        with NatsSubscriber(url) as subscriber:
+            connection = NatsConnection(url, timeout=10)
+            try:
+                connection.publish([("oxidicom.T.1", b"\x01first")])
+                idle = threading.Event()
+                idle.wait(3.5)  # three of the server's PINGs, each answered by nats-py
+                connection.publish([("oxidicom.T.1", b"\x00")])
+            finally:
+                connection.close()
+            wait_for(lambda: len(subscriber.messages) == 2, 10, "both messages")
+
+
+@pytest.mark.parametrize(
+    ("config", "credentials"),
+    [
+        ("authorization { user: lonk, password: s3cret }", "lonk:s3cret@"),
+        ("authorization { token: t0ken }", "t0ken@"),
+    ],
+    ids=["user-password", "token"],
+)
+def test_credentials_in_the_url(tmp_path: Path, config: str, credentials: str) -> None:
+    with _server(tmp_path, config) as server:
+        url = f"nats://{credentials}{LOOPBACK}:{server.port}"
+        assert _delivered(url, url, [("oxidicom.T.2", b"\x00")]) == [b"\x00"]
+        wrong = NatsConnection(f"nats://{LOOPBACK}:{server.port}", timeout=5)
+        try:
+            with pytest.raises(DeliveryError):
+                wrong.publish([("oxidicom.T.2", b"\x00")])
+        finally:
+            wrong.close()
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-addext", f"subjectAltName=IP:{LOOPBACK}",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return key, cert
+
+
+def test_tls_with_a_self_signed_certificate(
+    tmp_path: Path, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, cert = certificate
+    config = f'tls {{ cert_file: "{cert}", key_file: "{key}" }}'
+    with _server(tmp_path, config) as server:
+        url = f"tls://{LOOPBACK}:{server.port}"
+        # Unknown to the system's certificates: refused.
+        untrusted = NatsConnection(url, timeout=5)
+        try:
+            with pytest.raises(DeliveryError):
+                untrusted.publish([("oxidicom.T.3", b"\x00")])
+        finally:
+            untrusted.close()
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the operator's CA
+        assert _delivered(url, url, [("oxidicom.T.3", b"\x00")]) == [b"\x00"]
+
+
+def test_a_tls_url_never_connects_in_plain_text(tmp_path: Path) -> None:
+    with _server(tmp_path, "") as server:
+        connection = NatsConnection(f"tls://{LOOPBACK}:{server.port}", timeout=5)
+        try:
+            with pytest.raises(DeliveryError, match="does not require TLS"):
+                connection.publish([("oxidicom.T.4", b"\x00")])
+        finally:
+            connection.close()
+
+
+def test_a_server_restart_is_reconnected(tmp_path: Path) -> None:
+    with _server(tmp_path, "") as server:
+        url = f"nats://{LOOPBACK}:{server.port}"
+        connection = NatsConnection(url, timeout=10)
+        try:
+            connection.publish([("oxidicom.T.5", b"\x01")])
+            server.stop()
+            server.start()
+            with NatsSubscriber(url) as subscriber:
+                # The first attempt may meet the reconnect under way: a failure, retried.
+                deadline = time.monotonic() + 20
+                while True:
+                    try:
+                        connection.publish([("oxidicom.T.5", b"\x00")])
+                        break
+                    except DeliveryError:
+                        if time.monotonic() > deadline:
+                            raise
+                wait_for(lambda: len(subscriber.messages) == 1, 10, "the message after")
+        finally:
+            connection.close()
+
+
+def test_a_server_that_never_answers_costs_one_deadline_and_a_quick_close() -> None:
+    with socket.create_server((LOOPBACK, 0)) as silent:
+        port = silent.getsockname()[1]
+        connection = NatsConnection(f"nats://{LOOPBACK}:{port}", timeout=3)
+        started = time.monotonic()
+        with pytest.raises(DeliveryError):
+            connection.publish([("oxidicom.T.6", b"\x00")])
+        assert time.monotonic() - started < 6
+        started = time.monotonic()
+        connection.close()
+        assert time.monotonic() - started < 3
+        assert not connection.thread.is_alive()
