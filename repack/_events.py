@@ -70,6 +70,7 @@ class Event(StrEnum):
     HANDOFF_REFUSED = "handoff.refused"
     HANDOFF_LEFT_OUT = "handoff.left_out"
     HANDOFF_DEAD_LETTERED = "handoff.dead_lettered"
+    HANDOFF_OUTBOX_UNSAFE = "handoff.outbox_unsafe"
 
 
 def log_repacked(log: Any, fields: dict[str, Any]) -> None:

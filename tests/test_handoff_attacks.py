@@ -351,3 +351,66 @@ def test_cube_as_another_user_of_the_group_can_delete_what_was_registered(
         assert patient.exists() is not deleted
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- 5. the outbox is a folder someone else can write --------------------------------
+
+
+def _record(uid: str = "1.2.3.4") -> bytes:
+    return orjson.dumps({"key": "k", "destination": "command", "created": 0, "attempts": 0,
+                         "due": 0, "first_failure": None, "last_error": None,
+                         "series": _document(uid)})  # fmt: skip
+
+
+@pytest.mark.parametrize("linked", ["outbox/command", "outbox"])
+def test_a_link_in_the_outbox_is_never_followed(tmp_path: Path, linked: str) -> None:
+    outside = tmp_path / "outside"
+    (outside / "command").mkdir(parents=True)
+    (outside / "command" / "x.json").write_bytes(_record())
+    received = tmp_path / "received"
+    log = Log()
+    handoff = Handoff(
+        tmp_path / "log", [Command(["sh", "-c", f"cat >> {received}"])], metrics=Metrics(), log=log
+    )
+    (tmp_path / "log").mkdir()
+    if linked == "outbox":
+        (tmp_path / "log" / "outbox").symlink_to(outside)
+    else:
+        (tmp_path / "log" / "outbox").mkdir()
+        (tmp_path / "log" / "outbox" / "command").symlink_to(outside / "command")
+    handoff.deliver_due()
+    handoff.deliver_due()
+    assert not received.exists()
+    assert (outside / "command" / "x.json").read_bytes() == _record()  # not taken, not moved
+    assert log.events() == ["handoff.outbox_unsafe"]  # said once
+    assert any("not followed" in problem for problem in handoff.problems())
+
+
+def test_a_start_meets_fifos_bad_marks_and_marks_pointing_outside(tmp_path: Path) -> None:
+    from watcher._series import SeriesTracker  # noqa: PLC0415
+
+    log = Log()
+    data = tmp_path / "data"
+    handoff = Handoff(
+        tmp_path / "log", [Command(["true"])], metrics=Metrics(), log=log, datadir=data
+    )
+    receiving = tmp_path / "log" / "outbox" / ".receiving"
+    receiving.mkdir(parents=True)
+    os.mkfifo(receiving / "fifo.json")
+    (receiving / "not-json.json").write_bytes(b"{")
+    (receiving / "no-folder.json").write_bytes(orjson.dumps({"SeriesInstanceUID": "1.2"}))
+    good = {"SeriesInstanceUID": "1.2.3", "folder": str(data / "p" / "s"), "log_path": "",
+            "PatientID": "P", "StudyInstanceUID": "1.2"}  # fmt: skip
+    (receiving / "outside.json").write_bytes(orjson.dumps({**good, "folder": "/etc"}))
+    (receiving / "good.json").write_bytes(orjson.dumps(good))
+    series = SeriesTracker(60)
+    started = time.monotonic()
+    handoff.start(series)
+    try:
+        assert time.monotonic() - started < 5  # the FIFO hung nothing
+        assert series.active() == 1  # the good mark only
+        assert log.events().count("handoff.adopted") == 1
+        assert log.events().count("handoff.dead_lettered") == 3
+        assert (receiving / "fifo.json").exists()  # not a file: left, never read
+    finally:
+        handoff.stop(5)

@@ -79,6 +79,24 @@ _RESENT = "already registered with CUBE"
 _LATE_LISTED = 50
 
 
+def _malformed_mark(mark: Mapping[str, Any], datadir: Path, logdir: Path) -> str | None:
+    """Why a mark in ``.receiving`` is not one a service wrote, or None."""
+    for key in ("SeriesInstanceUID", "folder", "log_path", "PatientID", "StudyInstanceUID"):
+        if not isinstance(mark.get(key), str):
+            return f"its {key!r} is missing or not text"
+    if not _inside(mark["folder"], datadir):
+        return "its folder is not in the data folder"
+    if mark["log_path"] and not _inside(mark["log_path"], logdir):
+        return "its log path is not in the log folder"
+    return None
+
+
+def _inside(path: str, folder: Path) -> bool:
+    """Whether ``path``, as written (no link resolved), names something below ``folder``."""
+    normal = os.path.normpath(path)
+    return os.path.isabs(normal) and normal.startswith(os.path.normpath(folder) + os.sep)
+
+
 def _malformed(record: object) -> str | None:
     """Why a record read from the outbox cannot be one this service wrote, or None."""
     if not isinstance(record, dict):
@@ -106,13 +124,28 @@ def _malformed(record: object) -> str | None:
 
 def _locked(path: Path) -> int | None:
     """A descriptor of ``path`` holding its ``flock``, or None when it is gone or locked."""
+    return _locked_beneath(None, str(path))
+
+
+_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_OPEN_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _locked_beneath(folder: int | None, name: str) -> int | None:
+    """A descriptor of the regular file ``name`` (in the folder descriptor ``folder``)
+    holding its ``flock``; None when it is gone, locked, a link, or no regular file
+    (a FIFO is opened without waiting for a writer, and let go)."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        descriptor = os.open(name, _OPEN_FILE, dir_fd=folder)
     except OSError:
         return None
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        regular = stat.S_ISREG(os.fstat(descriptor).st_mode)
+        if regular:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        regular = False
+    if not regular:
         os.close(descriptor)
         return None
     return descriptor
@@ -201,6 +234,8 @@ class Handoff:
         self._thread = threading.Thread(target=self._run, name="handoff", daemon=True)
         #: Per destination: when its oldest failing record first failed (wall clock).
         self._failing_since: dict[str, float] = {}
+        #: Outbox folders that are links or no folders: why (each said once).
+        self._unsafe_folders: dict[str, str] = {}
         self._receiving = self.folder / ".receiving"
         #: Marks of the series this service is receiving: series UID -> locked descriptor.
         self._marks: dict[str, int] = {}
@@ -209,7 +244,8 @@ class Handoff:
     def start(self, series: SeriesTracker) -> None:
         """Make the folders, adopt the series a killed service left, start delivering."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.folder, 0o700)  # records name patients: for this service's user alone
+        if not self.folder.is_symlink():  # a link is never followed (each pass says so)
+            os.chmod(self.folder, 0o700)  # records name patients: for this service's user alone
         for name in [*self.destinations, ".receiving"]:
             (self.folder / name).mkdir(parents=True, exist_ok=True)
         self._adopt(series)
@@ -275,29 +311,38 @@ class Handoff:
     def _adopt(self, series: SeriesTracker) -> None:
         """Take over the marks of series whose service died before announcing them."""
         try:
-            names = sorted(os.listdir(self._receiving))
-        except OSError:
+            folder = self._folder_beneath(".receiving")
+        except OSError as error:
+            self._unsafe(".receiving", error)
             return
-        for name in names:
-            descriptor = _locked(self._receiving / name)
-            if descriptor is None:
-                continue  # held by a live service, or gone
-            try:
-                mark = orjson.loads(os.read(descriptor, 1 << 20))
-                uid = mark["SeriesInstanceUID"]
-            except (OSError, ValueError, KeyError, TypeError):
-                os.close(descriptor)  # not a mark
-                continue
-            with self._marks_lock:
-                self._marks[uid] = descriptor
-            series.adopt(
-                uid,
-                folder=mark["folder"],
-                patient_id=mark["PatientID"],
-                study_uid=mark["StudyInstanceUID"],
-                log_path=mark["log_path"],
-            )
-            self.log.warning(Event.HANDOFF_ADOPTED, SeriesInstanceUID=uid, folder=mark["folder"])
+        try:
+            names = sorted(os.listdir(folder))
+            for name in names:
+                self._adopt_one(series, folder, name)
+        finally:
+            os.close(folder)
+
+    def _adopt_one(self, series: SeriesTracker, folder: int, name: str) -> None:
+        descriptor = _locked_beneath(folder, name)
+        if descriptor is None:
+            return  # held by a live service, gone, or no regular file
+        mark, problem = _read_document(descriptor)
+        problem = problem or _malformed_mark(mark, self.datadir, self.folder.parent)
+        if problem is not None:
+            os.close(descriptor)
+            self._dead_letter(".receiving", self._receiving / name, problem, None)
+            return
+        uid = mark["SeriesInstanceUID"]
+        with self._marks_lock:
+            self._marks[uid] = descriptor
+        series.adopt(
+            uid,
+            folder=mark["folder"],
+            patient_id=mark["PatientID"],
+            study_uid=mark["StudyInstanceUID"],
+            log_path=mark["log_path"],
+        )
+        self.log.warning(Event.HANDOFF_ADOPTED, SeriesInstanceUID=uid, folder=mark["folder"])
 
     def stop(self, timeout: float) -> None:
         """Stop delivering (records stay for the next start); marks are left to be adopted."""
@@ -398,10 +443,14 @@ class Handoff:
         for name, destination in self.destinations.items():
             pending = 0
             try:
+                folder = self._folder_beneath(name)
+            except OSError as error:
+                self._unsafe(name, error)
+                continue
+            self._unsafe_folders.pop(name, None)
+            try:
                 names = sorted(
-                    n
-                    for n in os.listdir(self.folder / name)
-                    if n.endswith(".json") and not n.startswith(".")
+                    n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith(".")
                 )
             except OSError:
                 names = []
@@ -411,8 +460,9 @@ class Handoff:
             down = False
             for file_name in names:
                 if self._stopping.is_set():
+                    os.close(folder)
                     return next_due
-                state = self._try(destination, self.folder / name / file_name, deliver=not down)
+                state = self._try(destination, folder, file_name, deliver=not down)
                 if state is None:
                     continue
                 pending += 1
@@ -421,6 +471,7 @@ class Handoff:
                 next_due = min(next_due, due)
                 if first_failure is not None:
                     oldest_failure = min(first_failure, oldest_failure or first_failure)
+            os.close(folder)
             self.metrics.handoff_pending(name, pending)
             if oldest_failure is None:
                 self._failing_since.pop(name, None)
@@ -429,15 +480,17 @@ class Handoff:
         return next_due
 
     def _try(
-        self, destination: Destination, path: Path, *, deliver: bool
+        self, destination: Destination, folder: int, name: str, *, deliver: bool
     ) -> tuple[float, float | None, bool] | None:
-        """Deliver the record at ``path`` if it is due and ours to take (and ``deliver``).
+        """Deliver the record ``name`` (in the folder descriptor ``folder``) if it is due
+        and ours to take (and ``deliver``).
 
         Returns None when it is gone (delivered), else when it is due next,
         since when it has been failing, and whether it failed just now.
         """
+        path = self.folder / destination.name / name
         try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            descriptor = os.open(name, _OPEN_FILE, dir_fd=folder)
         except OSError:
             return None
         try:
@@ -448,7 +501,8 @@ class Handoff:
                     return (self._clock() + 1.0, None, False)  # another service has it now
                 raise
             try:
-                if os.stat(path, follow_symlinks=False).st_ino != os.fstat(descriptor).st_ino:
+                here = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                if here.st_ino != os.fstat(descriptor).st_ino:
                     return None  # delivered (or replaced) by another service meanwhile
             except FileNotFoundError:
                 return None
@@ -467,7 +521,7 @@ class Handoff:
                 return None
             except DeliveryError as error:
                 return self._failed(path, record, str(error))
-            os.unlink(path)
+            os.unlink(name, dir_fd=folder)
             self.metrics.handoff_sent(destination.name)
             self.log.info(
                 Event.HANDOFF_SENT,
@@ -479,6 +533,23 @@ class Handoff:
             return None
         finally:
             os.close(descriptor)
+
+    def _folder_beneath(self, name: str) -> int:
+        """A descriptor of ``outbox/<name>``, opened without following a link at either step."""
+        outbox = os.open(self.folder, _OPEN_FOLDER)
+        try:
+            return os.open(name, _OPEN_FOLDER, dir_fd=outbox)
+        finally:
+            os.close(outbox)
+
+    def _unsafe(self, name: str, error: OSError) -> None:
+        """``outbox`` or ``outbox/<name>`` is a link, or no folder: never followed; said once."""
+        problem = f"outbox/{name} is a link or not a folder, and is not followed ({error.strerror})"
+        if self._unsafe_folders.get(name) != problem:
+            self.log.error(
+                Event.HANDOFF_OUTBOX_UNSAFE, folder=str(self.folder / name), error=problem
+            )
+        self._unsafe_folders[name] = problem
 
     def _registration_path(self, series_uid: str) -> Path:
         return (
@@ -597,10 +668,11 @@ class Handoff:
         return (now + delay, record["first_failure"], True)
 
     def problems(self) -> list[str]:
-        """Destinations that have been failing for longer than :data:`UNREADY_AFTER_S`."""
+        """Destinations that have been failing for longer than :data:`UNREADY_AFTER_S`, and
+        outbox folders that are links (never followed)."""
         now = self._clock()
         return [
             f"the {name} hand-off has failed for {now - since:.0f} s"
             for name, since in sorted(self._failing_since.items())
             if now - since >= UNREADY_AFTER_S
-        ]
+        ] + sorted(self._unsafe_folders.values())
