@@ -8,6 +8,7 @@ every secret, read 1 GiB of stderr into memory, or outlived the service.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -414,3 +415,79 @@ def test_a_start_meets_fifos_bad_marks_and_marks_pointing_outside(tmp_path: Path
         assert (receiving / "fifo.json").exists()  # not a file: left, never read
     finally:
         handoff.stop(5)
+
+
+# -- 3. peers that trickle or flood -------------------------------------------------------
+
+
+class _Peer:
+    """A loopback server that reads the request, then answers with ``answer(connection)``."""
+
+    def __init__(self, answer: Any) -> None:
+        import socket  # noqa: PLC0415
+        import threading  # noqa: PLC0415
+
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.stop = threading.Event()
+
+        def serve() -> None:
+            while not self.stop.is_set():
+                try:
+                    connection, _ = self.server.accept()
+                except OSError:
+                    return
+                with connection:
+                    connection.settimeout(5)
+                    self.requests.append(connection.recv(65536))
+                    with contextlib.suppress(OSError):
+                        answer(connection, self.stop)
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+        self.thread.join(10)
+
+
+def _trickle(connection: Any, stop: Any) -> None:
+    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+        if stop.wait(0.5):
+            return
+        connection.sendall(bytes([byte]))
+
+
+def _flood(connection: Any, stop: Any) -> None:
+    connection.sendall(b"HTTP/1.1 200 OK\r\nX-Flood: ")
+    while not stop.is_set():
+        connection.sendall(b"x" * 65536)
+
+
+@pytest.mark.parametrize("answer", [_trickle, _flood], ids=["trickle", "flood"])
+def test_a_webhook_that_trickles_or_floods_fails_within_one_deadline(answer: Any) -> None:
+    peer = _Peer(answer)
+    try:
+        hook = Webhook(f"http://127.0.0.1:{peer.port}/x", timeout=2)
+        started = time.monotonic()
+        with pytest.raises(Exception, match=r"127\.0\.0\.1"):
+            hook.deliver("k", _document())
+        assert time.monotonic() - started < 5
+    finally:
+        peer.close()
+
+
+def test_a_webhook_url_with_credentials_authenticates_without_showing_them() -> None:
+    def ok(connection: Any, _stop: Any) -> None:
+        connection.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+    peer = _Peer(ok)
+    try:
+        Webhook(f"http://lonk:s3cret@127.0.0.1:{peer.port}/x?a=1").deliver("k", _document())
+    finally:
+        peer.close()
+    (request,) = peer.requests
+    assert request.startswith(b"POST /x?a=1 HTTP/1.1\r\n")
+    assert b"Authorization: Basic bG9uazpzM2NyZXQ=\r\n" in request  # lonk:s3cret

@@ -25,16 +25,18 @@ series, the first and the last always (:class:`watcher._lonk.LonkProgress`).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import http.client
 import os
 import re
 import select
 import signal
+import socket
 import subprocess
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +60,8 @@ __all__ = [
 CELERY_TASK = "pacsfiles.tasks.register_pacs_series"
 #: How long one delivery may take before it counts as failed.
 DELIVERY_TIMEOUT_S = 30.0
+#: The most of a webhook's answer that is read (its status is what counts).
+_ANSWER_LIMIT = 64 * 1024
 #: How long a command may run.
 COMMAND_TIMEOUT_S = 300.0
 
@@ -73,13 +77,6 @@ def redacted(url: str) -> str:
         f"{name}=***" for name, _ in urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
     )
     return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, query, ""))
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect is not a delivery: urllib would follow a 302 as a GET without the body."""
-
-    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
-        return None  # urllib then raises the 3xx as an HTTPError
 
 
 class DeliveryError(Exception):
@@ -221,38 +218,71 @@ class CeleryRegistration:
 
 
 class Webhook:
-    """POSTs the series document; 2xx is delivered."""
+    """POSTs the series document; 2xx is delivered.
+
+    One deadline for the whole exchange (connect, send, the answer), not per
+    read: a peer that answers a byte at a time fails like one that refuses.
+    The answer is read bounded. A redirect is a failure (a client that follows
+    a 302 re-sends as a GET without the body). ``user:password@`` in the URL is
+    sent as Basic authentication and never shown.
+    """
 
     name = "webhook"
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, *, timeout: float = DELIVERY_TIMEOUT_S) -> None:
+        self.url, self.timeout = url, timeout
         self.shown = redacted(url)
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        parsed = urllib.parse.urlsplit(url)
+        self._https = parsed.scheme == "https"
+        self._host, self._port = parsed.hostname or "", parsed.port
+        self._target = urllib.parse.urlunsplit(("", "", parsed.path or "/", parsed.query, ""))
+        self._authorization = None
+        if parsed.username is not None:
+            user = urllib.parse.unquote(parsed.username)
+            password = urllib.parse.unquote(parsed.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self._authorization = f"Basic {token}"
 
     def refuses(self, series: Mapping[str, Any]) -> str | None:
         return None
 
     def deliver(self, key: str, series: Mapping[str, Any]) -> None:
-        request = urllib.request.Request(  # noqa: S310 - the operator's URL
-            self.url,
-            data=orjson.dumps(series),
-            method="POST",
-            headers={
-                "Content-Type": "application/json",
-                "Idempotency-Key": key,
-                "User-Agent": "pypx-listener",
-            },
-        )
+        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        connection = kind(self._host, self._port, timeout=self.timeout)
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": key,
+            "User-Agent": "pypx-listener",
+        }
+        if self._authorization is not None:
+            headers["Authorization"] = self._authorization
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            if connection.sock is not None:
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+
+        deadline = threading.Timer(self.timeout, expire)
+        deadline.start()
         try:
-            with self._opener.open(request, timeout=DELIVERY_TIMEOUT_S) as answer:
-                status = answer.status
-        except urllib.error.HTTPError as error:
-            said = " (a redirect is not a delivery)" if 300 <= error.code < 400 else ""
-            raise DeliveryError(f"{self.shown} answered {error.code}{said}") from error
-        except (OSError, ValueError) as error:
+            connection.request("POST", self._target, body=orjson.dumps(series), headers=headers)
+            answer = connection.getresponse()
+            answer.read(_ANSWER_LIMIT)
+            status = answer.status
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            if expired.is_set():
+                raise DeliveryError(
+                    f"{self.shown}: no whole answer within {self.timeout:g} s"
+                ) from error
             reason = str(error).replace(self.url, self.shown)
-            raise DeliveryError(f"{self.shown}: {reason}") from error
+            raise DeliveryError(f"{self.shown}: {type(error).__name__}: {reason}") from error
+        finally:
+            deadline.cancel()
+            connection.close()
+        if 300 <= status < 400:
+            raise DeliveryError(f"{self.shown} answered {status} (a redirect is not a delivery)")
         if not 200 <= status < 300:
             raise DeliveryError(f"{self.shown} answered {status}")
 
