@@ -141,7 +141,7 @@ class _Progress:
 
 def _repack_one(repacker: Repacker, given: _Input) -> tuple[_Input, Repacked | RepackError]:
     try:
-        if not given.walked:
+        if given.root < 0:
             return given, repacker.repack(given.path)
         with open_beneath(given.root, given.relative, shown_as=given.path) as source:
             return given, repacker.repack_source(source)
@@ -182,6 +182,33 @@ def _named_file(path: Path) -> _Input:
     return _Input(path)
 
 
+def _beneath(folder: Path, relative: str, roots: list[int]) -> _Input:
+    """A file to be moved (``--cleanup``): opened beneath its folder, no link followed.
+
+    The folder named on the command line must not be a link itself (its files
+    would be moved out of wherever it points), nor may any folder below it on
+    the way to the file.
+    """
+    if folder.is_symlink():
+        raise CliError(
+            f"{printable(str(folder))} is a symbolic link to a folder; --cleanup never follows one",
+            hint="name the folder itself, or leave out --cleanup to copy the file",
+        )
+    try:
+        root = open_root(folder)
+    except OSError as error:
+        raise CliError(
+            f"cannot open the folder {printable(str(folder))}: {error.strerror}",
+            hint="check that it is a folder and its permissions",
+            code=EXIT_FAILED,
+        ) from error
+    roots.append(root)
+    path = folder / relative
+    if not os.path.lexists(path):
+        raise CliError(f"no such file: {printable(str(path))}", hint="check the path")
+    return _Input(path, root=root, relative=relative)
+
+
 def _inputs_of(arguments: argparse.Namespace, roots: list[int]) -> list[_Input]:
     """The files to repack; descriptors of walked folders are appended to ``roots``."""
     given = [arguments.xcrdirfile is not None, arguments.xcrfile is not None, bool(arguments.paths)]
@@ -195,10 +222,13 @@ def _inputs_of(arguments: argparse.Namespace, roots: list[int]) -> list[_Input]:
             "--xcrdir needs --xcrfile (the name of the file in that folder)",
             hint="storescp -xcr calls: --xcrdir #p --xcrfile #f",
         )
-    if arguments.xcrdirfile:
-        return [_named_file(Path(arguments.xcrdirfile))]
-    if arguments.xcrfile:
-        return [_named_file(Path(arguments.xcrdir or ".") / arguments.xcrfile)]
+    if arguments.xcrdirfile or arguments.xcrfile:
+        named = Path(arguments.xcrdirfile or Path(arguments.xcrdir or ".") / arguments.xcrfile)
+        if not arguments.cleanup:
+            return [_named_file(named)]
+        if arguments.xcrdirfile:
+            return [_beneath(named.parent, named.name, roots)]
+        return [_beneath(Path(arguments.xcrdir or "."), arguments.xcrfile, roots)]
     if not arguments.paths:
         raise CliError(
             "nothing to repack",

@@ -261,7 +261,13 @@ class Store:
     # -- data files ----------------------------------------------------------
 
     def place(
-        self, source: SourceFile, destination: Path, *, link: bool, folder: Path | None = None
+        self,
+        source: SourceFile,
+        destination: Path,
+        *,
+        link: bool,
+        folder: Path | None = None,
+        shared_ok: bool = False,
     ) -> os.stat_result:
         """Make ``destination`` a complete copy of the opened ``source``, which stays put.
 
@@ -271,12 +277,15 @@ class Store:
         change a long-lived link too); otherwise a copy, synced when the
         source is about to go. Published atomically either way. Returns the
         destination's stat. ``folder``: ``destination.parent``, if the caller
-        has it (then its hash is not computed again).
+        has it (then its hash is not computed again). ``shared_ok``: link even an
+        inode others may reach (:attr:`SourceFile.shared`): for a destination that
+        is not the data tree, such as the quarantine, where a copy of a sparse
+        file would fill the disk.
         """
         folder = folder if folder is not None else destination.parent
         # Durable before its source may go; a kept source needs no sync.
         sync = link and self._fsync
-        link = link and self._proc_links and not source.shared
+        link = link and self._proc_links and (shared_ok or not source.shared)
         if link:
             # The common case, a new instance: link straight to the final name.
             try:

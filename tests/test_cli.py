@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from .conftest import run_cli
+from .conftest import run_cli, write_dicom
 from .dcmtk import storescp, storescu
 from .helpers import installed, wait_for
 
@@ -123,3 +123,30 @@ def test_drop_in_for_rx_repack_under_storescp_xcr(
     assert {e["event"] for e in lines} == {"repack.done"}
     assert len(list((log / "seriesData").glob("*-img/*.json"))) == len(files)
     assert list((tmp_path / "incoming").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("xcrdir", "xcrfile"),
+    [("F/linkdir", "x.dcm"), ("F", "linkdir/x.dcm")],
+    ids=["the-named-folder-a-link", "a-folder-below-it-a-link"],
+)
+def test_cleanup_never_moves_a_file_out_of_a_linked_folder(
+    tmp_path: Path, xcrdir: str, xcrfile: str
+) -> None:
+    """``-p F/linkdir -f x.dcm --cleanup`` with ``F/linkdir`` a link to an outside folder:
+    its file is not moved into the data tree (without --cleanup it is only copied)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write_dicom(outside / "x.dcm")
+    (tmp_path / "F").mkdir()
+    (tmp_path / "F" / "linkdir").symlink_to(outside)
+    before = (outside / "x.dcm").read_bytes()
+    result = run_cli("--xcrdir", tmp_path / xcrdir, "--xcrfile", xcrfile, "--cleanup",
+                     "--datadir", tmp_path / "data", "--logdir", tmp_path / "log")  # fmt: skip
+    assert result.returncode != 0, result.stderr
+    assert (outside / "x.dcm").read_bytes() == before
+    assert list(tmp_path.glob("data/**/*.dcm")) == []
+    copied = run_cli("--xcrdir", tmp_path / xcrdir, "--xcrfile", xcrfile,
+                     "--datadir", tmp_path / "data", "--logdir", tmp_path / "log")  # fmt: skip
+    assert copied.returncode == 0, copied.stderr
+    assert (outside / "x.dcm").exists()

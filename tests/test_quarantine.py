@@ -47,3 +47,26 @@ def test_quarantine_moves_or_copies_a_file_and_notes_a_fifo(
     note = json.loads(note_path.read_bytes())
     assert (note["type"], note["file"], note["name_removed"]) == ("FIFO", None, not keep_source)
     assert sorted(p.name.endswith(".json") for p in folder.iterdir()) == [False, True, True]
+
+
+def test_a_sparse_bad_file_is_set_aside_without_copying_its_data(tmp_path: Path) -> None:
+    """2 GiB that use no disk stay 2 GiB that use no disk: the inode is linked, not copied
+    (a copy would write every byte). Move mode; the name in the incoming folder goes."""
+    incoming, folder = tmp_path / "in", tmp_path / "q"
+    incoming.mkdir()
+    folder.mkdir()
+    with (incoming / "sparse").open("wb") as sparse:
+        sparse.truncate(2 << 30)
+    inode = (incoming / "sparse").stat().st_ino
+    quarantine = Quarantine(folder, Store(None))
+    root = open_root(incoming)
+    try:
+        kept = quarantine.put(root, "sparse", shown_as=incoming / "sparse",
+                              reason="not-dicom", error="no DICM")  # fmt: skip
+    finally:
+        os.close(root)
+    assert not (incoming / "sparse").exists()
+    info = kept.stat()
+    assert info.st_size == 2 << 30
+    assert info.st_ino == inode
+    assert info.st_blocks * 512 < 1 << 20

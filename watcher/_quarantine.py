@@ -96,7 +96,9 @@ class Quarantine:
         with source:
             name = quarantine_name(stamp, source.name)
             target = self.folder / name
-            self.store.place(source, target, link=not keep_source)
+            # Moved aside: the opened inode linked, no data copied (a sparse file of
+            # terabytes costs nothing); a copy only across file systems.
+            self.store.place(source, target, link=not keep_source, shared_ok=True)
             note.update(size=source.stat.st_size, file=printable(name))
             self.store.write_atomic(self.folder / f"{name}.json", json_bytes(note))
             if not keep_source:
