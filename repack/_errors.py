@@ -12,8 +12,9 @@ writing), so callers never need to know which library failed::
     │   ├── TruncatedFileError    shorter than its own header says (cut mid-write)
     │   ├── MalformedFileError    DICOM, but its structure cannot be parsed
     │   ├── NotRegularFileError   a link, FIFO, socket, device: never opened
-    │   └── MissingRequiredTagError
-    │                             no SOP, Study or Series Instance UID
+    │   ├── MissingRequiredTagError
+    │   │                         no SOP, Study or Series Instance UID
+    │   └── RefusedInstanceError  refused by the caller's own check (Repacker's admit)
     └── StorageError              the file system refused; may work later: retry
         └── SourceVanishedError   the input file disappeared before it was read
 
@@ -30,6 +31,7 @@ __all__ = [
     "MissingRequiredTagError",
     "NotDicomError",
     "NotRegularFileError",
+    "RefusedInstanceError",
     "RepackError",
     "SourceVanishedError",
     "StorageError",
@@ -89,6 +91,13 @@ class MissingRequiredTagError(InvalidInstanceError):
     def __init__(self, keywords: list[str]) -> None:
         self.keywords = keywords
         super().__init__("required element(s) missing or empty: " + ", ".join(keywords))
+
+
+class RefusedInstanceError(InvalidInstanceError):
+    """The caller's own check refused the instance (:class:`~repack.Repacker`'s ``admit``):
+    for example, the service does not put into CUBE's storage what CUBE would refuse."""
+
+    reason = "refused-by-cube"
 
 
 class StorageError(RepackError):

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ._dicom import REQUIRED_KEYWORDS, Instance, ValueCache, read_source
+from ._errors import RefusedInstanceError
 from ._logs import (
     PATIENT_FIELDS,
     SERIES_FIELDS,
@@ -181,7 +182,11 @@ class Repacker:
         *,
         move: bool = False,
         fsync: bool = True,
+        admit: Callable[[Instance], str | None] | None = None,
     ) -> None:
+        """``admit(instance)``: why the instance may not be placed (then
+        :class:`RefusedInstanceError`, and nothing is written), or None."""
+        self.admit = admit
         self.datadir = Path(os.path.abspath(datadir))
         self.logdir = Path(os.path.abspath(logdir)) if logdir is not None else None
         self.layout = layout or Layout.named()
@@ -241,6 +246,9 @@ class Repacker:
         if self.move and source.open_elsewhere is None:
             source.others()
         instance = read_source(source, self._keywords, self._values)
+        refused = self.admit(instance) if self.admit is not None else None
+        if refused is not None:
+            raise RefusedInstanceError(refused)
         relative, missing = plan_placement(instance, self.layout)
         series_dir = self._series_dir(relative)
         destination = series_dir / relative.name

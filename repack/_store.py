@@ -278,14 +278,16 @@ class Store:
         source is about to go. Published atomically either way. Returns the
         destination's stat. ``folder``: ``destination.parent``, if the caller
         has it (then its hash is not computed again). ``shared_ok``: link even an
-        inode others may reach (:attr:`SourceFile.shared`): for a destination that
-        is not the data tree, such as the quarantine, where a copy of a sparse
-        file would fill the disk.
+        inode another process may hold or its owner reopen (:attr:`SourceFile.shared`),
+        though never one with another name: for a destination that is not the data
+        tree, such as the quarantine, where a copy of a sparse file would fill the disk.
         """
         folder = folder if folder is not None else destination.parent
         # Durable before its source may go; a kept source needs no sync.
         sync = link and self._fsync
-        link = link and self._proc_links and (shared_ok or not source.shared)
+        # A second name (a hard link to an outside file) is never linked, shared_ok or not.
+        allowed = not source.shared or (shared_ok and source.stat.st_nlink == 1)
+        link = link and self._proc_links and allowed
         if link:
             # The common case, a new instance: link straight to the final name.
             try:

@@ -491,3 +491,33 @@ def test_a_webhook_url_with_credentials_authenticates_without_showing_them() -> 
     (request,) = peer.requests
     assert request.startswith(b"POST /x?a=1 HTTP/1.1\r\n")
     assert b"Authorization: Basic bG9uazpzM2NyZXQ=\r\n" in request  # lonk:s3cret
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [{"StudyDate": ""}, {"PatientID": ""}, {"SeriesInstanceUID": "1.2.3\t4"}],
+    ids=["no-study-date", "no-patient-id", "invalid-uid"],
+)
+def test_what_cube_would_refuse_never_enters_its_storage(
+    tmp_path: Path, hostile: dict[str, str]
+) -> None:
+    """With the CUBE destination, an instance of a series CUBE would refuse goes to the
+    quarantine (``refused-by-cube``), not below ``SERVICES/PACS/<pacs>/``: CUBE would never
+    register it there. A good instance beside it is repacked as always."""
+    from .conftest import write_dicom  # noqa: PLC0415
+    from .helpers import FAST  # noqa: PLC0415
+    from .listener import listener  # noqa: PLC0415
+    from .test_handoff import Cube  # noqa: PLC0415
+
+    cube = Cube(tmp_path)
+    with listener(tmp_path, *FAST, *cube.args("redis://127.0.0.1:9/0")) as running:
+        write_dicom(running.incoming / "MR.bad", SOPInstanceUID="1.2.9.1", **hostile)
+        write_dicom(running.incoming / "MR.good", SOPInstanceUID="1.2.9.2")
+        running.wait_for(lambda: running.count("repack.failed") == 1, 30, "the refusal")
+        running.wait_for(lambda: running.count("repack.done") == 1, 30, "the good one")
+    (failed,) = running.of("repack.failed")
+    assert failed["reason"] == "refused-by-cube"
+    assert "CUBE needs" in failed["error"]
+    stored = sorted(p.name for p in cube.datadir.rglob("*.dcm"))
+    assert len(stored) == 1
+    assert "1.2.9.2" in stored[0]

@@ -36,7 +36,7 @@ SURFACES = {
         # errors
         "RepackError", "TemplateError", "InvalidInstanceError", "NotDicomError",
         "TruncatedFileError", "MalformedFileError", "NotRegularFileError",
-        "MissingRequiredTagError", "StorageError", "SourceVanishedError",
+        "MissingRequiredTagError", "RefusedInstanceError", "StorageError", "SourceVanishedError",
     },
     "watcher": {
         "ENV_PREFIX", "EXIT_CONFIG", "EXIT_OUTPUT_LOST", "EXIT_STARTUP", "ConfigError", "Service",

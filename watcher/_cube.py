@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Registration", "cube_registration", "patient_age_days", "valid_uid"]
+__all__ = ["Registration", "cube_admits", "cube_registration", "patient_age_days", "valid_uid"]
 
 _NOT_DEFINED = "Not defined"  # px's value for an absent element
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
@@ -94,6 +94,24 @@ def _text(value: object) -> str | None:
 def _storable(value: str) -> bool:
     """Whether DRF's CharField accepts the characters: no NUL, no lone surrogate."""
     return "\x00" not in value and not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+
+
+def cube_admits(instance: Any) -> str | None:
+    """Why CUBE would refuse the series of ``instance`` (a :class:`repack.Instance`), or None.
+
+    With the CUBE destination set, an instance of such a series is quarantined
+    (``refused-by-cube``) instead of being put into CUBE's storage, where CUBE
+    would never register it (as oxidicom does not store it either).
+    """
+    patient = instance.text("PatientID")
+    if patient is None or len(patient) > 100:
+        return "CUBE needs a PatientID of at most 100 characters"
+    if _date(instance.text("StudyDate")) is None:
+        return "CUBE needs a valid StudyDate"
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if not valid_uid(instance.text(keyword)):
+            return f"CUBE needs a valid {keyword} (a DICOM UID: digits and dots, at most 64)"
+    return None
 
 
 @dataclass

@@ -140,7 +140,7 @@ class NatsConnection:
             )
 
         async def quiet(_error: Exception) -> None:
-            """nats-py's errors surface as failed publishes: said there, once."""
+            return  # nats-py's errors surface as failed publishes: said there, once
 
         client = NatsClient()
         try:

@@ -53,6 +53,7 @@ from repack import (
 )
 
 from ._completion import Candidate
+from ._cube import cube_admits
 from ._folders import Identity, IncomingRoot
 from ._settings import Settings
 
@@ -81,6 +82,8 @@ class WorkerConfig:
     log_level: str = "info"
     #: Added to a worker process's niceness, with ``SCHED_BATCH`` (0: neither).
     nice: int = 0
+    #: The CUBE destination is set: what CUBE would refuse never enters its storage.
+    cube: bool = False
 
     @classmethod
     def of(cls, settings: Settings) -> WorkerConfig:
@@ -89,11 +92,15 @@ class WorkerConfig:
             settings.layout.sources, settings.layout.name, settings.move, settings.fsync,
             log_json={"auto": None, "json": True, "console": False}[settings.log_format],
             log_level=settings.log_level, nice=settings.worker_nice,
+            cube=settings.celery_broker is not None,
         )  # fmt: skip
 
     def repacker(self) -> Repacker:
         layout = Layout.from_sources(self.templates, self.layout_name)
-        return Repacker(self.datadir, self.logdir, layout, move=self.move, fsync=self.fsync)
+        admit = cube_admits if self.cube else None
+        return Repacker(
+            self.datadir, self.logdir, layout, move=self.move, fsync=self.fsync, admit=admit
+        )
 
 
 class Outcome(StrEnum):
