@@ -54,6 +54,7 @@ __all__ = [
     "Destination",
     "PermanentDeliveryError",
     "Webhook",
+    "dicom_names",
     "series_document",
 ]
 
@@ -125,14 +126,17 @@ def _series_tags(log_path: str) -> dict[str, str]:
     return {k: str(table[k]["value"]) for k in DOCUMENT_TAGS if isinstance(table.get(k), dict)}
 
 
-def _count_dicom(folder: str) -> int:
+def dicom_names(folder: str) -> list[str]:
+    """The ``.dcm`` files of a series folder (what CUBE counts), sorted."""
     try:
         with os.scandir(folder) as entries:
-            return sum(
-                1 for e in entries if e.name.endswith(".dcm") and e.is_file(follow_symlinks=False)
+            return sorted(
+                entry.name
+                for entry in entries
+                if entry.name.endswith(".dcm") and entry.is_file(follow_symlinks=False)
             )
     except OSError:
-        return 0
+        return []
 
 
 def series_document(series: QuietSeries, datadir: Path, pacs_name: str | None) -> dict[str, Any]:
@@ -150,7 +154,7 @@ def series_document(series: QuietSeries, datadir: Path, pacs_name: str | None) -
         "PatientID": series.patient_id,
         "instances": series.instances,
         "resent": series.resends,
-        "ndicom": _count_dicom(series.folder),
+        "ndicom": len(dicom_names(series.folder)),
         "folder": series.folder,
         "path": f"SERVICES/PACS/{pacs_name}/{relative}" if pacs_name else relative,
         "receive_s": series.receive_s,

@@ -52,6 +52,7 @@ from ._destinations import (
     DeliveryError,
     Destination,
     PermanentDeliveryError,
+    dicom_names,
     series_document,
 )
 from ._metrics import Metrics
@@ -162,19 +163,6 @@ class _Notes(Protocol):
     """A destination that leaves some of a series out (CUBE's optional fields)."""
 
     def notes(self, series: Mapping[str, Any]) -> list[str]: ...
-
-
-def _dicom_names(folder: str) -> list[str]:
-    """The ``.dcm`` files of a series folder (what CUBE counts), sorted."""
-    try:
-        with os.scandir(folder) as entries:
-            return sorted(
-                e.name
-                for e in entries
-                if e.name.endswith(".dcm") and e.is_file(follow_symlinks=False)
-            )
-    except OSError:
-        return []
 
 
 def _read_document(descriptor: int) -> tuple[dict[str, Any], str | None]:
@@ -563,7 +551,7 @@ class Handoff:
         memo = {
             "SeriesInstanceUID": document["SeriesInstanceUID"],
             "path": document.get("path"),
-            "files": _dicom_names(str(document.get("folder", ""))),
+            "files": dicom_names(str(document.get("folder", ""))),
         }
         path = self._registration_path(document["SeriesInstanceUID"])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -589,7 +577,7 @@ class Handoff:
         known = memo.get("files") if problem is None else None
         if not isinstance(known, list):
             return None  # an unreadable memo: registering again is what CUBE will judge
-        unknown = sorted(set(_dicom_names(str(document.get("folder", "")))) - set(known))
+        unknown = sorted(set(dicom_names(str(document.get("folder", "")))) - set(known))
         if not unknown:
             return f"{_RESENT} (the same instances sent again)"
         self.metrics.series_late()
