@@ -99,6 +99,11 @@ class RefusedInstanceError(InvalidInstanceError):
 
     reason = "refused-by-cube"
 
+    def __init__(self, message: str, *, series_uid: str | None = None) -> None:
+        #: The series of the refused instance, when it has one (to tell the series' watchers).
+        self.series_uid = series_uid
+        super().__init__(message)
+
 
 class StorageError(RepackError):
     """The file system refused an operation; the same input may succeed later."""

@@ -248,7 +248,7 @@ class Repacker:
         instance = read_source(source, self._keywords, self._values)
         refused = self.admit(instance) if self.admit is not None else None
         if refused is not None:
-            raise RefusedInstanceError(refused)
+            raise RefusedInstanceError(refused, series_uid=instance.text("SeriesInstanceUID"))
         relative, missing = plan_placement(instance, self.layout)
         series_dir = self._series_dir(relative)
         destination = series_dir / relative.name

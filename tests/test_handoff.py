@@ -329,7 +329,9 @@ def _no_stray(tmp_path: Path) -> Iterator[None]:
 def test_a_series_cube_would_refuse_gets_no_registration_and_a_lonk_error(
     tmp_path: Path, cube: Cube
 ) -> None:
-    """No StudyDate: oxidicom and CUBE refuse such a series; it is said once, not retried."""
+    """No StudyDate: CUBE (and oxidicom) refuse such a series. Its instance is quarantined
+    (``refused-by-cube``), never put into CUBE's storage nor registered, and the series'
+    LONK subject hears of it once, so the UI does not wait for it."""
     from .conftest import make_dataset, write_dicom  # noqa: PLC0415
 
     with redis_server(tmp_path / "redis") as redis, nats_server() as nats:
@@ -342,16 +344,17 @@ def test_a_series_cube_would_refuse_gets_no_registration_and_a_lonk_error(
             dataset = make_dataset()
             del dataset.StudyDate
             write_dicom(running.incoming / "MR.nodate", dataset)
-            running.wait_for(lambda: running.count("handoff.sent") == 1, 60, "the LONK record")
+            write_dicom(running.incoming / "MR.nodate-2", dataset, SOPInstanceUID="1.2.9.9")
+            running.wait_for(lambda: running.count("repack.failed") == 2, 60, "both refused")
+            wait_for(lambda: len(subscriber.messages) == 1, 30, "the LONK error")
             assert running.stop() == 0
-    (refused,) = running.of("handoff.refused")
-    assert refused["destination"] == "celery"
-    assert "StudyDate" in refused["error"]
-    assert running.count("handoff.retry") == 0
-    payloads = [data for _, data in subscriber.messages]
-    assert payloads[-2][:1] == b"\x02"
-    assert b"StudyDate" in payloads[-2]
-    assert payloads[-1] == b"\x00"
+    assert {event["reason"] for event in running.of("repack.failed")} == {"refused-by-cube"}
+    assert running.count("handoff.sent") == 0
+    assert list(cube.datadir.rglob("*.dcm")) == []
+    ((subject, payload),) = subscriber.messages
+    assert subject == f"oxidicom.{PACS}.{dataset.SeriesInstanceUID.replace('.', '_')}"
+    assert payload[:1] == b"\x02"
+    assert b"StudyDate" in payload
     assert outbox(running) == []
 
 

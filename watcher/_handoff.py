@@ -260,6 +260,11 @@ class Handoff:
             self.progress.forget(series.series_uid)
         return self.series_complete(series_document(series, self.datadir, self.pacs_name))
 
+    def refused_instance(self, series_uid: str, message: str) -> None:
+        """An instance of the series was refused for CUBE (quarantined): LONK says so."""
+        if self.progress is not None:
+            self.progress.error(series_uid, message)
+
     def receiving(
         self, series_uid: str, folder: str, log_path: str, patient_id: str, study_uid: str
     ) -> None:

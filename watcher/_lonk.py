@@ -237,7 +237,9 @@ class LonkProgress:
         #: Per series, how often it completed: a count queued before that is stale.
         self._epochs: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[str, int, int] | None] = queue.Queue(maxsize=1024)
+        #: Series whose refusal was said (each once; bounded).
+        self._refused: set[str] = set()
+        self._queue: queue.Queue[tuple[str, bytes, int] | None] = queue.Queue(maxsize=1024)
         self.thread = threading.Thread(target=self._publish, name="lonk-progress", daemon=True)
         self.thread.start()
 
@@ -252,7 +254,24 @@ class LonkProgress:
             self._last[series_uid] = now
             epoch = self._epochs.get(series_uid, 0)
         with contextlib.suppress(queue.Full):
-            self._queue.put_nowait((series_uid, instances, epoch))
+            self._queue.put_nowait(
+                (series_uid, LONK_PROGRESS + struct.pack("<I", instances), epoch)
+            )
+
+    def error(self, series_uid: str, message: str) -> None:
+        """An instance of the series was refused (quarantined for CUBE): a LONK error, once
+        per series, so that the UI is not left waiting for a series that never comes."""
+        if not valid_uid(series_uid):
+            return
+        with self._lock:
+            if series_uid in self._refused:
+                return
+            if len(self._refused) >= 4096:
+                self._refused.clear()
+            self._refused.add(series_uid)
+            epoch = self._epochs.get(series_uid, 0)
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait((series_uid, LONK_ERROR + message.encode()[:1000], epoch))
 
     def forget(self, series_uid: str) -> None:
         """The series is complete: its last count goes with its "done" record, and no count
@@ -265,16 +284,16 @@ class LonkProgress:
 
     def _publish(self) -> None:
         while (item := self._queue.get()) is not None:
-            series_uid, instances, epoch = item
+            series_uid, payload, epoch = item
             subject = lonk_subject(self.pacs_name, series_uid)
             try:
                 with self.nats.lock:
                     with self._lock:
                         if self._epochs.get(series_uid, 0) != epoch:
                             continue  # the series completed since: its "done" may be out
-                    self.nats.publish([(subject, LONK_PROGRESS + struct.pack("<I", instances))])
+                    self.nats.publish([(subject, payload)])
             except DeliveryError:
-                continue  # progress is news: the next count, or the record, says more
+                continue  # news: the next count, or the record, says more
 
     def stop(self) -> None:
         self._queue.put(None)

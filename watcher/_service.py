@@ -119,6 +119,7 @@ class Service:
             metrics=self.metrics,
             log=self.log,
             on_instance=self.handoff.instance if self.handoff is not None else None,
+            on_refused=self.handoff.refused_instance if self.handoff is not None else None,
         )
         self.pool: WorkerPool[Candidate] = WorkerPool(
             self._handle,

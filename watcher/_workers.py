@@ -40,6 +40,7 @@ from repack import (
     InvalidInstanceError,
     Layout,
     Others,
+    RefusedInstanceError,
     Repacked,
     Repacker,
     SourceFile,
@@ -133,6 +134,8 @@ class NotRepacked:
     errno: int | None = None
     #: pydicom's warnings about this file, each once.
     warnings: tuple[str, ...] = ()
+    #: The series of an instance refused for CUBE (its LONK subject hears of it).
+    series_uid: str | None = None
 
 
 #: What a worker answers for each file.
@@ -176,7 +179,10 @@ def repack_candidate(
         except SourceVanishedError:
             result = NotRepacked(Outcome.VANISHED)
         except InvalidInstanceError as error:
-            result = NotRepacked(Outcome.INVALID, reason=error.reason, message=str(error))
+            series = error.series_uid if isinstance(error, RefusedInstanceError) else None
+            result = NotRepacked(
+                Outcome.INVALID, reason=error.reason, message=str(error), series_uid=series
+            )
         except StorageError as error:
             result = NotRepacked(Outcome.STORAGE, message=str(error), errno=error.errno)
         except Exception as error:  # a bug must not kill the worker or lose the file
