@@ -251,7 +251,8 @@ def test_a_killed_thread_stops_the_service_for_its_supervisor(
     process, requests = _start_with_faults(tmp_path, fifo, *args)
     with requests:
         _kill(process, requests, name, 1)
-        process.wait_for(lambda: process.count("watcher.thread_died") == 1, 5, "the death")
+        # The hand-off thread sleeps up to 5 s between passes: it meets the fault then.
+        process.wait_for(lambda: process.count("watcher.thread_died") == 1, 15, "the death")
         assert process.process is not None
         process.process.wait(30)  # it stops by itself: no signal
         code = process.stop(30)
