@@ -57,12 +57,15 @@ def lonk_subject(pacs_name: str, series_uid: str) -> str:
     return f"oxidicom.{token(pacs_name)}.{token(series_uid)}"
 
 
-#: The longest INFO line read when checking that a ``tls://`` server requires TLS.
+#: The longest INFO line read before connecting.
 _MAX_INFO = 64 * 1024
 
 
-def _requires_tls(host: str, port: int, timeout: float) -> bool:
-    """Whether the NATS server at ``host:port`` says ``tls_required`` in its INFO line."""
+def _server_info(host: str, port: int, timeout: float) -> dict[str, Any]:
+    """The INFO line of the NATS server at ``host:port``, read within ``timeout`` seconds.
+
+    Asked before nats-py connects: a peer that is silent, or not a NATS server, fails
+    here, on a socket this closes, and nats-py never opens a connection to it."""
     with socket.create_connection((host, port), timeout=timeout) as probe:
         probe.settimeout(timeout)
         line = b""
@@ -77,7 +80,13 @@ def _requires_tls(host: str, port: int, timeout: float) -> bool:
     info = line.split(b"\r\n", 1)[0]
     if not info.startswith(b"INFO "):
         raise OSError(f"not a NATS server: {info[:60]!r}")
-    return bool(orjson.loads(info[5:]).get("tls_required"))
+    try:
+        parsed = orjson.loads(info[5:])
+    except orjson.JSONDecodeError as error:
+        raise OSError(f"not a NATS server: {info[:60]!r}") from error
+    if not isinstance(parsed, dict):
+        raise OSError(f"not a NATS server: {info[:60]!r}")
+    return parsed
 
 
 async def _shut_down(client: Any) -> None:
@@ -131,9 +140,8 @@ class NatsConnection:
         client = self._client
         if client is not None and not client.is_closed:
             return client
-        if self.tls and not await asyncio.to_thread(
-            _requires_tls, self.host, self.port, self.timeout / 3
-        ):
+        info = await asyncio.to_thread(_server_info, self.host, self.port, self.timeout / 3)
+        if self.tls and not info.get("tls_required"):
             raise DeliveryError(
                 f"NATS {self.host}:{self.port} does not require TLS: a tls:// URL never"
                 " connects in plain text"
