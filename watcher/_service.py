@@ -153,7 +153,6 @@ class Service:
         :class:`ConfigError`, before ``watcher.started`` is announced.
         """
         check_folders(self.settings, self.root)
-        self.threads.install()
         if self.handoff is not None:
             self.handoff.start(self.series)
             self.threads.essential(self.handoff.threads())
@@ -169,6 +168,9 @@ class Service:
                     hint=_WORKER_HINTS[problem.startswith("cannot run the worker interpreter")],
                     exit_code=EXIT_STARTUP,
                 )
+        # From here on nothing fails before the observer: the hook is taken off again there.
+        # (The hand-off's threads, started above, are watched by the main thread's check.)
+        self.threads.install()
         self.pool.start()
         self.threads.essential(self.pool.threads)
         try:
