@@ -75,7 +75,6 @@ MAX_RECORD_BYTES = 1 << 20
 DEAD_LETTER = ".dead-letter"
 #: What CUBE was asked to register, per series: the files it knows.
 REGISTERED = ".registered"
-_RESENT = "already registered with CUBE"
 #: Names of files CUBE does not know listed in one ``series.late`` event (the rest counted).
 _LATE_LISTED = 50
 
@@ -150,6 +149,11 @@ def _locked_beneath(folder: int | None, name: str) -> int | None:
         os.close(descriptor)
         return None
     return descriptor
+
+
+def _series_file_name(series_uid: str) -> str:
+    """A series' file name in the outbox's own folders (a hash: any UID makes one safe name)."""
+    return f"{hashlib.sha256(series_uid.encode()).hexdigest()[:32]}.json"
 
 
 def _private(path: Path) -> None:
@@ -289,8 +293,8 @@ class Handoff:
                 self._marks[series_uid] = descriptor
 
     def _mark_path(self, series_uid: str) -> Path:
-        """Where a series' mark lives (a hash: any UID makes one safe name)."""
-        return self._receiving / f"{hashlib.sha256(series_uid.encode()).hexdigest()[:32]}.json"
+        """Where a series' mark lives."""
+        return self._receiving / _series_file_name(series_uid)
 
     def _unmark(self, series_uid: str) -> None:
         with self._marks_lock:
@@ -379,11 +383,12 @@ class Handoff:
                     SeriesInstanceUID=document["SeriesInstanceUID"],
                 )
         if "celery" in self.destinations and "celery" not in refused:
-            late = self._late(document)
-            if late is not None:
-                refused["celery"] = late
-                if not late.startswith(_RESENT):
-                    document["error"] = late  # LONK says so
+            registered = self._registered_before(document)
+            if registered is not None:
+                reason, late = registered
+                refused["celery"] = reason
+                if late:
+                    document["error"] = reason  # LONK says so
         for name, destination in self.destinations.items():
             if name in refused:
                 continue
@@ -545,11 +550,8 @@ class Handoff:
         self._unsafe_folders[name] = problem
 
     def _registration_path(self, series_uid: str) -> Path:
-        return (
-            self.folder
-            / REGISTERED
-            / f"{hashlib.sha256(series_uid.encode()).hexdigest()[:32]}.json"
-        )
+        """Where what CUBE was asked to register for a series lives."""
+        return self.folder / REGISTERED / _series_file_name(series_uid)
 
     def _remember_registration(self, document: Mapping[str, Any]) -> None:
         """What CUBE is asked to register: a later completion of the series is late."""
@@ -563,8 +565,9 @@ class Handoff:
         self._store.write_atomic(path, json_bytes(memo))
         _private(path)
 
-    def _late(self, document: dict[str, Any]) -> str | None:
-        """Why the series gets no registration: CUBE has it already (None: it has not).
+    def _registered_before(self, document: dict[str, Any]) -> tuple[str, bool] | None:
+        """Why the series gets no registration, and whether instances came late: CUBE
+        has it already (None: it has not).
 
         CUBE refuses a second registration of a series, so instances that
         arrived after the first one are never registered: said as an error
@@ -572,7 +575,7 @@ class Handoff:
         """
         path = self._registration_path(document["SeriesInstanceUID"])
         try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            descriptor = os.open(path, _OPEN_FILE)
         except OSError:
             return None
         try:
@@ -584,7 +587,7 @@ class Handoff:
             return None  # an unreadable memo: registering again is what CUBE will judge
         unknown = sorted(set(dicom_names(str(document.get("folder", "")))) - set(known))
         if not unknown:
-            return f"{_RESENT} (the same instances sent again)"
+            return "already registered with CUBE (the same instances sent again)", False
         self.metrics.series_late()
         self.log.error(
             Event.SERIES_LATE,
@@ -595,10 +598,11 @@ class Handoff:
             unknown_to_cube=len(unknown),
             files=unknown[:_LATE_LISTED],
         )
-        return (
+        reason = (
             f"{len(unknown)} instance(s) arrived after the series was registered with CUBE"
             f" ({len(known)} files): CUBE does not know them"
         )
+        return reason, True
 
     def _dead_letter(
         self, destination: str, path: Path, reason: str, record: Mapping[str, Any] | None
