@@ -37,6 +37,7 @@ from typing import Any
 __all__ = ["Registration", "cube_admits", "cube_registration", "patient_age_days", "valid_uid"]
 
 _NOT_DEFINED = "Not defined"  # px's value for an absent element
+_UIDS = ("StudyInstanceUID", "SeriesInstanceUID")
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 #: The largest value of CUBE's integer column (PostgreSQL ``integer``).
 _INT_MAX = 2**31 - 1
@@ -103,13 +104,22 @@ def cube_admits(instance: Any) -> str | None:
     (``refused-by-cube``) instead of being put into CUBE's storage, where CUBE
     would never register it (as oxidicom does not store it either).
     """
-    patient = instance.text("PatientID")
-    if patient is None or len(patient) > 100:
-        return "CUBE needs a PatientID of at most 100 characters"
-    if _date(instance.text("StudyDate")) is None:
+    uids = {keyword: instance.text(keyword) for keyword in _UIDS}
+    return _identity_refused(instance.text("PatientID"), instance.text("StudyDate"), uids)
+
+
+def _identity_refused(
+    patient: str | None, study_date: str | None, uids: Mapping[str, object]
+) -> str | None:
+    """CUBE's rules for what names a series (the same for an instance and a series)."""
+    if patient is None:
+        return "CUBE needs a PatientID"
+    if len(patient) > 100 or not _storable(patient):
+        return "CUBE needs a PatientID of at most 100 characters, without NUL"
+    if _date(study_date) is None:
         return "CUBE needs a valid StudyDate"
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
-        if not valid_uid(instance.text(keyword)):
+    for keyword, uid in uids.items():
+        if not valid_uid(uid):
             return f"CUBE needs a valid {keyword} (a DICOM UID: digits and dots, at most 64)"
     return None
 
@@ -126,16 +136,13 @@ class Registration:
 
 def _required(series: Mapping[str, Any], pacs_name: str) -> str | None:
     """Why CUBE would refuse the series, or None."""
-    patient = _text(series.get("PatientID"))
-    if patient is None:
-        return "no PatientID: CUBE cannot register the series"
-    if len(patient) > 100 or not _storable(patient):
-        return "PatientID is longer than CUBE's 100 characters or holds a NUL"
-    if _date(_text(series.get("tags", {}).get("StudyDate"))) is None:
-        return "no valid StudyDate: CUBE cannot register the series"
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
-        if not valid_uid(series.get(keyword)):
-            return f"{keyword} is not a valid DICOM UID (digits and dots, at most 64)"
+    refused = _identity_refused(
+        _text(series.get("PatientID")),
+        _text(series.get("tags", {}).get("StudyDate")),
+        {keyword: series.get(keyword) for keyword in _UIDS},
+    )
+    if refused is not None:
+        return refused
     if not 1 <= len(pacs_name) <= 20 or "/" in pacs_name or "," in pacs_name:
         return f"the PACS name {pacs_name!r} is not 1-20 characters without '/' or ','"
     path = str(series.get("path", ""))
