@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from watcher._cube import valid_uid
-from watcher._destinations import Command, Webhook, redacted
+from watcher._destinations import Command, DeliveryError, Webhook, redacted
 from watcher._handoff import DEAD_LETTER, Handoff
 from watcher._lonk import lonk_subject
 from watcher._metrics import Metrics
@@ -477,6 +477,65 @@ def test_a_webhook_that_trickles_or_floods_fails_within_one_deadline(answer: Any
         assert time.monotonic() - started < 5
     finally:
         peer.close()
+
+
+def _trickle_forever(connection: Any, stop: Any) -> None:
+    """A byte at a time, never a whole answer (a Redis reply or an AMQP frame)."""
+    connection.sendall(b"\x01\x00\x00\x00\x00\x00\xff")  # an AMQP frame of 255 bytes
+    while not stop.wait(0.2):
+        connection.sendall(b"+")
+
+
+@pytest.mark.parametrize("scheme", ["redis", "amqp"])
+def test_a_broker_that_trickles_fails_within_one_deadline_and_holds_no_second_send(
+    scheme: str,
+) -> None:
+    """kombu's timeouts hold per read: a broker that answers a byte at a time held the
+    hand-off for ever. One deadline for the whole exchange, and while that send has not
+    returned, no second connection is made (at most one thread waits on a broker)."""
+    from watcher._destinations import CeleryRegistration  # noqa: PLC0415
+
+    peer = _Peer(_trickle_forever)
+    celery = CeleryRegistration(
+        f"{scheme}://guest:s3cret@127.0.0.1:{peer.port}//", "main2", "PYPX", timeout=2
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(DeliveryError, match=r"no whole answer within 2 s") as first:
+            celery.deliver("k1", _document())
+        assert time.monotonic() - started < 5
+        assert "s3cret" not in str(first.value)
+        with pytest.raises(DeliveryError, match="the send before this one") as second:
+            celery.deliver("k2", _document())
+        assert "s3cret" not in str(second.value)
+        assert len(peer.requests) == 1
+    finally:
+        peer.close()  # the trickle ends: so does the send left waiting on it
+        celery.close()
+
+
+def test_a_trickling_broker_does_not_hold_the_other_destinations(tmp_path: Path) -> None:
+    """The hand-off goes on past a broker that trickles: the webhook gets the series, the
+    registration is retried (an event each time), and a stop is not held up by it."""
+    from watcher._destinations import CeleryRegistration  # noqa: PLC0415
+
+    peer = _Peer(_trickle_forever)
+    log = Log()
+    with WebhookServer() as hook:
+        celery = CeleryRegistration(f"redis://127.0.0.1:{peer.port}/0", "main2", "PYPX", timeout=1)
+        handoff = Handoff(tmp_path / "log", [celery, Webhook(hook.url)], metrics=Metrics(), log=log)
+        handoff.folder.mkdir(parents=True)
+        try:
+            handoff.series_complete(_document())
+            handoff.deliver_due()
+            assert "handoff.retry" in log.events()
+            assert len(hook.received) == 1
+            started = time.monotonic()
+            handoff.stop(10)
+            assert time.monotonic() - started < 3
+        finally:
+            peer.close()
+    assert os.listdir(tmp_path / "log" / "outbox" / "celery")  # kept for the next start
 
 
 def test_a_webhook_url_with_credentials_authenticates_without_showing_them() -> None:

@@ -9,6 +9,7 @@ test's own.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import threading
@@ -163,3 +164,53 @@ def test_a_server_that_never_answers_costs_one_deadline_and_a_quick_close() -> N
         connection.close()
         assert time.monotonic() - started < 3
         assert not connection.thread.is_alive()
+
+
+def _thread_cpu_s(thread: threading.Thread) -> float:
+    """The CPU time a thread of this process has used (``/proc``), in seconds."""
+    fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1]
+    user, system = fields.split()[11:13]
+    return (int(user) + int(system)) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_server_that_floods_a_line_without_an_end_is_dropped() -> None:
+    """nats-py reads without a bound and rescans its buffer: a server that floods one line
+    burnt a core for as long as the connection lasted. The exchange fails within its
+    deadline and the connection is closed, by the server's flood detected."""
+    dropped = threading.Event()
+    info = b'INFO {"server_id":"x","version":"2.9.0","max_payload":1048576}\r\n'
+
+    def serve(server: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            probe, _ = server.accept()  # the service's own INFO probe
+            with probe:
+                probe.sendall(info)
+            connection, _ = server.accept()  # nats-py
+            with connection:
+                connection.sendall(info)
+                connection.recv(65536)  # CONNECT and PING
+                connection.sendall(b"PONG\r\n-ERR '")
+                try:
+                    while True:
+                        connection.sendall(b"x" * 65536)
+                except OSError:
+                    dropped.set()
+
+    with socket.create_server((LOOPBACK, 0)) as flooding:
+        port = flooding.getsockname()[1]
+        threading.Thread(target=serve, args=(flooding,), daemon=True).start()
+        connection = NatsConnection(f"nats://{LOOPBACK}:{port}", timeout=20)
+        try:
+            started = time.monotonic()
+            with pytest.raises(DeliveryError, match="kept this service busy"):
+                connection.publish([("oxidicom.T.7", b"\x00")])
+            assert time.monotonic() - started < 8  # not the flush's 10 s, nor the deadline
+            assert dropped.wait(10), "the flooding connection was never closed"
+            assert connection.flooded is not None
+            # Once dropped, the loop's thread is idle again.
+            before = _thread_cpu_s(connection.thread)
+            quiet = threading.Event()
+            quiet.wait(2)
+            assert _thread_cpu_s(connection.thread) - before < 0.5
+        finally:
+            connection.close()

@@ -167,11 +167,22 @@ def series_document(series: QuietSeries, datadir: Path, pacs_name: str | None) -
 
 
 class CeleryRegistration:
-    """Sends CUBE's registration task through a Redis or RabbitMQ broker."""
+    """Sends CUBE's registration task through a Redis or RabbitMQ broker.
+
+    One deadline (``timeout``) for the whole exchange, connection and
+    confirmation included: kombu's timeouts hold for each read, so a broker
+    that answers a byte at a time would hold the hand-off for ever. The send
+    runs on a thread of its own (``celery-send``); one that outlives its
+    deadline is left to end (the broker's socket timeouts, or :meth:`close`),
+    and until it has, every delivery fails at once, reported like a refusal:
+    at most one thread waits on a broker, and the hand-off never does.
+    """
 
     name = "celery"
 
-    def __init__(self, broker: str, queue_name: str, pacs_name: str) -> None:
+    def __init__(
+        self, broker: str, queue_name: str, pacs_name: str, *, timeout: float = DELIVERY_TIMEOUT_S
+    ) -> None:
         from celery import Celery  # noqa: PLC0415 - only when a broker is configured
 
         self.app = Celery("pypx-listener", broker=broker, set_as_current=False)
@@ -179,13 +190,22 @@ class CeleryRegistration:
             task_serializer="json",
             accept_content=["json"],
             task_protocol=2,
-            broker_connection_timeout=DELIVERY_TIMEOUT_S / 3,
+            broker_connection_timeout=max(1.0, timeout / 3),
             broker_connection_retry_on_startup=False,
             # RabbitMQ: a publish is done when the broker confirmed it.
-            broker_transport_options={"confirm_publish": True, "socket_timeout": 10},
+            broker_transport_options={
+                "confirm_publish": True,
+                "socket_timeout": max(1.0, timeout / 3),
+            },
         )
         self.queue_name = queue_name
         self.pacs_name = pacs_name
+        self.timeout = timeout
+        self.broker, self.shown = broker, redacted(broker)
+        #: The send that outlived its deadline, and since when (monotonic).
+        self._overdue: tuple[threading.Thread, float] | None = None
+        #: Set when the send in flight ended, or the service stops.
+        self._ended = threading.Event()
 
     def refuses(self, series: Mapping[str, Any]) -> str | None:
         """What CUBE would refuse (:mod:`watcher._cube`)."""
@@ -199,22 +219,50 @@ class CeleryRegistration:
         registration = cube_registration(series, self.pacs_name)
         if registration.refused is not None:  # a record written before the rule existed
             raise PermanentDeliveryError(registration.refused)
-        try:
-            self.app.send_task(
-                CELERY_TASK,
-                kwargs=registration.arguments,
-                queue=self.queue_name,
-                task_id=key,
-                retry=False,
-                # Celery's default repeats every argument in the message headers,
-                # where brokers and monitors (Flower) show them: no patient data there.
-                kwargsrepr=f"{{'SeriesInstanceUID': {series['SeriesInstanceUID']!r}}}",
-                argsrepr="()",
-            )
-        except Exception as error:  # kombu's and the transports' errors: all mean "not taken"
-            raise DeliveryError(f"{type(error).__name__}: {error}") from error
+        if self._overdue is not None:
+            thread, since = self._overdue
+            if thread.is_alive():
+                raise DeliveryError(
+                    f"{self.shown}: the send before this one has had no whole answer"
+                    f" for {time.monotonic() - since:.0f} s"
+                )
+            self._overdue = None
+        failures: list[Exception] = []
+        ended = self._ended = threading.Event()
+
+        def send() -> None:
+            try:
+                self.app.send_task(
+                    CELERY_TASK,
+                    kwargs=registration.arguments,
+                    queue=self.queue_name,
+                    task_id=key,
+                    retry=False,
+                    # Celery's default repeats every argument in the message headers,
+                    # where brokers and monitors (Flower) show them: no patient data there.
+                    kwargsrepr=f"{{'SeriesInstanceUID': {series['SeriesInstanceUID']!r}}}",
+                    argsrepr="()",
+                )
+            except Exception as error:  # kombu's and the transports' errors: "not taken"
+                failures.append(error)
+            finally:
+                ended.set()
+
+        thread = threading.Thread(target=send, name="celery-send", daemon=True)
+        started = time.monotonic()
+        thread.start()
+        ended.wait(self.timeout)
+        if thread.is_alive():
+            self._overdue = (thread, started)
+            raise DeliveryError(f"{self.shown}: no whole answer within {self.timeout:g} s")
+        if failures:
+            error = failures[0]
+            reason = str(error).replace(self.broker, self.shown)
+            raise DeliveryError(f"{self.shown}: {type(error).__name__}: {reason}") from error
 
     def close(self) -> None:
+        """Close the broker connections; a send in flight fails now (its record stays)."""
+        self._ended.set()
         self.app.close()
 
 

@@ -347,10 +347,12 @@ class Handoff:
             self.progress.stop()
         self._stopping.set()
         self._wakeup.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        # Closed first: a delivery in flight (a command, a broker that trickles) ends now
+        # and fails, its record kept for the next start, rather than hold up the stop.
         for destination in self.destinations.values():
             destination.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
         with self._marks_lock:
             for descriptor in self._marks.values():
                 os.close(descriptor)

@@ -89,11 +89,21 @@ def _server_info(host: str, port: int, timeout: float) -> dict[str, Any]:
     return parsed
 
 
-async def _shut_down(client: Any) -> None:
-    """Close the client, and end whatever else still runs on the loop."""
+#: How often the loop's thread checks how busy the server keeps it.
+_GUARD_S = 1.0
+#: The share of one core the loop's thread may use over a check's interval.
+_BUSY_SHARE = 0.5
+
+
+async def _close_quietly(client: Any) -> None:
     if client is not None:
         with contextlib.suppress(Exception):
-            await client.close()
+            await asyncio.wait_for(client.close(), 2)
+
+
+async def _shut_down(client: Any) -> None:
+    """Close the client, and end whatever else still runs on the loop."""
+    await _close_quietly(client)
     others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
     for task in others:
         task.cancel()
@@ -123,18 +133,57 @@ class NatsConnection:
         self.lock = threading.RLock()
         self._loop = asyncio.new_event_loop()
         self._client: Any = None
+        #: When a connection was last dropped for keeping the loop busy (wall clock).
+        self.flooded: float | None = None
+        #: The publish in flight on the loop, which the guard may cancel.
+        self._exchange: asyncio.Task[None] | None = None
         self.thread = threading.Thread(target=self._loop.run_forever, name="nats", daemon=True)
         self.thread.start()
+        self._guarding = asyncio.run_coroutine_threadsafe(self._guard(), self._loop)
 
     def _call(self, coroutine: Any, timeout: float) -> Any:
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
             return future.result(timeout)
+        except concurrent.futures.CancelledError as error:  # by the guard
+            raise DeliveryError(
+                f"NATS {self.host}:{self.port}: the server kept this service busy (a flood?);"
+                " the connection was closed"
+            ) from error
         except concurrent.futures.TimeoutError as error:
             future.cancel()
+            # A server that took the whole deadline is not trusted with the next exchange.
+            asyncio.run_coroutine_threadsafe(self._drop(), self._loop)
             raise DeliveryError(
                 f"NATS {self.host}:{self.port}: no answer within {timeout:g} s"
             ) from error
+
+    async def _drop(self) -> None:
+        """Close the connection; the next exchange makes a new one."""
+        client, self._client = self._client, None
+        await _close_quietly(client)
+
+    async def _guard(self) -> None:
+        """Drop a connection whose server keeps the loop's thread busy.
+
+        nats-py reads what the server sends without a bound: a server that
+        floods one line without a line end makes its parser scan an ever
+        longer buffer, a core burnt and memory grown for as long as the
+        connection lasts. The loop's own CPU time is the public measure of
+        that: over :data:`_BUSY_SHARE` of a core for a :data:`_GUARD_S`
+        interval, and the connection is closed (``flooded`` says when).
+        """
+        used = time.thread_time()
+        while True:
+            await asyncio.sleep(_GUARD_S)
+            now = time.thread_time()
+            busy, used = now - used, now
+            if busy > _GUARD_S * _BUSY_SHARE and self._client is not None:
+                self.flooded = time.time()
+                if self._exchange is not None:
+                    self._exchange.cancel()  # nats-py's flush would wait out its timeout
+                await self._drop()
+                used = time.thread_time()
 
     async def _connected(self) -> Any:
         client = self._client
@@ -164,17 +213,23 @@ class NatsConnection:
                 pedantic=False,
             )
         except BaseException:
-            with contextlib.suppress(Exception):
-                await client.close()  # what a failed connect opened
+            await _close_quietly(client)  # what a failed connect opened
             raise
         self._client = client
         return client
 
     async def _publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         client = await self._connected()
-        for subject, payload in messages:
-            await client.publish(subject, payload)
-        await client.flush(timeout=max(1, int(self.timeout / 2)))
+        self._exchange = asyncio.current_task()
+        try:
+            for subject, payload in messages:
+                await client.publish(subject, payload)
+            await client.flush(timeout=max(1, int(self.timeout / 2)))
+        except BaseException:
+            await self._drop()  # a server that failed an exchange gets a new connection
+            raise
+        finally:
+            self._exchange = None
 
     def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Publish ``(subject, payload)`` pairs and wait until the server has them.
@@ -182,6 +237,8 @@ class NatsConnection:
         Under :attr:`lock` (reentrant: a caller may hold it across a check and a publish).
         """
         with self.lock:
+            if not self.thread.is_alive():
+                raise DeliveryError(f"NATS {self.host}:{self.port}: closed (the service stops)")
             try:
                 self._call(self._publish(messages), self.timeout)
             except DeliveryError:
