@@ -222,8 +222,9 @@ def cube_worker(broker: str, storage: Path, registry: Path) -> Iterator[CubeWork
 class NatsSubscriber:
     """nats-py subscribed to ``oxidicom.>``, in a thread of its own: every message it got."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, **options: Any) -> None:
+        """``options``: nats-py's ``connect`` options (credentials)."""
+        self.url, self.options = url, options
         self.messages: list[tuple[str, bytes]] = []
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
@@ -239,7 +240,7 @@ class NatsSubscriber:
     async def _subscribe(self) -> None:
         import nats  # noqa: PLC0415 - the chris extra
 
-        client = await nats.connect(self.url)
+        client = await nats.connect(self.url, **self.options)
         self._stop = asyncio.Event()
 
         async def received(message: Any) -> None:

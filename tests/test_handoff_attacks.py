@@ -197,12 +197,24 @@ def test_no_secret_in_retries_stored_errors_or_the_start_event(tmp_path: Path) -
         assert secret not in stored
         assert secret not in said
     assert record_path.stat().st_mode & 0o777 == 0o600
-    settings = parse_settings(
-        ["--webhook-url", url, "--nats-url", "nats://t0ken@127.0.0.1:4222"], environ={}
-    )
+    cluster = "nats://t0ken@127.0.0.1:4222,nats://lonk:s3cret@127.0.0.1:4223"
+    settings = parse_settings(["--webhook-url", url, "--nats-url", cluster], environ={})
     described = repr(settings.describe())
     assert "s3cret" not in described
     assert "t0ken" not in described
+    assert "127.0.0.1:4223" in described
+
+
+@pytest.mark.parametrize("option", ["--nats-nkey", "--nats-creds"])
+def test_a_credentials_file_that_cannot_be_read_ends_the_start(tmp_path: Path, option: str) -> None:
+    from watcher import ConfigError  # noqa: PLC0415
+    from watcher._handoff_setup import build_handoff  # noqa: PLC0415
+
+    argv = ["--logdir", str(tmp_path), "--pacs-name", "PYPX", "--nats-url", "nats://127.0.0.1:9"]
+    settings = parse_settings([*argv, option, str(tmp_path / "absent")], environ={})
+    with pytest.raises(ConfigError, match=f"{option} .*absent: No such file") as raised:
+        build_handoff(settings, Metrics(), Log())
+    assert "readable" in raised.value.hint
 
 
 def test_the_command_gets_only_its_documented_environment(

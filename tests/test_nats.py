@@ -8,7 +8,10 @@ test's own.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -16,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,10 +43,16 @@ def _server(tmp_path: Path, config: str) -> Iterator[Server]:
         server.stop()
 
 
-def _delivered(url: str, subscribe: str, messages: list[tuple[str, bytes]]) -> list[bytes]:
-    """Publish through a new connection; what a subscriber on ``subscribe`` received."""
-    with NatsSubscriber(subscribe) as subscriber:
-        connection = NatsConnection(url, timeout=10)
+def _delivered(
+    url: str, subscribe: str, messages: list[tuple[str, bytes]], **options: Any
+) -> list[bytes]:
+    """Publish through a new connection; what a subscriber on ``subscribe`` received.
+
+    ``options``: the credentials, as :class:`NatsConnection` takes them; the subscriber
+    uses the same (nats-py's names)."""
+    given = {"nkey_seed_file": "nkeys_seed", "credentials_file": "user_credentials"}
+    with NatsSubscriber(subscribe, **{given[k]: v for k, v in options.items()}) as subscriber:
+        connection = NatsConnection(url, timeout=10, **options)
         try:
             connection.publish(messages)
         finally:
@@ -214,3 +224,101 @@ def test_a_server_that_floods_a_line_without_an_end_is_dropped() -> None:
             assert _thread_cpu_s(connection.thread) - before < 0.5
         finally:
             connection.close()
+
+
+# -- credentials beyond the URL, and clusters ----------------------------------------------
+
+
+def _nkey_pair(prefix: int) -> tuple[Any, bytes]:
+    import nkeys  # noqa: PLC0415 - the chris extra
+
+    seed = nkeys.encode_seed(os.urandom(32), prefix)
+    return nkeys.from_seed(bytearray(seed)), seed
+
+
+def test_an_nkey_seed_file(tmp_path: Path) -> None:
+    import nkeys  # noqa: PLC0415
+
+    user, seed = _nkey_pair(nkeys.PREFIX_BYTE_USER)
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_bytes(seed + b"\n")
+    config = f'authorization {{ users = [ {{ nkey: "{user.public_key.decode()}" }} ] }}'
+    with _server(tmp_path, config) as server:
+        url = f"nats://{LOOPBACK}:{server.port}"
+        messages = [("oxidicom.T.8", b"\x00")]
+        assert _delivered(url, url, messages, nkey_seed_file=str(seed_file)) == [b"\x00"]
+        stranger = NatsConnection(url, timeout=5)
+        try:
+            with pytest.raises(DeliveryError):
+                stranger.publish(messages)
+        finally:
+            stranger.close()
+
+
+def _jwt(issuer: Any, subject: str, claims: dict[str, Any]) -> str:
+    """A NATS JWT (``ed25519-nkey``) of ``claims``, signed by the nkey pair ``issuer``."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    body = {"iat": int(time.time()), "iss": issuer.public_key.decode(), "sub": subject}
+    body |= {"name": subject[:8], "nats": {**claims, "version": 2}}
+    digest = hashlib.sha256(json.dumps(body).encode()).digest()
+    body["jti"] = base64.b32encode(digest).decode().rstrip("=")
+    header = b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    signed = f"{header}.{b64(json.dumps(body).encode())}"
+    return f"{signed}.{b64(issuer.sign(signed.encode()))}"
+
+
+def test_a_credentials_file_on_a_server_in_operator_mode(tmp_path: Path) -> None:
+    """The decentralised authentication of NATS 2 (an operator, an account, a user JWT and
+    its seed in a ``.creds`` file, as ``nsc`` writes it): the server trusts the operator."""
+    import nkeys  # noqa: PLC0415
+
+    operator, _ = _nkey_pair(nkeys.PREFIX_BYTE_OPERATOR)
+    account, _ = _nkey_pair(nkeys.PREFIX_BYTE_ACCOUNT)
+    user, user_seed = _nkey_pair(nkeys.PREFIX_BYTE_USER)
+    unlimited = {"subs": -1, "data": -1, "payload": -1}
+    account_jwt = _jwt(
+        operator,
+        account.public_key.decode(),
+        {
+            "type": "account",
+            "limits": {**unlimited, "imports": -1, "exports": -1, "wildcards": True,
+                       "conn": -1, "leaf": -1},
+        },
+    )  # fmt: skip
+    operator_jwt = _jwt(operator, operator.public_key.decode(), {"type": "operator"})
+    user_jwt = _jwt(account, user.public_key.decode(), {"type": "user", **unlimited})
+    creds = tmp_path / "user.creds"
+    creds.write_text(
+        f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{user_seed.decode()}\n------END USER NKEY SEED------\n"
+    )
+    config = (
+        f"operator: {operator_jwt}\nresolver: MEMORY\n"
+        f"resolver_preload: {{\n  {account.public_key.decode()}: {account_jwt}\n}}"
+    )
+    with _server(tmp_path, config) as server:
+        url = f"nats://{LOOPBACK}:{server.port}"
+        messages = [("oxidicom.T.9", b"\x00")]
+        assert _delivered(url, url, messages, credentials_file=str(creds)) == [b"\x00"]
+        stranger = NatsConnection(url, timeout=5)
+        try:
+            with pytest.raises(DeliveryError):
+                stranger.publish(messages)
+        finally:
+            stranger.close()
+
+
+def test_a_cluster_url_reaches_the_server_that_answers(tmp_path: Path) -> None:
+    """``nats://a,nats://b``: the first server is down, the second takes the messages."""
+    with _server(tmp_path, "") as server:
+        down = f"nats://{LOOPBACK}:{free_port()}"
+        live = f"nats://{LOOPBACK}:{server.port}"
+        assert _delivered(f"{down},{live}", live, [("oxidicom.T.10", b"\x00")]) == [b"\x00"]
+
+
+def test_a_cluster_is_all_tls_or_none() -> None:
+    with pytest.raises(ValueError, match="never plain text"):
+        NatsConnection(f"tls://{LOOPBACK}:1,nats://{LOOPBACK}:2")

@@ -57,7 +57,31 @@ def build_handoff(settings: Settings, metrics: Metrics, log: Any) -> Handoff | N
                 f"--nats-url needs nats-py: {error}",
                 hint="pip install 'pypx-listener[chris]'",
             ) from error
-        nats = NatsConnection(s.nats_url)
+        for option, path in (("--nats-nkey", s.nats_nkey), ("--nats-creds", s.nats_creds)):
+            if path is None:
+                continue
+            try:
+                import nkeys  # noqa: F401, PLC0415 - nats-py signs with it
+            except ImportError as error:
+                raise ConfigError(
+                    f"{option} needs nkeys: {error}", hint="pip install 'pypx-listener[chris]'"
+                ) from error
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as error:
+                raise ConfigError(
+                    f"{option} {path}: {error.strerror}",
+                    hint="the file must be readable by the service's user",
+                ) from error
+        try:
+            nats = NatsConnection(
+                s.nats_url, nkey_seed_file=s.nats_nkey, credentials_file=s.nats_creds
+            )
+        except ValueError as error:
+            raise ConfigError(
+                f"--nats-url: {error}", hint="e.g. --nats-url tls://a:4222,tls://b:4222"
+            ) from error
         destinations.append(LonkDone(nats, str(s.pacs_name)))
         progress = LonkProgress(nats, str(s.pacs_name), s.progress_interval)
     if s.webhook_url:

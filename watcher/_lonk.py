@@ -95,6 +95,11 @@ _GUARD_S = 1.0
 _BUSY_SHARE = 0.5
 
 
+def _address(url: str) -> tuple[str, int]:
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 4222
+
+
 async def _close_quietly(client: Any) -> None:
     if client is not None:
         with contextlib.suppress(Exception):
@@ -123,12 +128,26 @@ class NatsConnection:
     certificates, or ``SSL_CERT_FILE``), never in plain text.
     """
 
-    def __init__(self, url: str, *, timeout: float = DELIVERY_TIMEOUT_S) -> None:
-        self.url = url if "://" in url else f"nats://{url}"
-        parsed = urllib.parse.urlsplit(self.url)
-        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 4222
-        self.tls = parsed.scheme == "tls"
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = DELIVERY_TIMEOUT_S,
+        nkey_seed_file: str | None = None,
+        credentials_file: str | None = None,
+    ) -> None:
+        """``url``: one server, or a cluster's, comma-separated; ``nkey_seed_file``: a file
+        holding an nkey seed (``SU...``); ``credentials_file``: a NATS ``.creds`` file (a
+        user JWT and its seed), as the ``nats`` CLI's ``--nkey`` and ``--creds``."""
+        self.urls = [u if "://" in u else f"nats://{u}" for u in url.split(",") if u.strip()]
+        schemes = {urllib.parse.urlsplit(u).scheme for u in self.urls}
+        self.tls = "tls" in schemes
+        if self.tls and schemes != {"tls"}:
+            raise ValueError("a cluster's URLs are all tls:// or none: never plain text")
+        #: The server spoken to (the one that answered the last probe), for messages.
+        self.host, self.port = _address(self.urls[0])
         self.timeout = timeout
+        self.nkey_seed_file, self.credentials_file = nkey_seed_file, credentials_file
         #: Held for each publish; a caller may hold it across a check and a publish.
         self.lock = threading.RLock()
         self._loop = asyncio.new_event_loop()
@@ -189,7 +208,7 @@ class NatsConnection:
         client = self._client
         if client is not None and not client.is_closed:
             return client
-        info = await asyncio.to_thread(_server_info, self.host, self.port, self.timeout / 3)
+        info, first = await asyncio.to_thread(self._probe)
         if self.tls and not info.get("tls_required"):
             raise DeliveryError(
                 f"NATS {self.host}:{self.port} does not require TLS: a tls:// URL never"
@@ -202,7 +221,11 @@ class NatsConnection:
         client = NatsClient()
         try:
             await client.connect(
-                servers=[self.url],
+                # The server that answered first; the others after it, as listed.
+                servers=[first, *(u for u in self.urls if u != first)],
+                dont_randomize=True,
+                nkeys_seed=self.nkey_seed_file,
+                user_credentials=self.credentials_file,
                 name="pypx-listener",
                 connect_timeout=max(1, int(self.timeout / 3)),
                 reconnect_time_wait=1,
@@ -217,6 +240,22 @@ class NatsConnection:
             raise
         self._client = client
         return client
+
+    def _probe(self) -> tuple[dict[str, Any], str]:
+        """The INFO of the first server that answers, and its URL."""
+        reasons = []
+        for url in self.urls:
+            host, port = _address(url)
+            try:
+                info = _server_info(host, port, self.timeout / 3 / len(self.urls))
+            except OSError as error:
+                if len(self.urls) == 1:
+                    raise
+                reasons.append(f"{host}:{port}: {error}")
+                continue
+            self.host, self.port = host, port
+            return info, url
+        raise OSError("; ".join(reasons))
 
     async def _publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         client = await self._connected()

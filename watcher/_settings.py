@@ -82,6 +82,8 @@ class Settings:
     celery_broker: str | None
     celery_queue: str
     nats_url: str | None
+    nats_nkey: str | None
+    nats_creds: str | None
     progress_interval: float
     webhook_url: str | None
     on_series_complete: str | None
@@ -97,9 +99,11 @@ class Settings:
         described["templates"] = [t.source for t in self.layout.templates]
         if self.umask is not None:
             described["umask"] = f"{self.umask:03o}"
-        for name in ("celery_broker", "nats_url", "webhook_url"):  # passwords stay unsaid
+        for name in ("celery_broker", "webhook_url"):  # passwords stay unsaid
             if described[name]:
                 described[name] = redacted(described[name])
+        if self.nats_url:  # a cluster's URLs, each with its own credentials
+            described["nats_url"] = ",".join(redacted(u) for u in self.nats_url.split(","))
         return {k: str(v) if isinstance(v, Path) else v for k, v in described.items()}
 
 
@@ -287,7 +291,15 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
         " amqp://...)",
     ),
     ("celery-queue", str, "main2", "the queue of CUBE's registration task"),
-    ("nats-url", str, None, "send LONK progress and completion of each series to this NATS server"),
+    (
+        "nats-url",
+        str,
+        None,
+        "send LONK progress and completion of each series to this NATS server (a cluster's"
+        " URLs comma-separated; nats://user:password@..., nats://token@..., tls://...)",
+    ),
+    ("nats-nkey", str, None, "authenticate to NATS with the nkey seed (SU...) in this file"),
+    ("nats-creds", str, None, "authenticate to NATS with this credentials (.creds) file"),
     ("progress-interval", _positive(float), "1.0", "seconds between LONK progress messages"),
     ("webhook-url", str, None, "POST each completed series (JSON) to this URL"),
     (
