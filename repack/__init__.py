@@ -34,7 +34,14 @@ from ._errors import (
 )
 from ._events import Event, configure_logging, get_logger, log_repacked, output_blocked_for
 from ._logs import dumps, json_bytes, printable
-from ._repack import MissingElement, Repacked, Repacker, plan_placement, repack_file
+from ._repack import (
+    MissingElement,
+    Repacked,
+    Repacker,
+    plan_placement,
+    repack_file,
+    sender_folder,
+)
 from ._sanitize import sanitize_component, seahash_hex
 from ._source import (
     Others,
@@ -100,6 +107,7 @@ __all__ = [
     "repack_file",
     "sanitize_component",
     "seahash_hex",
+    "sender_folder",
     "sweep_stale_temps",
 ]
 

@@ -120,6 +120,8 @@ class Instance:
         holder = self.dataset if self.wanted is None or tag in self.wanted else None
         if holder is None:
             holder = self.complete_dataset()
+        if tag >> 16 == 0x0002:  # the file meta (the sender's AE title, say)
+            holder = getattr(holder, "file_meta", None) or Dataset()
         raw = holder.get_item(tag)
         if isinstance(raw, RawDataElement):
             if raw.value is None and raw.length:

@@ -99,9 +99,13 @@ class RefusedInstanceError(InvalidInstanceError):
 
     reason = "refused-by-cube"
 
-    def __init__(self, message: str, *, series_uid: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, series_uid: str | None = None, sender: str | None = None
+    ) -> None:
         #: The series of the refused instance, when it has one (to tell the series' watchers).
         self.series_uid = series_uid
+        #: Its sender's folder, when instances are placed by sender (``by_sender``).
+        self.sender = sender
         super().__init__(message)
 
 

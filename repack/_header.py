@@ -28,7 +28,7 @@ from collections.abc import Iterable
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
@@ -192,11 +192,13 @@ def _read(reader: _Reader, size: int, wanted: frozenset[int], max_value: int) ->
     meta_walker = _Walker(reader, implicit=False)
     position = 132
     transfer_syntax = sop_class = ""
+    #: File meta elements asked for (the sender's AE title, say): kept as file_meta.
+    meta: dict[BaseTag, DataElement | RawDataElement] = {}
     while position < size:
         group = _TAG.unpack(reader.read(position, 4))[0]
         if group != 0x0002:
             break
-        tag, _, length, value = meta_walker.element(position)
+        tag, meta_vr, length, value = meta_walker.element(position)
         if length == UNDEFINED_LENGTH:
             return None
         if value + length > size:
@@ -205,6 +207,16 @@ def _read(reader: _Reader, size: int, wanted: frozenset[int], max_value: int) ->
             transfer_syntax = _uid(reader.read(value, length))
         elif tag == 0x00020002:
             sop_class = _uid(reader.read(value, length))
+        if tag in wanted and length <= max_value:
+            meta[BaseTag(tag)] = RawDataElement(
+                BaseTag(tag),
+                meta_vr.decode() if meta_vr is not None else None,
+                length,
+                reader.read(value, length),
+                value,
+                False,
+                True,
+            )
         position = value + length
     if transfer_syntax in ("", _EXPLICIT_BIG, _DEFLATED):
         return None
@@ -279,6 +291,8 @@ def _read(reader: _Reader, size: int, wanted: frozenset[int], max_value: int) ->
         return None
     dataset = Dataset(elements)
     dataset.set_original_encoding(implicit, True, None)
+    if meta:
+        dataset.file_meta = FileMetaDataset(meta)
     return dataset
 
 

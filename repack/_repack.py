@@ -13,6 +13,7 @@ does not check them again for every instance.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,7 +39,14 @@ from ._source import SourceFile, open_path
 from ._store import Store
 from ._template import Layout
 
-__all__ = ["MissingElement", "Repacked", "Repacker", "plan_placement", "repack_file"]
+__all__ = [
+    "MissingElement",
+    "Repacked",
+    "Repacker",
+    "plan_placement",
+    "repack_file",
+    "sender_folder",
+]
 
 _SERIES_PACK = json_bytes({"seriesPack": True})
 #: Per-series files known to exist; forgetting only costs a stat, so memory stays flat.
@@ -67,6 +75,22 @@ def _missing_element(instance: Instance, keyword: str) -> MissingElement:
         name=keyword,
         error="empty value" if present else "element not present",
     )
+
+
+#: The file meta element where storescp records who sent an instance (the calling AE title).
+SENDER_KEYWORD = "SourceApplicationEntityTitle"
+
+
+def sender_folder(instance: Instance, fallback: str) -> str:
+    """The folder of the sender of ``instance``: its calling AE title, as storescp records
+    it in the file meta (0002,0016), anything but a letter, a digit, ``-`` and ``_`` made
+    ``_`` (the rule of a LONK subject's token, so the two names agree); ``fallback`` when
+    the file names no sender, or more than an AE title can hold. Pure: the same instance,
+    the same folder."""
+    title = instance.text(SENDER_KEYWORD)
+    if title is None or len(title) > 16:  # an AE title has at most 16 characters
+        return fallback
+    return re.sub(r"[^A-Za-z0-9_-]", "_", title)
 
 
 def plan_placement(instance: Instance, layout: Layout) -> tuple[Path, tuple[MissingElement, ...]]:
@@ -183,10 +207,14 @@ class Repacker:
         move: bool = False,
         fsync: bool = True,
         admit: Callable[[Instance], str | None] | None = None,
+        by_sender: str | None = None,
     ) -> None:
         """``admit(instance)``: why the instance may not be placed (then
-        :class:`RefusedInstanceError`, and nothing is written), or None."""
+        :class:`RefusedInstanceError`, and nothing is written), or None.
+        ``by_sender``: place each instance below a folder of its sender
+        (:func:`sender_folder`), this name for a file that names none."""
         self.admit = admit
+        self.by_sender = by_sender
         self.datadir = Path(os.path.abspath(datadir))
         self.logdir = Path(os.path.abspath(logdir)) if logdir is not None else None
         self.layout = layout or Layout.named()
@@ -202,6 +230,7 @@ class Repacker:
                     SERIES_FIELDS,
                     REQUIRED_KEYWORDS,
                     ("SOPInstanceUID", "SpecificCharacterSet", "Rows"),
+                    (SENDER_KEYWORD,) if by_sender is not None else (),
                 )
             )
         )
@@ -248,8 +277,14 @@ class Repacker:
         instance = read_source(source, self._keywords, self._values)
         refused = self.admit(instance) if self.admit is not None else None
         if refused is not None:
-            raise RefusedInstanceError(refused, series_uid=instance.text("SeriesInstanceUID"))
+            raise RefusedInstanceError(
+                refused,
+                series_uid=instance.text("SeriesInstanceUID"),
+                sender=sender_folder(instance, self.by_sender) if self.by_sender else None,
+            )
         relative, missing = plan_placement(instance, self.layout)
+        if self.by_sender is not None:
+            relative = sender_folder(instance, self.by_sender) / relative
         series_dir = self._series_dir(relative)
         destination = series_dir / relative.name
         generation = self._store.generation

@@ -393,11 +393,11 @@ def test_no_progress_message_follows_a_series_done() -> None:
         url = f"nats://127.0.0.1:{nats.port}"
         with NatsSubscriber(url) as subscriber:
             connection = NatsConnection(url)
-            progress = LonkProgress(connection, PACS, interval=0.0)
+            progress = LonkProgress(connection, interval=0.0)
             with connection.lock:  # the publisher waits: what it holds is still queued
-                progress.count("1.2.3", 7)
+                progress.count(PACS, "1.2.3", 7)
                 progress.forget("1.2.3")  # complete: its "done" is on its way
-                progress.count("1.2.3", 1)  # the series sent again: a new first instance
+                progress.count(PACS, "1.2.3", 1)  # the series sent again: a new first instance
             progress.stop()
             connection.publish([("oxidicom.flush", b"")])  # the server has all before it
             wait_for(lambda: any(t == "oxidicom.flush" for t, _ in subscriber.messages), 10,
@@ -430,3 +430,92 @@ def test_a_series_another_live_service_marked_costs_no_descriptor(tmp_path: Path
     assert len(os.listdir("/proc/self/fd")) == before
     one.stop(1)
     two.stop(1)
+
+
+def test_each_sender_is_its_own_pacs_in_cube(tmp_path: Path, example_files: list[Path]) -> None:
+    """``--pacs-name-from caller``, as oxidicom: storescp records the calling AE title in
+    each file's meta (0002,0016); two senders are two PACS in CUBE, each a
+    folder of ``SERVICES/PACS``, each registered (by CUBE's own checks) and announced on
+    its own LONK subject. A file naming no sender goes to ``--pacs-name``'s folder.
+    (One series sent by two senders at once is one series to the service: the folder of
+    its first instance's sender.)"""
+    import pydicom  # noqa: PLC0415
+
+    storage = tmp_path / "cube-storage"
+    registry = tmp_path / "registered.jsonl"
+
+    def copies(files: list[Path], suffix: str) -> list[Path]:
+        """The files as another series (``suffix`` added to its UID)."""
+        made = []
+        for path in files:
+            dataset = pydicom.dcmread(path)
+            dataset.SeriesInstanceUID += suffix
+            dataset.file_meta.pop("SourceApplicationEntityTitle", None)
+            made.append(tmp_path / f"series{suffix}-{path.name}")
+            dataset.save_as(made[-1], enforce_file_format=True)
+        return made
+
+    second = copies(example_files[5:8], ".8")
+    (unnamed,) = copies(example_files[:1], ".9")
+    with redis_server(tmp_path / "redis") as redis, nats_server() as nats:
+        broker = f"redis://127.0.0.1:{redis.port}/0"
+        nats_url = f"nats://127.0.0.1:{nats.port}"
+        with (
+            cube_worker(broker, storage, registry) as worker,
+            NatsSubscriber(nats_url) as subscriber,
+            listener(
+                tmp_path,
+                *FAST,
+                "--datadir",
+                str(storage / "SERVICES" / "PACS"),
+                "--pacs-name",
+                "FALLBACK",
+                "--pacs-name-from",
+                "caller",
+                "--celery-broker",
+                broker,
+                "--nats-url",
+                nats_url,
+            ) as running,  # fmt: skip
+        ):
+            with storescp(running.incoming) as port:
+                storescu(port, example_files[:5], "-aet", "ORTHANC")
+                storescu(port, second, "-aet", "MY PACS")
+            put(running, [unnamed])
+            wait_for(lambda: len(worker.registered()) == 3, 90, "three registrations")
+            running.wait_for(lambda: running.count("handoff.sent") == 6, 60, "6 deliveries")
+            assert running.stop() == 0
+    assert worker.refused() == []
+    registered = {r["pacs_name"]: r for r in worker.registered()}
+    assert sorted(registered) == ["FALLBACK", "MY_PACS", "ORTHANC"]
+    assert registered["ORTHANC"]["ndicom"] == 5
+    assert registered["MY_PACS"]["ndicom"] == 3
+    assert registered["FALLBACK"]["ndicom"] == 1
+    for name, registration in registered.items():
+        assert registration["path"].startswith(f"SERVICES/PACS/{name}/")
+        assert (storage / registration["path"]).is_dir()
+    subjects = {topic for topic, data in subscriber.messages if data == b"\x00"}
+    assert subjects == {
+        f"oxidicom.{name}.{registration['SeriesInstanceUID'].replace('.', '_')}"
+        for name, registration in registered.items()
+    }
+
+
+def test_the_sender_folder_rule_needs_cubes_folder_of_pacs(tmp_path: Path) -> None:
+    from watcher import ConfigError, parse_settings  # noqa: PLC0415
+    from watcher._handoff_setup import build_handoff  # noqa: PLC0415
+    from watcher._metrics import Metrics  # noqa: PLC0415
+
+    from .test_outcomes import Log  # noqa: PLC0415
+
+    argv = ["--pacs-name", "X", "--pacs-name-from", "caller", "--celery-broker", "memory://"]
+    wrong = parse_settings([*argv, "--datadir", str(tmp_path / "SERVICES/PACS/X")], {})
+    with pytest.raises(ConfigError, match="folder of PACS") as raised:
+        build_handoff(wrong, Metrics(), Log())
+    assert "SERVICES/PACS" in raised.value.hint
+    with pytest.raises(ConfigError, match="need --pacs-name"):
+        build_handoff(parse_settings(["--pacs-name-from", "caller"], {}), Metrics(), Log())
+    right = parse_settings([*argv, "--datadir", str(tmp_path / "SERVICES/PACS")], {})
+    handoff = build_handoff(right, Metrics(), Log())
+    assert handoff is not None
+    handoff.stop(1)

@@ -28,6 +28,7 @@ SURFACES = {
         # layouts
         "Layout", "NamedLayout", "Template", "parse_template", "sanitize_component",
         "seahash_hex",
+        "sender_folder",
         # writing
         "Store", "sweep_stale_temps", "probe_writable", "json_bytes", "dumps", "printable",
         # events

@@ -10,10 +10,12 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from repack import TEMP_PREFIX, Layout, Repacker, repack_file
 
-from .conftest import make_dataset
+from .conftest import make_dataset, write_dicom
 
 
 def load(path: Path) -> Any:
@@ -247,3 +249,72 @@ def test_moved_files_keep_every_stat_field(
     assert record["blksize"] == stat.st_blksize
     assert record["ino"] == stat.st_ino
     assert all(value is not None for value in record.values())
+
+
+# -- a folder per sender (--pacs-name-from caller) ----------------------------------------
+
+
+def _from_sender(path: Path, title: bytes | None) -> Path:
+    """A file whose meta names ``title`` as its sender, as storescp writes it."""
+    from pydicom.dataelem import DataElement  # noqa: PLC0415
+
+    from .conftest import make_dataset  # noqa: PLC0415
+
+    dataset = make_dataset()
+    write_dicom(path, dataset)
+    if title is not None:
+        dataset.file_meta[0x00020016] = DataElement(0x00020016, "AE", title)
+        dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("title", "folder"),
+    [
+        (b"ORTHANC", "ORTHANC"),
+        (b"MY PACS ", "MY_PACS"),
+        (b"../../etc", "______etc"),
+        (b"A/B,C", "A_B_C"),
+        (b"", "FALLBACK"),
+        (None, "FALLBACK"),
+        (b"X" * 17, "FALLBACK"),  # longer than an AE title
+    ],
+)
+@pytest.mark.parametrize("keywords", [None, "header"], ids=["full-read", "header-read"])
+def test_the_sender_folder_is_the_calling_ae_title(
+    tmp_path: Path, title: bytes | None, folder: str, keywords: str | None
+) -> None:
+    from repack import read_instance, sender_folder  # noqa: PLC0415
+
+    path = _from_sender(tmp_path / "x.dcm", title)
+    wanted = ["SourceApplicationEntityTitle", "PatientID"] if keywords else None
+    assert sender_folder(read_instance(path, wanted), "FALLBACK") == folder
+
+
+@given(st.binary(max_size=64))
+def test_a_sender_folder_is_one_safe_component(title: bytes) -> None:
+    """Whatever a file claims as its sender: one path component, never ``.`` or ``..``."""
+    from pydicom.dataelem import RawDataElement  # noqa: PLC0415
+    from pydicom.dataset import Dataset, FileMetaDataset  # noqa: PLC0415
+    from pydicom.tag import Tag  # noqa: PLC0415
+
+    from repack import Instance, sender_folder  # noqa: PLC0415
+
+    dataset = Dataset()
+    tag = Tag(0x00020016)
+    raw = RawDataElement(tag, "AE", len(title), title, 0, False, True)  # as read from a file
+    dataset.file_meta = FileMetaDataset({tag: raw})
+    try:
+        folder = sender_folder(Instance(dataset), "FALLBACK")
+    except Exception as error:  # a value pydicom cannot read at all is the reader's refusal
+        pytest.fail(f"{title!r}: {error}")
+    assert folder
+    assert "/" not in folder
+    assert folder not in (".", "..")
+    assert all(c.isascii() and (c.isalnum() or c in "_-") for c in folder)
+
+
+def test_a_repacker_by_sender_places_below_the_senders_folder(tmp_path: Path) -> None:
+    source = _from_sender(tmp_path / "in" / "x.dcm", b"ORTHANC")
+    repacked = Repacker(tmp_path / "data", tmp_path / "log", by_sender="FALLBACK").repack(source)
+    assert repacked.dst.relative_to(tmp_path / "data").parts[0] == "ORTHANC"

@@ -55,6 +55,7 @@ __all__ = [
     "PermanentDeliveryError",
     "Webhook",
     "dicom_names",
+    "pacs_name_of",
     "series_document",
 ]
 
@@ -139,15 +140,33 @@ def dicom_names(folder: str) -> list[str]:
         return []
 
 
-def series_document(series: QuietSeries, datadir: Path, pacs_name: str | None) -> dict[str, Any]:
+def pacs_name_of(
+    folder: str, datadir: Path, pacs_name: str | None, *, by_sender: bool = False
+) -> str | None:
+    """CUBE's name of the PACS a series folder belongs to: ``pacs_name``, or with
+    ``by_sender`` the sender's folder it is in (its first below the data folder)."""
+    if not by_sender:
+        return pacs_name
+    return os.path.relpath(folder, datadir).split(os.sep, 1)[0]
+
+
+def series_document(
+    series: QuietSeries, datadir: Path, pacs_name: str | None, *, by_sender: bool = False
+) -> dict[str, Any]:
     """What every destination is told about a completed series.
 
     ``ndicom`` is the number of ``.dcm`` files in its folder now (CUBE waits
     for exactly that many); ``path`` is that folder as CUBE names it,
-    ``SERVICES/PACS/<pacs_name>/...`` (the data folder is CUBE's
-    ``SERVICES/PACS/<pacs_name>``).
+    ``SERVICES/PACS/<pacs_name>/...``: the data folder is CUBE's
+    ``SERVICES/PACS/<pacs_name>``, or with ``by_sender`` CUBE's ``SERVICES/PACS``,
+    a folder per sender in it (:func:`pacs_name_of`).
     """
     relative = os.path.relpath(series.folder, datadir)
+    pacs_name = pacs_name_of(series.folder, datadir, pacs_name, by_sender=by_sender)
+    if by_sender:
+        path = f"SERVICES/PACS/{relative}"
+    else:
+        path = f"SERVICES/PACS/{pacs_name}/{relative}" if pacs_name else relative
     return {
         "SeriesInstanceUID": series.series_uid,
         "StudyInstanceUID": series.study_uid,
@@ -156,7 +175,8 @@ def series_document(series: QuietSeries, datadir: Path, pacs_name: str | None) -
         "resent": series.resends,
         "ndicom": len(dicom_names(series.folder)),
         "folder": series.folder,
-        "path": f"SERVICES/PACS/{pacs_name}/{relative}" if pacs_name else relative,
+        "path": path,
+        "pacs_name": pacs_name,
         "receive_s": series.receive_s,
         "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tags": _series_tags(series.log_path),
@@ -207,16 +227,21 @@ class CeleryRegistration:
         #: Set when the send in flight ended, or the service stops.
         self._ended = threading.Event()
 
+    def _pacs_name(self, series: Mapping[str, Any]) -> str:
+        """The series' own PACS name (a sender's, with ``--pacs-name-from caller``); the
+        setting's for a record written before documents carried it."""
+        return str(series.get("pacs_name") or self.pacs_name)
+
     def refuses(self, series: Mapping[str, Any]) -> str | None:
         """What CUBE would refuse (:mod:`watcher._cube`)."""
-        return cube_registration(series, self.pacs_name).refused
+        return cube_registration(series, self._pacs_name(series)).refused
 
     def notes(self, series: Mapping[str, Any]) -> list[str]:
         """The optional fields CUBE would refuse, left out of the registration."""
-        return cube_registration(series, self.pacs_name).left_out
+        return cube_registration(series, self._pacs_name(series)).left_out
 
     def deliver(self, key: str, series: Mapping[str, Any]) -> None:
-        registration = cube_registration(series, self.pacs_name)
+        registration = cube_registration(series, self._pacs_name(series))
         if registration.refused is not None:  # a record written before the rule existed
             raise PermanentDeliveryError(registration.refused)
         if self._overdue is not None:

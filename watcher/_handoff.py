@@ -53,6 +53,7 @@ from ._destinations import (
     Destination,
     PermanentDeliveryError,
     dicom_names,
+    pacs_name_of,
     series_document,
 )
 from ._metrics import Metrics
@@ -213,10 +214,14 @@ class Handoff:
         progress: LonkProgress | None = None,
         datadir: Path | None = None,
         pacs_name: str | None = None,
+        by_sender: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``progress``: LONK progress to report; ``datadir`` and ``pacs_name`` name CUBE's path."""
+        """``progress``: LONK progress to report; ``datadir`` and ``pacs_name`` name CUBE's
+        path; ``by_sender``: the data folder holds a folder per sender, each its own PACS
+        (``pacs_name`` names the folder of files that name no sender)."""
         self.progress, self.datadir, self.pacs_name = progress, datadir or logdir, pacs_name
+        self.by_sender = by_sender
         self.folder = logdir / "outbox"
         self.destinations = {d.name: d for d in destinations}
         self.metrics, self.log, self._clock = metrics, log, clock
@@ -256,18 +261,26 @@ class Handoff:
                 repacked.study_instance_uid,
             )
         if self.progress is not None:
-            self.progress.count(repacked.series_instance_uid, count)
+            pacs_name = pacs_name_of(
+                str(repacked.series_dir), self.datadir, self.pacs_name, by_sender=self.by_sender
+            )
+            if pacs_name is not None:
+                self.progress.count(pacs_name, repacked.series_instance_uid, count)
 
     def complete(self, series: QuietSeries) -> str:
         """The series went quiet: write its records (see :meth:`series_complete`)."""
         if self.progress is not None:
             self.progress.forget(series.series_uid)
-        return self.series_complete(series_document(series, self.datadir, self.pacs_name))
+        return self.series_complete(
+            series_document(series, self.datadir, self.pacs_name, by_sender=self.by_sender)
+        )
 
-    def refused_instance(self, series_uid: str, message: str) -> None:
-        """An instance of the series was refused for CUBE (quarantined): LONK says so."""
-        if self.progress is not None:
-            self.progress.error(series_uid, message)
+    def refused_instance(self, series_uid: str, message: str, sender: str | None = None) -> None:
+        """An instance of the series was refused for CUBE (quarantined): LONK says so, on
+        the subject of the PACS it came from."""
+        pacs_name = sender or self.pacs_name
+        if self.progress is not None and pacs_name is not None:
+            self.progress.error(pacs_name, series_uid, message)
 
     def receiving(
         self, series_uid: str, folder: str, log_path: str, patient_id: str, study_uid: str

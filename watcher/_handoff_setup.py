@@ -17,10 +17,12 @@ __all__ = ["build_handoff"]
 def build_handoff(settings: Settings, metrics: Metrics, log: Any) -> Handoff | None:
     """The hand-off the settings ask for (None when no destination is set); raise ConfigError."""
     s = settings
-    if (s.celery_broker or s.nats_url) and not s.pacs_name:
+    by_sender = s.pacs_name_from == "caller"
+    if (s.celery_broker or s.nats_url or by_sender) and not s.pacs_name:
         raise ConfigError(
-            "--celery-broker and --nats-url need --pacs-name",
-            hint="set --pacs-name to CUBE's name of the PACS (at most 20 characters)",
+            "--celery-broker, --nats-url and --pacs-name-from caller need --pacs-name",
+            hint="set --pacs-name to CUBE's name of the PACS (at most 20 characters); with"
+            " --pacs-name-from caller, the name of files that name no sender",
         )
     if s.pacs_name is not None and (
         len(s.pacs_name) > 20 or not s.pacs_name.strip() or any(c in s.pacs_name for c in "/,")
@@ -30,13 +32,23 @@ def build_handoff(settings: Settings, metrics: Metrics, log: Any) -> Handoff | N
             hint="1 to 20 characters, no '/' and no ','",
         )
     destinations: list[Destination] = []
+    if s.celery_broker and by_sender and s.datadir.parts[-2:] != ("SERVICES", "PACS"):
+        raise ConfigError(
+            f"--datadir {s.datadir} is not CUBE's folder of PACS for --pacs-name-from caller",
+            hint="set --datadir to <CUBE storage>/SERVICES/PACS: a folder per sender goes"
+            " in it, and CUBE finds a registered series below its storage by that path",
+        )
+    if (
+        s.celery_broker
+        and not by_sender
+        and s.datadir.parts[-3:] != ("SERVICES", "PACS", s.pacs_name)
+    ):
+        raise ConfigError(
+            f"--datadir {s.datadir} is not CUBE's folder for --pacs-name {s.pacs_name}",
+            hint=f"set --datadir to <CUBE storage>/SERVICES/PACS/{s.pacs_name}: CUBE finds"
+            " a registered series below its storage by that path",
+        )
     if s.celery_broker:
-        if s.datadir.parts[-3:] != ("SERVICES", "PACS", s.pacs_name):
-            raise ConfigError(
-                f"--datadir {s.datadir} is not CUBE's folder for --pacs-name {s.pacs_name}",
-                hint=f"set --datadir to <CUBE storage>/SERVICES/PACS/{s.pacs_name}: CUBE finds"
-                " a registered series below its storage by that path",
-            )
         try:
             from ._destinations import CeleryRegistration  # noqa: PLC0415
 
@@ -83,7 +95,7 @@ def build_handoff(settings: Settings, metrics: Metrics, log: Any) -> Handoff | N
                 f"--nats-url: {error}", hint="e.g. --nats-url tls://a:4222,tls://b:4222"
             ) from error
         destinations.append(LonkDone(nats, str(s.pacs_name)))
-        progress = LonkProgress(nats, str(s.pacs_name), s.progress_interval)
+        progress = LonkProgress(nats, s.progress_interval)
     if s.webhook_url:
         if not s.webhook_url.startswith(("http://", "https://")):
             raise ConfigError(
@@ -105,4 +117,5 @@ def build_handoff(settings: Settings, metrics: Metrics, log: Any) -> Handoff | N
     if not destinations:
         return None
     return Handoff(s.logdir, destinations, metrics=metrics, log=log, fsync=s.fsync,
-                   progress=progress, datadir=s.datadir, pacs_name=s.pacs_name)  # fmt: skip
+                   progress=progress, datadir=s.datadir, pacs_name=s.pacs_name,
+                   by_sender=by_sender)  # fmt: skip

@@ -315,7 +315,8 @@ class LonkDone:
         return None
 
     def deliver(self, key: str, series: Mapping[str, Any]) -> None:
-        subject = lonk_subject(self.pacs_name, series["SeriesInstanceUID"])
+        pacs_name = str(series.get("pacs_name") or self.pacs_name)  # a sender's, or the one
+        subject = lonk_subject(pacs_name, series["SeriesInstanceUID"])
         messages = [(subject, LONK_PROGRESS + struct.pack("<I", series["ndicom"]))]
         error = series.get("error")
         if error:
@@ -335,19 +336,21 @@ class LonkProgress:
     (messages that find the queue full are dropped: the next count says more).
     """
 
-    def __init__(self, nats: NatsConnection, pacs_name: str, interval: float) -> None:
-        self.nats, self.pacs_name, self.interval = nats, pacs_name, interval
+    def __init__(self, nats: NatsConnection, interval: float) -> None:
+        self.nats, self.interval = nats, interval
         self._last: dict[str, float] = {}
         #: Per series, how often it completed: a count queued before that is stale.
         self._epochs: dict[str, int] = {}
         self._lock = threading.Lock()
         #: Series whose refusal was said (each once; bounded).
         self._refused: set[str] = set()
-        self._queue: queue.Queue[tuple[str, bytes, int] | None] = queue.Queue(maxsize=1024)
+        #: (series UID, subject, payload, epoch), or None to stop.
+        self._queue: queue.Queue[tuple[str, str, bytes, int] | None] = queue.Queue(maxsize=1024)
         self.thread = threading.Thread(target=self._publish, name="lonk-progress", daemon=True)
         self.thread.start()
 
-    def count(self, series_uid: str, instances: int) -> None:
+    def count(self, pacs_name: str, series_uid: str, instances: int) -> None:
+        """The series (of CUBE's PACS ``pacs_name``) has ``instances`` instances now."""
         if not valid_uid(series_uid):
             return  # the series is refused at its end: no progress either
         now = time.monotonic()
@@ -359,10 +362,15 @@ class LonkProgress:
             epoch = self._epochs.get(series_uid, 0)
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(
-                (series_uid, LONK_PROGRESS + struct.pack("<I", instances), epoch)
+                (
+                    series_uid,
+                    lonk_subject(pacs_name, series_uid),
+                    LONK_PROGRESS + struct.pack("<I", instances),
+                    epoch,
+                )
             )
 
-    def error(self, series_uid: str, message: str) -> None:
+    def error(self, pacs_name: str, series_uid: str, message: str) -> None:
         """An instance of the series was refused (quarantined for CUBE): a LONK error, once
         per series, so that the UI is not left waiting for a series that never comes."""
         if not valid_uid(series_uid):
@@ -375,7 +383,14 @@ class LonkProgress:
             self._refused.add(series_uid)
             epoch = self._epochs.get(series_uid, 0)
         with contextlib.suppress(queue.Full):
-            self._queue.put_nowait((series_uid, LONK_ERROR + message.encode()[:1000], epoch))
+            self._queue.put_nowait(
+                (
+                    series_uid,
+                    lonk_subject(pacs_name, series_uid),
+                    LONK_ERROR + message.encode()[:1000],
+                    epoch,
+                )
+            )
 
     def forget(self, series_uid: str) -> None:
         """The series is complete: its last count goes with its "done" record, and no count
@@ -388,8 +403,7 @@ class LonkProgress:
 
     def _publish(self) -> None:
         while (item := self._queue.get()) is not None:
-            series_uid, payload, epoch = item
-            subject = lonk_subject(self.pacs_name, series_uid)
+            series_uid, subject, payload, epoch = item
             try:
                 with self.nats.lock:
                     with self._lock:

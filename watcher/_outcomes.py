@@ -77,10 +77,11 @@ class ResultRouter:
         metrics: Metrics,
         log: Any,
         on_instance: Callable[[Repacked, int], None] | None = None,
-        on_refused: Callable[[str, str], None] | None = None,
+        on_refused: Callable[[str, str, str | None], None] | None = None,
     ) -> None:
         """``on_instance(repacked, count)``: a series has a new instance, its ``count``-th.
-        ``on_refused(series_uid, message)``: an instance of that series was refused for CUBE."""
+        ``on_refused(series_uid, message, sender)``: an instance of that series (from that
+        sender's folder, with ``--pacs-name-from caller``) was refused for CUBE."""
         self.on_instance = on_instance
         self.on_refused = on_refused
         self.settings = settings
@@ -117,7 +118,7 @@ class ResultRouter:
         elif outcome is Outcome.INVALID:
             self._invalid(candidate, result.reason, result.message)
             if result.series_uid is not None and self.on_refused is not None:
-                self.on_refused(result.series_uid, result.message)
+                self.on_refused(result.series_uid, result.message, result.sender)
         elif outcome is Outcome.STORAGE:
             self._retry(candidate, result.message, result.errno, key=f"storage:{result.errno}")
         else:

@@ -79,6 +79,7 @@ class Settings:
     storescp_args: str
     storescp_aet: str
     pacs_name: str | None
+    pacs_name_from: str
     celery_broker: str | None
     celery_queue: str
     nats_url: str | None
@@ -284,6 +285,14 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
         " is then <CUBE storage>/SERVICES/PACS/<name>",
     ),
     (
+        "pacs-name-from",
+        str,
+        "setting",
+        "'caller': each sender is its own PACS in CUBE, named by its calling AE title (as"
+        " oxidicom), the data folder <CUBE storage>/SERVICES/PACS, --pacs-name for a file"
+        " that names no sender",
+    ),
+    (
         "celery-broker",
         str,
         None,
@@ -313,6 +322,7 @@ _CHOICES = {
     "mode": ["move", "copy"],
     "log-format": ["auto", "json", "console"],
     "log-level": ["debug", "info", "warning", "error"],
+    "pacs-name-from": ["setting", "caller"],
 }
 _LAYOUT_ENV = {
     "layout": "LAYOUT",

@@ -85,6 +85,8 @@ class WorkerConfig:
     nice: int = 0
     #: The CUBE destination is set: what CUBE would refuse never enters its storage.
     cube: bool = False
+    #: ``--pacs-name-from caller``: a folder per sender, this name for a file naming none.
+    by_sender: str | None = None
 
     @classmethod
     def of(cls, settings: Settings) -> WorkerConfig:
@@ -94,14 +96,16 @@ class WorkerConfig:
             log_json={"auto": None, "json": True, "console": False}[settings.log_format],
             log_level=settings.log_level, nice=settings.worker_nice,
             cube=settings.celery_broker is not None,
+            by_sender=settings.pacs_name if settings.pacs_name_from == "caller" else None,
         )  # fmt: skip
 
     def repacker(self) -> Repacker:
         layout = Layout.from_sources(self.templates, self.layout_name)
         admit = cube_admits if self.cube else None
         return Repacker(
-            self.datadir, self.logdir, layout, move=self.move, fsync=self.fsync, admit=admit
-        )
+            self.datadir, self.logdir, layout, move=self.move, fsync=self.fsync, admit=admit,
+            by_sender=self.by_sender,
+        )  # fmt: skip
 
 
 class Outcome(StrEnum):
@@ -136,6 +140,8 @@ class NotRepacked:
     warnings: tuple[str, ...] = ()
     #: The series of an instance refused for CUBE (its LONK subject hears of it).
     series_uid: str | None = None
+    #: And its sender's folder, with ``--pacs-name-from caller``.
+    sender: str | None = None
 
 
 #: What a worker answers for each file.
@@ -179,10 +185,12 @@ def repack_candidate(
         except SourceVanishedError:
             result = NotRepacked(Outcome.VANISHED)
         except InvalidInstanceError as error:
-            series = error.series_uid if isinstance(error, RefusedInstanceError) else None
+            refusal = error if isinstance(error, RefusedInstanceError) else None
             result = NotRepacked(
-                Outcome.INVALID, reason=error.reason, message=str(error), series_uid=series
-            )
+                Outcome.INVALID, reason=error.reason, message=str(error),
+                series_uid=refusal.series_uid if refusal else None,
+                sender=refusal.sender if refusal else None,
+            )  # fmt: skip
         except StorageError as error:
             result = NotRepacked(Outcome.STORAGE, message=str(error), errno=error.errno)
         except Exception as error:  # a bug must not kill the worker or lose the file
