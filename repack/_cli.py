@@ -275,7 +275,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     roots: list[int] = []
     try:
         inputs = _inputs_of(arguments, roots)
-        repacker = Repacker(arguments.datadir, arguments.logdir, layout, move=arguments.cleanup)
+        repacker = Repacker(
+            arguments.datadir, arguments.logdir, layout, move=arguments.cleanup,
+            lease_test=signal.getsignal(signal.SIGIO) is signal.SIG_IGN,
+        )  # fmt: skip
         summary = _Summary()
         started = time.perf_counter()
         progress = _Progress(len(inputs))

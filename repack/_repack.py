@@ -208,13 +208,19 @@ class Repacker:
         fsync: bool = True,
         admit: Callable[[Instance], str | None] | None = None,
         by_sender: str | None = None,
+        lease_test: bool = False,
     ) -> None:
         """``admit(instance)``: why the instance may not be placed (then
         :class:`RefusedInstanceError`, and nothing is written), or None.
         ``by_sender``: place each instance below a folder of its sender
-        (:func:`sender_folder`), this name for a file that names none."""
+        (:func:`sender_folder`), this name for a file that names none.
+        ``lease_test``: in move mode, ask who else holds a source with a lease
+        (:meth:`SourceFile.others`) before linking it; the process must ignore
+        ``SIGIO`` (a lease break's default action ends it). Without it, every
+        source is copied, never linked (the safe choice when nobody can tell)."""
         self.admit = admit
         self.by_sender = by_sender
+        self.lease_test = lease_test
         self.datadir = Path(os.path.abspath(datadir))
         self.logdir = Path(os.path.abspath(logdir)) if logdir is not None else None
         self.layout = layout or Layout.named()
@@ -272,7 +278,7 @@ class Repacker:
         linked. A caller that asked already (the service's claim) is not asked again.
         """
         started = time.perf_counter()
-        if self.move and source.open_elsewhere is None:
+        if self.move and self.lease_test and source.open_elsewhere is None:
             source.others()
         instance = read_source(source, self._keywords, self._values)
         refused = self.admit(instance) if self.admit is not None else None

@@ -6,8 +6,10 @@ that made pydicom warn is not kept, so that every file reports its own
 warnings.
 
 pydicom reports a problem with a value on its ``pydicom`` logger, and some
-also as a Python warning; both reach one hook, installed when :mod:`repack`
-is imported. Inside :func:`collected_warnings` (a worker repacking one file)
+also as a Python warning; both reach one hook, installed by
+:func:`install_warning_hook` (:func:`repack.configure_logging` calls it: the
+command lines opt in, importing changes nothing). Inside
+:func:`collected_warnings` (a worker repacking one file)
 each message goes into that file's list (the service's ``repack.warning``
 events); :func:`warning_count` lets the cache tell a quiet conversion; any
 other message goes on to the root logger (structlog, once configured).
@@ -311,6 +313,3 @@ def collected_warnings() -> Iterator[list[str]]:
         yield messages
     finally:
         _local.messages = None
-
-
-install_warning_hook()

@@ -318,3 +318,18 @@ def test_a_repacker_by_sender_places_below_the_senders_folder(tmp_path: Path) ->
     source = _from_sender(tmp_path / "in" / "x.dcm", b"ORTHANC")
     repacked = Repacker(tmp_path / "data", tmp_path / "log", by_sender="FALLBACK").repack(source)
     assert repacked.dst.relative_to(tmp_path / "data").parts[0] == "ORTHANC"
+
+
+@pytest.mark.parametrize("lease_test", [False, True])
+@pytest.mark.usefixtures("leases")
+def test_a_library_repacker_links_only_when_asked_to_test_leases(
+    tmp_path: Path, lease_test: bool
+) -> None:
+    """Whether a source may be linked (nobody else holds it) is a lease test, which needs
+    ``SIGIO`` ignored: a parameter says so, not whether someone ignored the signal."""
+    source = write_dicom(tmp_path / "in" / "x.dcm")
+    inode = source.stat().st_ino
+    repacker = Repacker(tmp_path / "data", tmp_path / "log", move=True, lease_test=lease_test)
+    repacked = repacker.repack(source)
+    assert (repacked.dst.stat().st_ino == inode) is lease_test
+    assert not source.exists()

@@ -49,6 +49,24 @@ def incoming(tmp_path: Path) -> Iterator[IncomingRoot]:
 # -- claiming, in this process ---------------------------------------------------
 
 
+@pytest.fixture
+def warning_hook() -> Iterator[None]:
+    """pydicom's warnings collected per file, as a worker process has them (its
+    ``configure_logging``): importing :mod:`repack` no longer installs the hook."""
+    import logging  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    from repack._values import install_warning_hook  # noqa: PLC0415
+
+    logger = logging.getLogger("pydicom")
+    handlers, propagate = logger.handlers[:], logger.propagate
+    with warnings.catch_warnings():
+        install_warning_hook()
+        yield
+    logger.handlers[:], logger.propagate = handlers, propagate
+
+
+@pytest.mark.usefixtures("warning_hook")
 def test_a_claimed_file_is_repacked_and_its_warnings_come_with_it(
     tmp_path: Path, incoming: IncomingRoot
 ) -> None:

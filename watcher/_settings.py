@@ -209,7 +209,8 @@ def _port(text: str) -> int | None:
 
 
 # (option, type, default, help); a default of None means "unset".
-_OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
+#: Each option: its name, its type, its default (text, or made when asked), its help.
+_OPTIONS: list[tuple[str, Callable[[str], Any], str | Callable[[], str] | None, str]] = [
     ("incoming", Path, "incoming", "folder storescp writes into (watched recursively)"),
     ("datadir", Path, "data", "root of the repacked data tree"),
     ("logdir", Path, "log", "pypx log folder (patientData, studyData, seriesData)"),
@@ -218,7 +219,7 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str | None, str]] = [
     (
         "workers",
         _positive(int),
-        str(default_workers()),
+        lambda: str(default_workers()),  # read from the cgroups when asked, not at import
         "repack workers (default: usable cores, within the container's CPU and memory limits)",
     ),
     (
@@ -337,6 +338,10 @@ def env_name(option: str) -> str:
     return ENV_PREFIX + option.upper().replace("-", "_")
 
 
+def _made(default: str | Callable[[], str] | None) -> str | None:
+    return default() if callable(default) else default
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """``PYPX_LISTENER_*`` variables that set nothing (typos), sorted."""
     known = {env_name(option) for option, *_ in _OPTIONS}
@@ -355,7 +360,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     for option, kind, default, help_text in _OPTIONS:
         variable = env_name(option)
-        shown = environ.get(variable, default)
+        shown = environ.get(variable, _made(default))
         if kind is _boolean:
             parser.add_argument(
                 f"--{option}",
@@ -395,7 +400,7 @@ def parse_settings(
             values[option.replace("-", "_")] = given
             continue
         source = f"--{option}" if given is not None else variable
-        text = given if given is not None else environ.get(variable, default)
+        text = given if given is not None else environ.get(variable, _made(default))
         if text is None:
             values[option.replace("-", "_")] = None
             continue

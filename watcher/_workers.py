@@ -104,7 +104,7 @@ class WorkerConfig:
         admit = cube_admits if self.cube else None
         return Repacker(
             self.datadir, self.logdir, layout, move=self.move, fsync=self.fsync, admit=admit,
-            by_sender=self.by_sender,
+            by_sender=self.by_sender, lease_test=True,  # the worker process ignores SIGIO
         )  # fmt: skip
 
 
