@@ -26,7 +26,8 @@ from typing import Any
 
 from watchdog.events import FileClosedEvent
 
-from repack import Repacked, Store, get_logger, log_repacked
+from repack import Repacked, get_logger
+from repack.plumbing import Store, log_repacked
 from watcher import parse_settings
 from watcher._completion import CompletionTracker
 from watcher._folders import IncomingRoot

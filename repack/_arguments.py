@@ -43,10 +43,13 @@ def version() -> str:
 class CliError(Exception):
     """An error the user can fix: a message, a hint and an exit code."""
 
-    def __init__(self, message: str, *, hint: str = "", code: int = EXIT_USAGE) -> None:
+    #: The exit status when none is given.
+    default_exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, *, hint: str = "", exit_code: int | None = None) -> None:
         super().__init__(message)
         self.hint = hint
-        self.code = code
+        self.exit_code = self.default_exit_code if exit_code is None else exit_code
 
 
 def report_error(program: str, message: str, hint: str) -> None:

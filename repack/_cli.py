@@ -37,9 +37,8 @@ from ._arguments import (
 )
 from ._errors import NotDicomError, NotRegularFileError, RepackError
 from ._events import Event, configure_logging, get_logger, log_repacked
-from ._logs import printable
 from ._repack import Repacked, Repacker
-from ._source import open_beneath, open_root
+from ._source import open_beneath, open_root, printable
 from ._temps import TEMP_PREFIX
 
 __all__ = ["main", "run"]
@@ -200,7 +199,7 @@ def _beneath(folder: Path, relative: str, roots: list[int]) -> _Input:
         raise CliError(
             f"cannot open the folder {printable(str(folder))}: {error.strerror}",
             hint="check that it is a folder and its permissions",
-            code=EXIT_FAILED,
+            exit_code=EXIT_FAILED,
         ) from error
     roots.append(root)
     path = folder / relative
@@ -256,7 +255,7 @@ def _inputs_of(arguments: argparse.Namespace, roots: list[int]) -> list[_Input]:
             raise CliError(
                 f"cannot open the folder {printable(text)}: {error.strerror}",
                 hint="check its permissions",
-                code=EXIT_FAILED,
+                exit_code=EXIT_FAILED,
             ) from error
         roots.append(root)
         inputs.extend(_walk(path, root, exclude))
@@ -307,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = run(argv)
     except CliError as error:
         report_error("pypx-repack", str(error), error.hint)
-        code = error.code
+        code = error.exit_code
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

@@ -33,6 +33,7 @@ import orjson
 
 from ._dicom import Instance
 from ._sanitize import safe_log_name
+from ._source import printable
 
 __all__ = [
     "PATIENT_FIELDS",
@@ -44,7 +45,6 @@ __all__ = [
     "image_document",
     "json_bytes",
     "patient_document",
-    "printable",
     "series_fields",
     "series_meta_document",
     "stat_fields",
@@ -220,16 +220,6 @@ class LogPaths:
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _INDENT = orjson.OPT_INDENT_2
-
-
-def printable(text: str) -> str:
-    """``text`` with lone surrogates (undecodable name bytes) spelled ``\\xNN``."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raw = text.encode("utf-8", "surrogateescape")
-        return raw.decode("utf-8", "backslashreplace")
-    return text
 
 
 def _repair(value: Any) -> Any:

@@ -265,7 +265,7 @@ class Repacker:
 
         The file itself must be a regular file, not a link. A service that
         reads an untrusted folder opens its files with
-        :func:`repack.open_beneath` and calls :meth:`repack_source`.
+        :func:`repack.plumbing.open_beneath` and calls :meth:`repack_source`.
         """
         with open_path(os.path.abspath(src)) as source:
             return self.repack_source(source)

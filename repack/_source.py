@@ -41,6 +41,7 @@ __all__ = [
     "open_folder_beneath",
     "open_path",
     "open_root",
+    "printable",
     "relative_parts",
 ]
 
@@ -67,9 +68,17 @@ def file_type(mode: int) -> str:
     return "unknown file type"
 
 
-def _display(path: Path | str) -> str:
-    """``path`` as printable text (names are bytes; undecodable ones are escaped)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+def printable(text: str | os.PathLike[str]) -> str:
+    """A name (or any text holding one) as printable text: names are bytes, and the
+    undecodable ones, lone surrogates in a ``str``, are spelled ``\\xNN``. The one
+    printer of paths, for messages, events and the JSON logs."""
+    text = os.fspath(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "backslashreplace")
+    return text
 
 
 def _failed(
@@ -77,9 +86,9 @@ def _failed(
 ) -> SourceVanishedError | StorageError:
     """An OSError of opening an input, translated: gone, or refused by the system."""
     if error.errno in _GONE:
-        return SourceVanishedError(f"{_display(shown_as)}: no such file", errno=error.errno)
+        return SourceVanishedError(f"{printable(shown_as)}: no such file", errno=error.errno)
     return StorageError(
-        f"cannot {action} {_display(shown_as)}: {error.strerror}", errno=error.errno
+        f"cannot {action} {printable(shown_as)}: {error.strerror}", errno=error.errno
     )
 
 
@@ -88,7 +97,7 @@ def relative_parts(relative: str | os.PathLike[str]) -> list[str]:
     text = os.fspath(relative)
     parts = [part for part in text.split("/") if part not in ("", ".")]
     if not parts or text.startswith("/") or ".." in parts:
-        raise SourceVanishedError(f"{_display(text)} is not a path inside the folder")
+        raise SourceVanishedError(f"{printable(text)} is not a path inside the folder")
     return parts
 
 
@@ -197,7 +206,7 @@ class SourceFile:
 
     def display(self) -> str:
         """The path as printable text (undecodable bytes escaped)."""
-        return _display(self.path)
+        return printable(self.path)
 
     def unchanged(self) -> bool:
         """Whether the name still holds the very version that was opened."""
@@ -325,11 +334,11 @@ def open_beneath(root: int, relative: str | os.PathLike[str], *, shown_as: Path)
     except OSError as error:
         if error.errno in _GONE:
             raise SourceVanishedError(
-                f"{_display(shown_as)}: a folder on its path is gone or is no longer a folder",
+                f"{printable(shown_as)}: a folder on its path is gone or is no longer a folder",
                 errno=error.errno,
             ) from error
         raise StorageError(
-            f"cannot open the folder of {_display(shown_as)}: {error.strerror}", errno=error.errno
+            f"cannot open the folder of {printable(shown_as)}: {error.strerror}", errno=error.errno
         ) from error
     try:
         source = _open_in(folder, name, shown_as)
@@ -376,11 +385,11 @@ def _open_in(folder: int, name: str, shown_as: Path) -> SourceFile:
     except OSError as error:
         os.close(descriptor)
         raise StorageError(
-            f"cannot stat {_display(shown_as)}: {error.strerror}", errno=error.errno
+            f"cannot stat {printable(shown_as)}: {error.strerror}", errno=error.errno
         ) from error
     if not stat_module.S_ISREG(opened.st_mode) or opened.st_ino != before.st_ino:
         os.close(descriptor)
         if not stat_module.S_ISREG(opened.st_mode):
             raise NotRegularFileError(file_type(opened.st_mode))
-        raise SourceVanishedError(f"{_display(shown_as)}: replaced while it was opened")
+        raise SourceVanishedError(f"{printable(shown_as)}: replaced while it was opened")
     return SourceFile(shown_as, descriptor, folder, name, opened)

@@ -33,10 +33,10 @@ from typing import Any, TypeVar
 import orjson
 
 from ._errors import SourceVanishedError, StorageError
-from ._logs import dumps, printable
+from ._logs import dumps
 from ._memo import Memo
 from ._sanitize import seahash
-from ._source import SourceFile
+from ._source import SourceFile, printable
 from ._temps import temp_name
 
 __all__ = [

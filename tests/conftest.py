@@ -134,7 +134,7 @@ def leases() -> Iterator[None]:
     """Let this process take write leases, as a worker process does (SIGIO ignored).
 
     A lease break signals its holder with SIGIO, whose default action kills;
-    without this, :meth:`repack.SourceFile.others` does not test (UNKNOWN).
+    without this, :meth:`repack.plumbing.SourceFile.others` does not test (UNKNOWN).
     """
     previous = signal.signal(signal.SIGIO, signal.SIG_IGN)
     yield

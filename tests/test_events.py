@@ -60,7 +60,8 @@ def test_stdlib_logging_and_python_warnings_become_events_of_the_same_stream() -
 def test_pydicom_messages_are_collected_per_file_and_counted_and_forwarded_outside() -> None:
     shown = run("""
         import logging, warnings
-        from repack import collected_warnings, configure_logging
+        from repack import configure_logging
+        from repack.plumbing import collected_warnings
         from repack._values import warning_count as count
         configure_logging(json=True)
         before = count()

@@ -637,7 +637,8 @@ def test_repack_done_is_an_info_event_whatever_the_configured_level(
 def test_repack_done_is_left_out_below_info(level: str, *, shown: bool) -> None:
     """Under --log-level warning it was printed anyway, labelled "warning"."""
     code = (
-        "import sys; from repack import configure_logging, get_logger, log_repacked;"
+        "import sys; from repack import configure_logging;"
+        "from repack import get_logger; from repack.plumbing import log_repacked;"
         f"configure_logging(json=True, level={level!r});"
         "log_repacked(get_logger(), {'src': 'x'})"
     )

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from repack import dumps, json_bytes
+from repack.plumbing import dumps, json_bytes
 
 from .conftest import write_dicom
 

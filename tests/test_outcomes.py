@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from repack import Event, Repacked, Store
+from repack import Event, Repacked
+from repack.plumbing import Store
 from watcher import parse_settings
 from watcher._completion import Candidate, CompletionTracker, signature_of
 from watcher._folders import IncomingRoot

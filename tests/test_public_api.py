@@ -17,27 +17,26 @@ import pytest
 from .helpers import installed
 
 SURFACES = {
+    # The library, for its users: about 20 names, as httpx holds its own exports.
     "repack": {
-        "LOCK_DIR", "NOT_DEFINED", "REQUIRED_KEYWORDS", "TEMP_PREFIX",
-        # reading and repacking
-        "Instance", "read_instance", "read_source", "Repacker", "Repacked", "repack_file",
-        "MissingElement", "plan_placement",
-        # opening untrusted inputs
-        "SourceFile", "open_root", "open_beneath", "open_path", "folder_beneath", "file_type",
-        "open_folder_beneath", "Others",
-        # layouts
-        "Layout", "NamedLayout", "Template", "parse_template", "sanitize_component",
-        "seahash_hex",
-        "sender_folder",
-        # writing
-        "Store", "sweep_stale_temps", "probe_writable", "json_bytes", "dumps", "printable",
-        # events
-        "Event", "configure_logging", "get_logger", "log_repacked", "output_blocked_for",
-        "collected_warnings",
-        # errors
+        "Repacker", "Repacked", "repack_file", "MissingElement", "plan_placement",
+        "Instance", "read_instance",
+        "Layout", "NamedLayout", "Template", "parse_template",
+        "Event", "configure_logging", "get_logger",
         "RepackError", "TemplateError", "InvalidInstanceError", "NotDicomError",
         "TruncatedFileError", "MalformedFileError", "NotRegularFileError",
-        "MissingRequiredTagError", "RefusedInstanceError", "StorageError", "SourceVanishedError",
+        "MissingRequiredTagError", "RefusedInstanceError", "StorageError",
+    },
+    # What the service builds on, documented as such, with no compatibility promise.
+    "repack.plumbing": {
+        "LOCK_DIR", "NOT_DEFINED", "REQUIRED_KEYWORDS", "TEMP_PREFIX",
+        "SourceFile", "open_root", "open_beneath", "open_path", "folder_beneath", "file_type",
+        "open_folder_beneath", "Others", "SourceVanishedError", "read_source",
+        "Store", "sweep_stale_temps", "probe_writable", "json_bytes", "dumps", "printable",
+        "sanitize_component", "seahash_hex", "sender_folder",
+        "log_repacked", "output_blocked_for", "collected_warnings",
+        "CliError", "OneLineParser", "add_layout_arguments", "layout_from_arguments",
+        "report_error", "version",
     },
     "watcher": {
         "ENV_PREFIX", "EXIT_CONFIG", "EXIT_OUTPUT_LOST", "EXIT_STARTUP", "ConfigError", "Service",
@@ -55,7 +54,8 @@ def test_the_public_surface_is_what_it_is_meant_to_be(package: str) -> None:
         member = getattr(module, name)
         if inspect.isclass(member) or inspect.isfunction(member):
             # Defined in this package's private modules, re-exported here.
-            assert member.__module__.startswith(f"{package}._"), (name, member.__module__)
+            root = package.split(".", maxsplit=1)[0]
+            assert member.__module__.startswith(f"{root}._"), (name, member.__module__)
 
 
 def test_one_version_from_the_package_metadata() -> None:
@@ -75,3 +75,27 @@ def test_each_package_runs_with_python_m(package: str) -> None:
                            text=True, timeout=60, check=False)  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     assert "usage:" in shown.stdout
+
+
+def test_no_package_imports_a_private_module_of_another() -> None:
+    """``watcher`` reaches ``repack`` through ``repack`` and ``repack.plumbing`` only."""
+    import ast  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for package, other in (("watcher", "repack"), ("repack", "watcher")):
+        for path in sorted((root / package).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                modules = []
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                elif isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                found += [
+                    f"{path.name}: {module}"
+                    for module in modules
+                    if module.split(".")[0] == other
+                    and any(part.startswith("_") for part in module.split(".")[1:])
+                ]
+    assert found == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from repack import Store, open_root
+from repack.plumbing import Store, open_root
 from watcher._quarantine import Quarantine, quarantine_name
 
 

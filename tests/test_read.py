@@ -12,11 +12,11 @@ from repack import (
     InvalidInstanceError,
     MissingRequiredTagError,
     NotDicomError,
-    SourceVanishedError,
     TruncatedFileError,
     read_instance,
     repack_file,
 )
+from repack.plumbing import SourceVanishedError
 
 from .conftest import make_dataset, write_dicom
 

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from repack import TEMP_PREFIX, Layout, Repacker, repack_file
+from repack import Layout, Repacker, repack_file
+from repack.plumbing import TEMP_PREFIX
 
 from .conftest import make_dataset, write_dicom
 
@@ -284,7 +285,8 @@ def _from_sender(path: Path, title: bytes | None) -> Path:
 def test_the_sender_folder_is_the_calling_ae_title(
     tmp_path: Path, title: bytes | None, folder: str, keywords: str | None
 ) -> None:
-    from repack import read_instance, sender_folder  # noqa: PLC0415
+    from repack import read_instance  # noqa: PLC0415
+    from repack.plumbing import sender_folder  # noqa: PLC0415
 
     path = _from_sender(tmp_path / "x.dcm", title)
     wanted = ["SourceApplicationEntityTitle", "PatientID"] if keywords else None
@@ -298,7 +300,8 @@ def test_a_sender_folder_is_one_safe_component(title: bytes) -> None:
     from pydicom.dataset import Dataset, FileMetaDataset  # noqa: PLC0415
     from pydicom.tag import Tag  # noqa: PLC0415
 
-    from repack import Instance, sender_folder  # noqa: PLC0415
+    from repack import Instance  # noqa: PLC0415
+    from repack.plumbing import sender_folder  # noqa: PLC0415
 
     dataset = Dataset()
     tag = Tag(0x00020016)

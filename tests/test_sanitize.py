@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from repack import Layout, plan_placement, sanitize_component, seahash_hex
+from repack import Layout, plan_placement
 from repack._dicom import Instance
 from repack._sanitize import MAX_COMPONENT_BYTES, is_safe_name, safe_log_name, seahash
+from repack.plumbing import sanitize_component, seahash_hex
 
 from .conftest import make_dataset
 

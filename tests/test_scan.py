@@ -11,7 +11,7 @@ from unittest.mock import ANY
 
 import pytest
 
-from repack import open_root
+from repack.plumbing import open_root
 from watcher._scan import FolderScan
 
 ScanOf = Callable[..., FolderScan]
@@ -80,3 +80,16 @@ def test_a_scan_removes_old_empty_folders_below_the_root_and_nothing_else(
     assert len(os.listdir("/proc/self/fd")) > open_before  # its descriptor, and scandir's
     scan.close()  # stopped midway: the folder it held is closed
     assert len(os.listdir("/proc/self/fd")) == open_before
+
+
+def test_one_rule_ignores_dot_names_and_so_the_services_own_temporary_files() -> None:
+    """The observer, the scans and a series' count on disk share :func:`ignored`."""
+    from repack.plumbing import TEMP_PREFIX  # noqa: PLC0415
+    from watcher._folders import ignored, ignored_below  # noqa: PLC0415
+
+    assert ignored(TEMP_PREFIX + "MR.1")
+    assert ignored(".hidden")
+    assert not ignored("MR.1.2.3")
+    assert ignored_below("/study/.partial/MR.1")
+    assert ignored_below(f"/{TEMP_PREFIX}x")
+    assert not ignored_below("/study/MR.1.2")

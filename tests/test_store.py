@@ -12,8 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from repack import LOCK_DIR, TEMP_PREFIX, StorageError, Store, open_path, probe_writable
+from repack import StorageError
 from repack._temps import is_stale_temp, sweep_stale_temps, temp_name
+from repack.plumbing import LOCK_DIR, TEMP_PREFIX, Store, open_path, probe_writable
 
 
 def names(folder: Path) -> list[str]:

@@ -8,7 +8,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from repack import NOT_DEFINED, Instance, read_instance
+from repack import Instance, read_instance
+from repack.plumbing import NOT_DEFINED
 
 from .conftest import make_dataset, write_dicom
 

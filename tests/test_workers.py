@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from repack import Layout, Repacked, open_beneath
+from repack import Layout, Repacked
+from repack.plumbing import open_beneath
 from watcher._completion import Candidate, signature_of
 from watcher._folders import IncomingRoot
 from watcher._workers import (

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from repack import LOCK_DIR, TEMP_PREFIX
+from repack.plumbing import LOCK_DIR, TEMP_PREFIX
 
 # The once-per-series tag table is of whichever instance arrived first.
 _PER_INSTANCE_TAGS = {"SOPInstanceUID", "InstanceNumber"}

@@ -28,7 +28,7 @@ from types import FrameType
 from typing import Any
 
 from repack import Event, configure_logging, get_logger
-from repack._arguments import report_error
+from repack.plumbing import report_error
 
 from ._errors import EXIT_OUTPUT_LOST, EXIT_THREAD_DIED, ConfigError
 from ._operations import build_operations

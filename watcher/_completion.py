@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from repack import printable
+from repack.plumbing import printable
 
 __all__ = [
     "HELD_SHARE",

@@ -4,7 +4,8 @@
 
     WatcherError
     └── ConfigError        a setting or folder is unusable: the service cannot start
-                           (carries an exit code and a hint for the operator)
+                           (a :class:`repack.plumbing.CliError`: one message, a hint
+                           for the operator, an exit code, as ``pypx-repack``'s errors)
 
 Errors about single files never escape the service: they come from
 :mod:`repack` (:class:`repack.InvalidInstanceError` -> quarantine,
@@ -12,6 +13,8 @@ Errors about single files never escape the service: they come from
 """
 
 from __future__ import annotations
+
+from repack.plumbing import CliError
 
 __all__ = [
     "EXIT_CONFIG",
@@ -36,10 +39,7 @@ class WatcherError(Exception):
     """Base class of every error raised by :mod:`watcher`."""
 
 
-class ConfigError(WatcherError):
+class ConfigError(WatcherError, CliError):
     """The service cannot start with these settings."""
 
-    def __init__(self, message: str, *, hint: str = "", exit_code: int = EXIT_CONFIG) -> None:
-        super().__init__(message)
-        self.hint = hint
-        self.exit_code = exit_code
+    default_exit_code = EXIT_CONFIG

@@ -1,11 +1,15 @@
 """The service's four folders, checked at start (with a hint), and the incoming one held open.
 
 Every candidate is opened beneath a descriptor of the incoming folder
-(:class:`IncomingRoot`, :func:`repack.open_beneath`), never by its full path.
+(:class:`IncomingRoot`, :func:`repack.plumbing.open_beneath`), never by its full path.
 The folder can be renamed away and a new one made under its name (a clean-up
 script, an operator, an attacker): :meth:`IncomingRoot.current` notices that
 its identity changed and opens the new one, so no worker keeps working in a
 folder nobody watches any more.
+
+What in the incoming folder is never a candidate is one rule, :func:`ignored`,
+for the observer, the scans and the count of a series on disk (as watchfiles'
+filters): a name that starts with ``.``.
 """
 
 from __future__ import annotations
@@ -15,12 +19,26 @@ import os
 import stat
 from pathlib import Path
 
-from repack import open_root, probe_writable
+from repack.plumbing import open_root, probe_writable
 
 from ._errors import EXIT_STARTUP, ConfigError
 from ._settings import Settings
 
-__all__ = ["Identity", "IncomingRoot", "check_folders", "identity_of"]
+__all__ = ["Identity", "IncomingRoot", "check_folders", "identity_of", "ignored", "ignored_below"]
+
+
+def ignored(name: str) -> bool:
+    """Whether a name in the incoming folder is never a candidate, nor a folder entered:
+    one that starts with ``.`` (dot-files and dot-folders, and so this service's own
+    temporary files, whose prefix is :data:`repack.plumbing.TEMP_PREFIX`)."""
+    return name.startswith(".")
+
+
+def ignored_below(tail: str) -> bool:
+    """:func:`ignored` for any component of ``tail``, a path's part below the incoming
+    folder (``/a/b``): one test of the string, for the observer's every event."""
+    return "/." in tail
+
 
 _PSEUDO_FILE_SYSTEMS = frozenset(
     {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "securityfs",

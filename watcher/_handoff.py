@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 
-from repack import Event, Repacked, StorageError, Store, json_bytes
+from repack import Event, Repacked, StorageError
+from repack.plumbing import Store, json_bytes
 
 from ._destinations import (
     DeliveryError,

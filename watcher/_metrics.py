@@ -25,7 +25,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from repack import probe_writable
+from repack.plumbing import probe_writable
 
 from ._http import MAX_CONNECTIONS, REQUEST_TIMEOUT, Answer, ProbeServer
 

@@ -26,6 +26,7 @@ from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 from ._completion import CompletionTracker
+from ._folders import ignored_below
 
 __all__ = ["Recorder", "observer_threads", "start_observer"]
 
@@ -60,7 +61,7 @@ class Recorder(FileSystemEventHandler):
         self._root_length = len(root)
 
     def _hidden(self, path: str) -> bool:
-        return "/." in path[self._root_length :]
+        return ignored_below(path[self._root_length :])
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         kind, tracker = event.event_type, self._tracker

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from repack import Event, NotRegularFileError, Repacked, SourceVanishedError, StorageError
+from repack import Event, NotRegularFileError, Repacked, StorageError
+from repack.plumbing import SourceVanishedError
 
 from ._completion import Candidate, CompletionTracker
 from ._folders import IncomingRoot

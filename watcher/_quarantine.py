@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from repack import (
-    NotRegularFileError,
+from repack import NotRegularFileError, StorageError
+from repack.plumbing import (
     SourceVanishedError,
-    StorageError,
     Store,
     file_type,
     folder_beneath,
@@ -76,7 +75,7 @@ class Quarantine:
         """Set aside the file ``relative`` below the folder ``root``, with a note.
 
         Returns the quarantined file, or the note alone for a name that is
-        not a regular file. Raises :class:`repack.SourceVanishedError` when it
+        not a regular file. Raises :class:`repack.plumbing.SourceVanishedError` when it
         is gone, :class:`repack.StorageError` when the quarantine cannot be
         written (the file then stays where it is).
         """

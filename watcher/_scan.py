@@ -18,7 +18,7 @@ import stat
 import time
 from collections.abc import Callable, Generator, Iterator
 
-from repack import SourceVanishedError, folder_beneath, open_folder_beneath
+from repack.plumbing import SourceVanishedError, folder_beneath, open_folder_beneath
 
 from ._completion import CompletionTracker
 from ._folders import IncomingRoot

@@ -21,20 +21,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from repack import (
-    TEMP_PREFIX,
-    Event,
-    Repacked,
-    Store,
-    get_logger,
-    log_repacked,
-    output_blocked_for,
-    sweep_stale_temps,
-)
+from repack import Event, Repacked, get_logger
+from repack.plumbing import Store, log_repacked, output_blocked_for, sweep_stale_temps
 
 from ._completion import Candidate, CompletionTracker
 from ._errors import EXIT_STARTUP, ConfigError
-from ._folders import IncomingRoot, check_folders, identity_of
+from ._folders import IncomingRoot, check_folders, identity_of, ignored
 from ._handoff_setup import build_handoff
 from ._metrics import Metrics
 from ._observer import observer_threads, start_observer
@@ -64,11 +56,6 @@ _WORKER_HINTS = {
     True: "workers run the service's own interpreter (sys.executable): make it executable for"
     " this user",
 }
-
-
-def _ignored(name: str) -> bool:
-    """Dot-files, and so this package's own temporary files, are never candidates."""
-    return name.startswith(".") or name.startswith(TEMP_PREFIX)
 
 
 def _stop_observer(observer: Any, timeout: float) -> None:
@@ -138,7 +125,7 @@ class Service:
         self._scans = Scans(
             self.root,
             self.tracker,
-            ignored=_ignored,
+            ignored=ignored,
             remove_empty_after=settings.empty_dir_age if settings.move else None,
             done=self.metrics.scanned,
         )
@@ -391,7 +378,7 @@ class Service:
 
     def _announce_quiet_series(self) -> None:
         for quiet in self.series.take_quiet():
-            series = as_on_disk(quiet, _ignored)  # a restart mid-series saw only its rest
+            series = as_on_disk(quiet, ignored)  # a restart mid-series saw only its rest
             self.counts.add("series_completed")
             self.metrics.series_completed()
             self.log.info(

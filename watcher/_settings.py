@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from repack import Layout
-from repack._arguments import (
+from repack.plumbing import (
     CliError,
     OneLineParser,
     add_layout_arguments,

@@ -7,10 +7,10 @@ why it was not (:class:`NotRepacked`). Events, series and metrics stay in the
 parent, which writes every ``repack.done``.
 
 Claiming a file (:func:`repack_candidate`): open it beneath the incoming
-folder's descriptor (:func:`repack.open_beneath`: no link followed, nothing
+folder's descriptor (:func:`repack.plumbing.open_beneath`: no link followed, nothing
 but a regular file), ``flock`` it (several services on one folder repack it
 once), check that its name still holds that version, and ask who else holds
-it (:meth:`repack.SourceFile.others`, a lease test): a writer means later, any
+it (:meth:`repack.plumbing.SourceFile.others`, a lease test): a writer means later, any
 other descriptor means a copy, never a link. Without a lease only a close, or
 the parent's quiet period, lets a file through (:attr:`Candidate.closed`).
 
@@ -39,16 +39,18 @@ from pathlib import Path
 from repack import (
     InvalidInstanceError,
     Layout,
-    Others,
     RefusedInstanceError,
     Repacked,
     Repacker,
-    SourceFile,
-    SourceVanishedError,
     StorageError,
-    collected_warnings,
     configure_logging,
     get_logger,
+)
+from repack.plumbing import (
+    Others,
+    SourceFile,
+    SourceVanishedError,
+    collected_warnings,
     log_repacked,
     open_beneath,
 )
