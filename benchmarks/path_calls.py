@@ -33,7 +33,7 @@ from watcher._completion import CompletionTracker
 from watcher._folders import IncomingRoot
 from watcher._metrics import Metrics
 from watcher._observer import Recorder
-from watcher._outcomes import Counts, ResultRouter
+from watcher._outcomes import ResultRouter
 from watcher._quarantine import Quarantine
 from watcher._series import SeriesTracker
 from watcher._workers import WorkerConfig, repack_candidate
@@ -76,7 +76,7 @@ def _trace(example: Path, work: Path) -> int:
     log = get_logger()
     router = ResultRouter(
         settings, tracker=tracker, quarantine=Quarantine(settings.quarantine, Store(None)),
-        root=root, series=SeriesTracker(30), counts=Counts(), metrics=Metrics(), log=log,
+        root=root, series=SeriesTracker(30), metrics=Metrics(), log=log,
     )  # fmt: skip
     recorder = Recorder(tracker, str(incoming))
     repacker = WorkerConfig.of(settings).repacker()

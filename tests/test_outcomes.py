@@ -21,7 +21,7 @@ from watcher import parse_settings
 from watcher._completion import Candidate, CompletionTracker, signature_of
 from watcher._folders import IncomingRoot
 from watcher._metrics import Metrics
-from watcher._outcomes import CRASHES_BEFORE_QUARANTINE, REPEATS_BEFORE_ERROR, Counts, ResultRouter
+from watcher._outcomes import CRASHES_BEFORE_QUARANTINE, REPEATS_BEFORE_ERROR, ResultRouter
 from watcher._quarantine import Quarantine
 from watcher._series import SeriesTracker
 from watcher._workers import NotRepacked, Outcome
@@ -61,7 +61,6 @@ class Routed:
         self.root = IncomingRoot(self.incoming)
         self.root.open()
         self.series = SeriesTracker(30, clock=self.clock)
-        self.counts = Counts()
         self.metrics = Metrics()
         self.log = Log()
         self.router = ResultRouter(
@@ -70,7 +69,6 @@ class Routed:
             quarantine=Quarantine(self.settings.quarantine, Store(None, fsync=False)),
             root=self.root,
             series=self.series,
-            counts=self.counts,
             metrics=self.metrics,
             log=self.log,
         )
@@ -110,7 +108,7 @@ def test_done_tells_the_series_counts_and_forgets_the_file_in_move_mode(
     routed: Routed, tmp_path: Path
 ) -> None:
     routed.router.route(routed.candidate(), _repacked(tmp_path))
-    assert routed.counts.repacked == 1
+    assert routed.metrics.totals()["repacked"] == 1
     assert routed.series.active() == 1
     assert routed.tracker.pending_count() == 0
     routed.tracker.found(str(routed.file), os.lstat(routed.file))  # move mode remembers nothing
@@ -140,7 +138,7 @@ def test_busy_and_unclaimed_are_looked_at_again_after_the_settle_period(
     routed.clock.now += 1.0
     (again,) = routed.again()
     assert again.attempt == 0  # no attempt counted
-    assert routed.counts.retried == 0
+    assert routed.metrics.totals()["retried"] == 0
 
 
 def test_unproven_waits_for_the_unleased_settle_period_since_first_seen(routed: Routed) -> None:
@@ -157,7 +155,7 @@ def test_unproven_waits_for_the_unleased_settle_period_since_first_seen(routed: 
 def test_changed_and_vanished_are_forgotten(routed: Routed, outcome: Outcome) -> None:
     routed.router.route(routed.candidate(), NotRepacked(outcome))
     assert routed.tracker.pending_count() == 0
-    assert routed.counts.vanished == (outcome is Outcome.VANISHED)
+    assert routed.metrics.totals()["vanished"] == (outcome is Outcome.VANISHED)
 
 
 def test_invalid_and_long_unchanged_is_quarantined_at_once(routed: Routed) -> None:
@@ -166,7 +164,7 @@ def test_invalid_and_long_unchanged_is_quarantined_at_once(routed: Routed) -> No
     routed.router.route(candidate, NotRepacked(Outcome.INVALID, reason="not-dicom", message="no"))
     assert routed.log.events() == [Event.REPACK_FAILED]
     assert not routed.file.exists()
-    assert routed.counts.quarantined == 1
+    assert routed.metrics.totals()["quarantined"] == 1
     assert routed.metric("pypx_listener_instances_quarantined_total", 'reason="not-dicom"') == 1
 
 
@@ -232,6 +230,6 @@ def test_a_file_gone_before_its_quarantine_counts_as_vanished(routed: Routed) ->
     candidate = routed.candidate()
     routed.file.unlink()
     routed.router.route(candidate, NotRepacked(Outcome.INVALID, reason="not-dicom", message="no"))
-    assert routed.counts.vanished == 1
-    assert routed.counts.quarantined == 0
+    assert routed.metrics.totals()["vanished"] == 1
+    assert routed.metrics.totals()["quarantined"] == 0
     assert signature_of(os.stat(routed.incoming)) is not None

@@ -30,6 +30,15 @@ from repack.plumbing import probe_writable
 from ._http import MAX_CONNECTIONS, REQUEST_TIMEOUT, Answer, ProbeServer
 
 __all__ = ["HealthServer", "Metrics", "Readiness"]
+#: ``watcher.stopped``'s fields, and the counter each is read from.
+_TOTALS = {
+    "repacked": "instances_repacked",
+    "quarantined": "instances_quarantined",
+    "retried": "instances_retried",
+    "vanished": "instances_vanished",
+    "series_completed": "series_completed",
+    "handed_back": "instances_handed_back",
+}
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
@@ -109,6 +118,16 @@ class Metrics:
             ["destination"],
             registry=r,
         )
+        self._vanished = Counter(
+            "pypx_listener_instances_vanished",
+            "Files gone (or replaced) before they could be repacked",
+            registry=r,
+        )
+        self._handed_back = Counter(
+            "pypx_listener_instances_handed_back",
+            "Files in flight at a stop, left in the incoming folder for the next start",
+            registry=r,
+        )
         self.storescp_restarts = Counter(
             "pypx_listener_storescp_restarts", "Supervised storescp restarts", registry=r
         )
@@ -141,6 +160,30 @@ class Metrics:
 
     def series_completed(self) -> None:
         self._series.inc()
+
+    def vanished(self) -> None:
+        self._vanished.inc()
+
+    def handed_back(self, count: int) -> None:
+        self._handed_back.inc(count)
+
+    def totals(self) -> dict[str, int]:
+        """The counts since the start that ``watcher.stopped`` reports, read from the
+        registry ``/metrics`` serves: one count of each thing, never two."""
+        sums = {
+            sample.name: 0.0
+            for family in self.registry.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name in sums:
+                    sums[sample.name] += sample.value  # every label's (quarantine reasons)
+        return {
+            name: int(sums.get(f"pypx_listener_{metric}_total", 0))
+            for name, metric in _TOTALS.items()
+        }
 
     def scanned(self, count: int) -> None:
         """A scan completed, having found ``count`` files."""

@@ -26,17 +26,16 @@ crashed    retried; after :data:`CRASHES_BEFORE_QUARANTINE` crashes on the same
 A retry that failed the same way :data:`REPEATS_BEFORE_ERROR` times in a
 row says so once at error level (``repack.stuck``) and is counted in the
 ``files_failing`` gauge until it succeeds or goes away. What became of the
-files since the start is counted in :class:`Counts` (``watcher.stopped``).
+files since the start is counted in :class:`~watcher._metrics.Metrics` (``/metrics``, and
+``watcher.stopped``).
 """
 
 from __future__ import annotations
 
 import errno
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from repack import Event, NotRegularFileError, Repacked, StorageError
 from repack.plumbing import SourceVanishedError
@@ -52,8 +51,6 @@ from ._workers import Outcome, Result
 __all__ = [
     "CRASHES_BEFORE_QUARANTINE",
     "REPEATS_BEFORE_ERROR",
-    "CountName",
-    "Counts",
     "ResultRouter",
 ]
 
@@ -74,7 +71,6 @@ class ResultRouter:
         quarantine: Quarantine,
         root: IncomingRoot,
         series: SeriesTracker,
-        counts: Counts,
         metrics: Metrics,
         log: Any,
         on_instance: Callable[[Repacked, int], None] | None = None,
@@ -90,7 +86,6 @@ class ResultRouter:
         self.quarantine = quarantine
         self.root = root
         self.series = series
-        self.counts = counts
         self.metrics = metrics
         self.log = log
 
@@ -114,7 +109,7 @@ class ResultRouter:
             self.tracker.until_quiet(candidate)
         elif outcome in (Outcome.CHANGED, Outcome.VANISHED):
             if outcome is Outcome.VANISHED:
-                self.counts.add("vanished")
+                self.metrics.vanished()
             self.tracker.finished(candidate, remember=False)
         elif outcome is Outcome.INVALID:
             self._invalid(candidate, result.reason, result.message)
@@ -132,7 +127,6 @@ class ResultRouter:
 
     def _done(self, candidate: Candidate, repacked: Repacked) -> None:
         self.tracker.finished(candidate, remember=not self.settings.move)
-        self.counts.add("repacked")
         self.metrics.repacked(repacked.duration_ms / 1000, repacked.size)
         count = self.series.add(
             repacked.series_instance_uid,
@@ -170,7 +164,7 @@ class ResultRouter:
                 keep_source=not self.settings.move,
             )
         except SourceVanishedError:
-            self.counts.add("vanished")
+            self.metrics.vanished()
             self.tracker.finished(candidate, remember=False)
             return
         except StorageError as failure:
@@ -182,7 +176,6 @@ class ResultRouter:
             )
             return
         self.tracker.finished(candidate, remember=not self.settings.move)
-        self.counts.add("quarantined")
         self.metrics.quarantined(reason)
         self.log.error(
             Event.REPACK_FAILED,
@@ -203,7 +196,6 @@ class ResultRouter:
         """
         delay = min(self.settings.retry_max_delay, 0.5 * 2 ** min(candidate.attempt, 16))
         repeats = self.tracker.retry(candidate, delay, key)
-        self.counts.add("retried")
         self.metrics.retried()
         fields: dict[str, Any] = {
             "src": candidate.shown,
@@ -217,29 +209,3 @@ class ResultRouter:
         else:
             self.log.warning(Event.REPACK_RETRY, repeated=repeats, **fields)
         return repeats
-
-
-CountName = Literal[
-    "repacked", "quarantined", "retried", "vanished", "series_completed", "handed_back"
-]
-
-
-@dataclass
-class Counts:
-    """Thread-safe counters, one per :data:`CountName`."""
-
-    repacked: int = 0
-    quarantined: int = 0
-    retried: int = 0
-    vanished: int = 0
-    series_completed: int = 0
-    handed_back: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, name: CountName, amount: int = 1) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + amount)
-
-    def as_dict(self) -> dict[str, int]:
-        with self._lock:
-            return {k: v for k, v in vars(self).items() if not k.startswith("_")}

@@ -30,7 +30,7 @@ from ._folders import IncomingRoot, check_folders, identity_of, ignored
 from ._handoff_setup import build_handoff
 from ._metrics import Metrics
 from ._observer import observer_threads, start_observer
-from ._outcomes import REPEATS_BEFORE_ERROR, Counts, ResultRouter
+from ._outcomes import REPEATS_BEFORE_ERROR, ResultRouter
 from ._pool import WorkerPool
 from ._quarantine import Quarantine
 from ._scan import Scans
@@ -85,7 +85,6 @@ class Service:
         self.settings = settings
         self.log = get_logger()
         self.threads = ThreadWatch(self.log, on_fatal or (lambda _reason: None))
-        self.counts = Counts()
         self.metrics = metrics or Metrics()
         self.workers = [WorkerProcess(WorkerConfig.of(settings)) for _ in range(settings.workers)]
         self.root = IncomingRoot(settings.incoming)
@@ -102,7 +101,6 @@ class Service:
             quarantine=Quarantine(settings.quarantine, Store(None, fsync=settings.fsync)),
             root=self.root,
             series=self.series,
-            counts=self.counts,
             metrics=self.metrics,
             log=self.log,
             on_instance=self.handoff.instance if self.handoff is not None else None,
@@ -235,7 +233,7 @@ class Service:
         if self._dispatcher.is_alive():
             self._dispatcher.join(max(0.1, deadline - time.monotonic()))
         handed_back, clean = self.pool.stop(max(0.1, deadline - time.monotonic()))
-        self.counts.add("handed_back", handed_back)
+        self.metrics.handed_back(handed_back)
         if not clean:
             self.kill_workers()
         if self._observer is not None:
@@ -245,7 +243,7 @@ class Service:
         self.root.close()
         self.threads.uninstall()
         summary: dict[str, Any] = {
-            **self.counts.as_dict(),
+            **self.metrics.totals(),
             "clean": clean,
             "uptime_s": round(time.monotonic() - self._started, 3),
         }
@@ -379,7 +377,6 @@ class Service:
     def _announce_quiet_series(self) -> None:
         for quiet in self.series.take_quiet():
             series = as_on_disk(quiet, ignored)  # a restart mid-series saw only its rest
-            self.counts.add("series_completed")
             self.metrics.series_completed()
             self.log.info(
                 Event.SERIES_COMPLETE,
