@@ -233,3 +233,12 @@ def test_a_file_gone_before_its_quarantine_counts_as_vanished(routed: Routed) ->
     assert routed.metrics.totals()["vanished"] == 1
     assert routed.metrics.totals()["quarantined"] == 0
     assert signature_of(os.stat(routed.incoming)) is not None
+
+
+def test_one_backoff_policy_for_files_and_for_the_outbox() -> None:
+    from watcher._backoff import FILE_RETRY, HANDOFF_RETRY, Backoff  # noqa: PLC0415
+
+    assert [FILE_RETRY.delay(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+    assert [HANDOFF_RETRY.delay(n) for n in (1, 2, 3, 20)] == [1.0, 2.0, 4.0, 300.0]
+    assert Backoff(start=1.0, cap=10.0).delay(10_000) == 10.0  # no overflow, the cap
+    assert [n for n in range(1, 10) if HANDOFF_RETRY.stuck(n)] == [5]

@@ -49,6 +49,7 @@ import orjson
 from repack import Event, Repacked, StorageError
 from repack.plumbing import Store, json_bytes
 
+from ._backoff import HANDOFF_RETRY
 from ._destinations import (
     DeliveryError,
     Destination,
@@ -66,9 +67,9 @@ if TYPE_CHECKING:  # nats-py only when --nats-url asks for it
 __all__ = ["MAX_BACKOFF_S", "STUCK_AFTER", "UNREADY_AFTER_S", "Handoff"]
 
 #: The longest wait between two tries of one record.
-MAX_BACKOFF_S = 300.0
+MAX_BACKOFF_S = HANDOFF_RETRY.cap
 #: Failures in a row after which a record is reported stuck (an error).
-STUCK_AFTER = 5
+STUCK_AFTER = HANDOFF_RETRY.stuck_after
 #: A destination whose oldest failing record has failed this long makes ``/readyz`` fail.
 UNREADY_AFTER_S = 300.0
 #: The largest record read (a series document is a few kilobytes).
@@ -653,7 +654,7 @@ class Handoff:
     ) -> tuple[float, float, bool]:
         now = self._clock()
         attempts = record["attempts"] + 1
-        delay = min(MAX_BACKOFF_S, 2.0 ** (attempts - 1))
+        delay = HANDOFF_RETRY.delay(attempts)
         record.update(
             attempts=attempts,
             due=now + delay,
@@ -674,7 +675,7 @@ class Handoff:
             "retry_in_s": delay,
             "SeriesInstanceUID": record["series"]["SeriesInstanceUID"],
         }
-        if attempts == STUCK_AFTER:
+        if HANDOFF_RETRY.stuck(attempts):
             self.log.error(Event.HANDOFF_STUCK, **fields)
         else:
             self.log.warning(Event.HANDOFF_RETRY, **fields)

@@ -32,6 +32,7 @@ files since the start is counted in :class:`~watcher._metrics.Metrics` (``/metri
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,7 @@ from typing import Any
 from repack import Event, NotRegularFileError, Repacked, StorageError
 from repack.plumbing import SourceVanishedError
 
+from ._backoff import FILE_RETRY
 from ._completion import Candidate, CompletionTracker
 from ._folders import IncomingRoot
 from ._metrics import Metrics
@@ -55,7 +57,7 @@ __all__ = [
 ]
 
 #: Same failure this many times in a row: an error event and the failing gauge.
-REPEATS_BEFORE_ERROR = 5
+REPEATS_BEFORE_ERROR = FILE_RETRY.stuck_after
 #: A file on which the worker crashed (or stalled) this often is quarantined.
 CRASHES_BEFORE_QUARANTINE = 3
 
@@ -88,6 +90,7 @@ class ResultRouter:
         self.series = series
         self.metrics = metrics
         self.log = log
+        self.backoff = dataclasses.replace(FILE_RETRY, cap=settings.retry_max_delay)
 
     def route(self, candidate: Candidate, result: Result) -> None:
         if result.warnings:
@@ -194,7 +197,7 @@ class ResultRouter:
         ``key`` names the way it failed (what was attempted and the errno; not
         the message, which names temporary files).
         """
-        delay = min(self.settings.retry_max_delay, 0.5 * 2 ** min(candidate.attempt, 16))
+        delay = self.backoff.delay(candidate.attempt + 1)
         repeats = self.tracker.retry(candidate, delay, key)
         self.metrics.retried()
         fields: dict[str, Any] = {
@@ -204,7 +207,7 @@ class ResultRouter:
             "attempt": candidate.attempt + 1,
             "retry_in_s": delay,
         }
-        if repeats == REPEATS_BEFORE_ERROR:
+        if self.backoff.stuck(repeats):
             self.log.error(Event.REPACK_STUCK, repeated=repeats, **fields)
         else:
             self.log.warning(Event.REPACK_RETRY, repeated=repeats, **fields)
