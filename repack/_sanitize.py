@@ -21,6 +21,7 @@ __all__ = [
     "sanitize_component",
     "seahash",
     "seahash_hex",
+    "shorten",
 ]
 
 #: The longest file name (in bytes) that Linux file systems accept.
@@ -30,22 +31,36 @@ _DISALLOWED = re.compile(r"[^A-Za-z0-9.\-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _shorten(name: str, limit: int) -> str:
-    """Cut ``name`` to ``limit`` UTF-8 bytes, keeping it unique and its extension.
+def shorten(raw: bytes, limit: int, suffix: bytes = b"") -> bytes:
+    """``raw + suffix`` if it fits in ``limit`` bytes; else as much of the head of
+    ``raw`` as fits (never half a UTF-8 character), ``-`` and 16 hex digits of the
+    SeaHash of ``raw + suffix``, then ``suffix``. The one shortener of names: two long
+    names that differ only in their tails stay apart."""
+    whole = raw + suffix
+    if len(whole) <= limit:
+        return whole
+    digest = b"-" + format(seahash(whole), "016x").encode()
+    return _whole_characters(raw[: limit - len(digest) - len(suffix)]) + digest + suffix
 
-    The cut-off part is replaced by ``-`` and 16 hex digits of the SeaHash of
-    the whole name, so two long names that differ only in their tails stay
-    different.
-    """
-    encoded = name.encode("utf-8")
-    if len(encoded) <= limit:
-        return name
-    digest = "-" + format(seahash(encoded), "016x")
+
+def _whole_characters(head: bytes) -> bytes:
+    """``head`` without a UTF-8 character cut short at its end."""
+    for back in range(1, min(4, len(head)) + 1):
+        byte = head[-back]
+        if byte & 0xC0 != 0x80:  # an ASCII byte or the lead of a character
+            need = 1 if byte < 0x80 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return head if need <= back else head[:-back]
+    return head
+
+
+def _shorten(name: str, limit: int) -> str:
+    """Cut ``name`` to ``limit`` UTF-8 bytes (:func:`shorten`), keeping its extension."""
     stem, dot, extension = name.rpartition(".")
-    suffix = dot + extension if stem and len(extension) <= 8 and dot else ""
-    room = limit - len(digest) - len(suffix.encode("utf-8"))
-    head = (stem if suffix else name).encode("utf-8")[:room].decode("utf-8", "ignore")
-    return head + digest + suffix
+    if stem and dot and len(extension) <= 8:
+        raw, suffix = stem.encode("utf-8"), (dot + extension).encode("utf-8")
+    else:
+        raw, suffix = name.encode("utf-8"), b""
+    return shorten(raw, limit, suffix).decode("utf-8")
 
 
 def sanitize_component(text: str, *, max_bytes: int = MAX_COMPONENT_BYTES) -> str:

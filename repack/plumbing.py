@@ -13,7 +13,7 @@ opening untrusted inputs    :func:`open_root`, :func:`open_beneath`,
 writing                     :class:`Store`, :data:`LOCK_DIR`, :data:`TEMP_PREFIX`,
                             :func:`sweep_stale_temps`, :func:`probe_writable`,
                             :func:`json_bytes`, :func:`dumps`
-naming                      :func:`sanitize_component`, :func:`seahash_hex`,
+naming                      :func:`sanitize_component`, :func:`seahash_hex`, :func:`shorten`,
                             :func:`sender_folder`, :func:`printable`,
                             :data:`NOT_DEFINED`, :data:`REQUIRED_KEYWORDS`
 events                      :func:`log_repacked`,
@@ -38,7 +38,7 @@ from ._errors import SourceVanishedError
 from ._events import log_repacked, output_blocked_for
 from ._logs import dumps, json_bytes
 from ._repack import sender_folder
-from ._sanitize import sanitize_component, seahash_hex
+from ._sanitize import sanitize_component, seahash_hex, shorten
 from ._source import (
     Others,
     SourceFile,
@@ -85,6 +85,7 @@ __all__ = [
     "sanitize_component",
     "seahash_hex",
     "sender_folder",
+    "shorten",
     "sweep_stale_temps",
     "version",
 ]

@@ -137,3 +137,38 @@ def test_hash_is_64_bit_and_length_sensitive(data: bytes) -> None:
     assert seahash(data) == value
     # The length is folded in, so a trailing zero byte always changes the hash.
     assert seahash(data + b"\x00") != value
+
+
+def _shorten_before(name: str, limit: int) -> str:
+    """The shortener of path components as it was before it became :func:`shorten`."""
+    from repack._sanitize import seahash  # noqa: PLC0415
+
+    encoded = name.encode("utf-8")
+    if len(encoded) <= limit:
+        return name
+    digest = "-" + format(seahash(encoded), "016x")
+    stem, dot, extension = name.rpartition(".")
+    suffix = dot + extension if stem and len(extension) <= 8 and dot else ""
+    room = limit - len(digest) - len(suffix.encode("utf-8"))
+    head = (stem if suffix else name).encode("utf-8")[:room].decode("utf-8", "ignore")
+    return head + digest + suffix
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=400),
+       st.integers(min_value=40, max_value=255))  # fmt: skip
+def test_one_shortener_names_components_as_before(name: str, limit: int) -> None:
+    from repack._sanitize import _shorten  # noqa: PLC0415
+
+    assert _shorten(name, limit) == _shorten_before(name, limit)
+
+
+@given(st.binary(max_size=600), st.integers(min_value=30, max_value=255))
+def test_a_shortened_name_fits_and_keeps_long_names_apart(raw: bytes, limit: int) -> None:
+    from repack.plumbing import shorten  # noqa: PLC0415
+
+    short = shorten(raw, limit)
+    assert len(short) <= limit
+    if len(raw) <= limit:
+        assert short == raw
+    else:
+        assert shorten(raw + b"x", limit) != short

@@ -14,7 +14,6 @@ reach them. Names are cut by bytes, with a hash of the whole name.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import secrets
 import stat
@@ -31,6 +30,7 @@ from repack.plumbing import (
     json_bytes,
     open_beneath,
     printable,
+    shorten,
 )
 
 __all__ = ["Quarantine", "quarantine_name"]
@@ -43,16 +43,7 @@ def quarantine_name(stamp: str, original: str) -> str:
     prefix = f"{stamp}-".encode()
     raw = os.fsencode(original)
     room = _NAME_BYTES - len(prefix)
-    if len(raw) > room:
-        digest = b"-" + hashlib.blake2b(raw, digest_size=8).hexdigest().encode()
-        head = raw[: room - len(digest)]
-        # Do not leave half a UTF-8 character at the cut.
-        while head and head[-1] & 0xC0 == 0x80:
-            head = head[:-1]
-        if head and head[-1] >= 0xC0:
-            head = head[:-1]
-        raw = head + digest
-    return os.fsdecode(prefix + raw)
+    return os.fsdecode(prefix + shorten(raw, room))
 
 
 @dataclass(frozen=True)
