@@ -43,6 +43,7 @@ __all__ = [
     "open_root",
     "printable",
     "relative_parts",
+    "try_claim",
 ]
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -66,6 +67,18 @@ def file_type(mode: int) -> str:
         if test(mode):
             return name
     return "unknown file type"
+
+
+def try_claim(descriptor: int) -> bool:
+    """Take the ``flock`` of the file open at ``descriptor``, without waiting: True when
+    taken, False when another process holds it. The one claim of the service (an input,
+    an outbox record, a series' mark): several services on one tree pass each other's
+    files by rather than wait. Any other failure is raised (:class:`OSError`)."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def printable(text: str | os.PathLike[str]) -> str:

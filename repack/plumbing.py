@@ -9,7 +9,8 @@ opening untrusted inputs    :func:`open_root`, :func:`open_beneath`,
                             :func:`open_folder_beneath`, :func:`folder_beneath`,
                             :func:`open_path`, :func:`file_type`,
                             :class:`SourceFile`, :class:`Others`,
-                            :class:`SourceVanishedError`, :func:`read_source`
+                            :class:`SourceVanishedError`, :func:`read_source`,
+                            :func:`try_claim`
 writing                     :class:`Store`, :data:`LOCK_DIR`, :data:`TEMP_PREFIX`,
                             :func:`sweep_stale_temps`, :func:`probe_writable`,
                             :func:`json_bytes`, :func:`dumps`
@@ -49,6 +50,7 @@ from ._source import (
     open_path,
     open_root,
     printable,
+    try_claim,
 )
 from ._store import LOCK_DIR, Store
 from ._temps import TEMP_PREFIX, probe_writable, sweep_stale_temps
@@ -87,5 +89,6 @@ __all__ = [
     "sender_folder",
     "shorten",
     "sweep_stale_temps",
+    "try_claim",
     "version",
 ]

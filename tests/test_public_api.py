@@ -31,7 +31,7 @@ SURFACES = {
     "repack.plumbing": {
         "LOCK_DIR", "NOT_DEFINED", "REQUIRED_KEYWORDS", "TEMP_PREFIX",
         "SourceFile", "open_root", "open_beneath", "open_path", "folder_beneath", "file_type",
-        "open_folder_beneath", "Others", "SourceVanishedError", "read_source",
+        "open_folder_beneath", "Others", "SourceVanishedError", "read_source", "try_claim",
         "Store", "sweep_stale_temps", "probe_writable", "json_bytes", "dumps", "printable",
         "sanitize_component", "seahash_hex", "sender_folder", "shorten",
         "log_repacked", "output_blocked_for", "collected_warnings",

@@ -32,8 +32,6 @@ reached the data tree is left unregistered.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import os
 import stat
@@ -47,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import orjson
 
 from repack import Event, Repacked, StorageError
-from repack.plumbing import Store, json_bytes
+from repack.plumbing import Store, json_bytes, try_claim
 
 from ._backoff import HANDOFF_RETRY
 from ._destinations import (
@@ -143,9 +141,7 @@ def _locked_beneath(folder: int | None, name: str) -> int | None:
     except OSError:
         return None
     try:
-        regular = stat.S_ISREG(os.fstat(descriptor).st_mode)
-        if regular:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        regular = stat.S_ISREG(os.fstat(descriptor).st_mode) and try_claim(descriptor)
     except OSError:
         regular = False
     if not regular:
@@ -509,12 +505,8 @@ class Handoff:
         except OSError:
             return None
         try:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as error:
-                if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    return (self._clock() + 1.0, None, False)  # another service has it now
-                raise
+            if not try_claim(descriptor):
+                return (self._clock() + 1.0, None, False)  # another service has it now
             try:
                 here = os.stat(name, dir_fd=folder, follow_symlinks=False)
                 if here.st_ino != os.fstat(descriptor).st_ino:

@@ -24,8 +24,6 @@ gets a core first.
 from __future__ import annotations
 
 import contextlib
-import errno as errno_codes
-import fcntl
 import io
 import os
 import socket
@@ -53,6 +51,7 @@ from repack.plumbing import (
     collected_warnings,
     log_repacked,
     open_beneath,
+    try_claim,
 )
 
 from ._completion import Candidate
@@ -153,10 +152,9 @@ Result = Repacked | NotRepacked
 def _refusal(source: SourceFile, *, closed: bool) -> Outcome | None:
     """Why this worker must not repack ``source`` now, or None when it may."""
     try:
-        fcntl.flock(source.descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        if error.errno in (errno_codes.EWOULDBLOCK, errno_codes.EAGAIN):
+        if not try_claim(source.descriptor):
             return Outcome.UNCLAIMED
+    except OSError as error:
         raise StorageError(
             f"cannot lock {source.display()}: {error.strerror}", errno=error.errno
         ) from error
