@@ -53,35 +53,57 @@ def _positive_int(text: str, what: str, source: str) -> int:
     return int(text)
 
 
+def _pad(value: str, args: str) -> str:
+    if not args:
+        return value
+    width, _, fill = args.partition(",")
+    return value.rjust(int(width), fill or "0")
+
+
+def _md5(value: str, args: str) -> str:
+    text = hashlib.md5(value.encode("utf-8"), usedforsecurity=False).hexdigest()
+    return text[: int(args)] if args else text
+
+
+def _seahash(value: str, args: str) -> str:
+    text = seahash_hex(value)
+    return text[: int(args)] if args else text
+
+
+def _strmsk(value: str, mask: str) -> str:
+    return "".join(v if m == "*" else m for v, m in zip(value, mask, strict=False))
+
+
+def _nospc(value: str, joiner: str) -> str:
+    return joiner.join(re.sub(r"\W+", " ", value).split())
+
+
+#: The template functions, each ``(value, its arguments' text) -> value``: one table for
+#: both the validated templates (:func:`_make_function`) and px's (:func:`_px_function`).
+_TRANSFORMS: dict[str, Callable[[str, str], str]] = {
+    "pad": _pad, "seahash": _seahash, "md5": _md5, "strmsk": _strmsk, "nospc": _nospc,
+}  # fmt: skip
+
+
 def _make_function(name: str, args: str | None, source: str) -> Callable[[str], str]:
     """Build the value transformation for ``_name|args_``, validating its arguments."""
+    if name not in _TRANSFORMS:
+        raise TemplateError(
+            f"unknown function {name!r} in {source!r} (known: {', '.join(_TRANSFORMS)})"
+        )
     if name == "pad":
         width_text, _, fill = (args or "").partition(",")
         width = _positive_int(width_text, "pad width", source)
         fill = fill or "0"
         if len(fill) != 1:
             raise TemplateError(f"pad fill must be one character in {source!r}, not {fill!r}")
-        return lambda value: value.rjust(width, fill)
-    if name in ("seahash", "md5"):
-        count = _positive_int(args, f"{name} length", source) if args else None
-        if name == "md5":
-            return lambda value: hashlib.md5(
-                value.encode("utf-8"), usedforsecurity=False
-            ).hexdigest()[:count]
-        return lambda value: seahash_hex(value)[:count]
-    if name == "strmsk":
-        if not args:
-            raise TemplateError(f"strmsk needs a mask in {source!r}")
-        mask = args
-        return lambda value: "".join(
-            v if m == "*" else m for v, m in zip(value, mask, strict=False)
-        )
-    if name == "nospc":
-        joiner = args or ""
-        return lambda value: joiner.join(re.sub(r"\W+", " ", value).split())
-    raise TemplateError(
-        f"unknown function {name!r} in {source!r} (known: pad, seahash, md5, strmsk, nospc)"
-    )
+        args = f"{width},{fill}"
+    elif name in ("seahash", "md5") and args:
+        _positive_int(args, f"{name} length", source)
+    elif name == "strmsk" and not args:
+        raise TemplateError(f"strmsk needs a mask in {source!r}")
+    transform, text = _TRANSFORMS[name], args or ""
+    return lambda value: transform(value, text)
 
 
 @dataclass(frozen=True)
@@ -134,22 +156,7 @@ def _px_function(astr: str, func: str, value: str, functions: tuple[str, ...]) -
             continue
         spec = func.split("_")[1:][0] if "_" in func else func
         args = spec.split("|")
-        if name in ("md5", "seahash"):
-            if name == "md5":
-                value = hashlib.md5(value.encode("utf-8"), usedforsecurity=False).hexdigest()
-            else:
-                value = seahash_hex(value)
-            if len(args) > 1 and args[1]:
-                value = value[: int(args[1])]
-        elif name == "strmsk":
-            mask = args[1] if len(args) > 1 else ""
-            value = "".join(v if m == "*" else m for v, m in zip(value, mask, strict=False))
-        elif name == "nospc":
-            joiner = args[1] if len(args) > 1 else ""
-            value = joiner.join(re.sub(r"\W+", " ", value).split())
-        elif len(args) > 1 and args[1]:  # pad
-            width, _, fill = args[1].partition(",")
-            value = value.rjust(int(width), fill or "0")
+        value = _TRANSFORMS[name](value, args[1] if len(args) > 1 else "")
         astr = astr.replace(f"_{spec}_", "")
     return astr, value
 
