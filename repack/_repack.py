@@ -288,11 +288,7 @@ class Repacker:
                 series_uid=instance.text("SeriesInstanceUID"),
                 sender=sender_folder(instance, self.by_sender) if self.by_sender else None,
             )
-        relative, missing = plan_placement(instance, self.layout)
-        if self.by_sender is not None:
-            relative = sender_folder(instance, self.by_sender) / relative
-        series_dir = self._series_dir(relative)
-        destination = series_dir / relative.name
+        series_dir, destination, missing = self._target(instance)
         generation = self._store.generation
         stat = self._store.place(source, destination, link=self.move, folder=series_dir)
         if self.logdir is not None:
@@ -319,23 +315,29 @@ class Repacker:
         """
         started = time.perf_counter()
         instance = read_source(source, self._keywords)
-        relative, missing = plan_placement(instance, self.layout)
-        series_dir = self.datadir / relative.parent
-        destination = series_dir / relative.name
+        series_dir, destination, missing = self._target(instance)
         if self.logdir is not None:
-            LogPaths.of(self.logdir, instance).image(relative.name)
+            LogPaths.of(self.logdir, instance).image(destination.name)
             for document in (
                 patient_document(instance, [instance.px_value("StudyInstanceUID")]),
                 study_meta_document(instance),
                 study_series_document(instance, str(series_dir)),
                 series_meta_document(instance),
-                image_document(instance, relative.name, source.stat, str(destination)),
+                image_document(instance, destination.name, source.stat, str(destination)),
             ):
                 json_bytes(document)
         return _repacked(
             source, instance, missing, series_dir=series_dir, destination=destination,
             size=source.stat.st_size, started=started,
         )  # fmt: skip
+
+    def _target(self, instance: Instance) -> tuple[Path, Path, tuple[MissingElement, ...]]:
+        """Where ``instance`` goes: its series folder, its file, what the templates missed."""
+        relative, missing = plan_placement(instance, self.layout)
+        if self.by_sender is not None:
+            relative = sender_folder(instance, self.by_sender) / relative
+        series_dir = self._series_dir(relative)
+        return series_dir, series_dir / relative.name, missing
 
     def _write_logs(
         self,
