@@ -68,8 +68,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         )
     if settings.umask is not None:  # before any folder or worker: they all inherit it
         os.umask(settings.umask)
-    operations = build_operations(settings)
-    service = Service(settings, metrics=operations.metrics, on_fatal=on_fatal)
+    service = Service(settings, on_fatal=on_fatal)
+    operations = build_operations(settings, service)
     running.append(service)
     service.threads.essential([signals_thread])
     service.start(announce=False)

@@ -147,22 +147,16 @@ class StorescpSupervisor:
 class Operations:
     """The metrics server and the supervised storescp, as the settings ask for them.
 
-    Built (ports bound, storescp found) before the service starts, so their
-    start-up errors come before ``watcher.started``; started after the
+    Built from the service (ports bound, storescp found) before it starts, so
+    their start-up errors come before ``watcher.started``; started after the
     service, stopped before it (no file arrives after it stopped watching).
     """
 
-    settings: Settings
-    metrics: Metrics
     storescp: StorescpSupervisor | None = None
     server: HealthServer | None = None
 
     def start(self, service: Service) -> None:
         if self.server is not None:
-            self.metrics.watch_oldest(service.tracker.oldest_age)
-            self.server.alive = service.alive_problems
-            self.server.readiness.watching = service.watching
-            self.server.readiness.service_problems = service.ready_problems
             self.server.start()
             service.threads.essential([self.server.server.thread])
             get_logger().info(Event.METRICS_SERVING, port=self.server.port)
@@ -178,9 +172,10 @@ class Operations:
             self.server.stop()
 
 
-def build_operations(settings: Settings) -> Operations:
-    """The operational parts the settings ask for; raise :class:`ConfigError`."""
-    metrics = Metrics()
+def build_operations(settings: Settings, service: Service) -> Operations:
+    """The operational parts the settings ask for, reading ``service`` (not started
+    yet) for their answers; raise :class:`ConfigError`."""
+    metrics = service.metrics
     storescp = StorescpSupervisor(settings, metrics) if settings.storescp_port is not None else None
     server = None
     if settings.metrics_port is not None:
@@ -191,11 +186,15 @@ def build_operations(settings: Settings) -> Operations:
                 "logdir": settings.logdir,
                 "quarantine": settings.quarantine,
             },
-            threading.Event(),
+            service.watching,
             settings.storescp_port,
+            service_problems=service.ready_problems,
         )
         try:
-            server = HealthServer(settings.metrics_host, settings.metrics_port, metrics, readiness)
+            server = HealthServer(
+                settings.metrics_host, settings.metrics_port, metrics, readiness,
+                alive=service.alive_problems,
+            )  # fmt: skip
         except OSError as error:
             raise ConfigError(
                 f"--metrics-port {settings.metrics_port} on {settings.metrics_host} cannot be"
@@ -203,4 +202,5 @@ def build_operations(settings: Settings) -> Operations:
                 hint="choose a free port (--metrics-port), or stop what listens on it",
                 exit_code=EXIT_STARTUP,
             ) from error
-    return Operations(settings, metrics, storescp, server)
+        metrics.watch_oldest(service.tracker.oldest_age)
+    return Operations(storescp, server)
