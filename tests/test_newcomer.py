@@ -133,6 +133,22 @@ def test_a_folder_that_cannot_exist_says_why(tmp_path: Path) -> None:
     assert "create /proc" not in result.stderr
 
 
+def test_a_metrics_port_in_use_says_so_before_anything_starts(tmp_path: Path) -> None:
+    import socket  # noqa: PLC0415
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = listener_run(
+            *("--incoming", str(tmp_path / "in"), "--datadir", str(tmp_path / "d")),
+            *("--logdir", str(tmp_path / "l"), "--quarantine", str(tmp_path / "q")),
+            *("--metrics-host", "127.0.0.1", "--metrics-port", str(port)),
+        )
+    assert result.returncode == 3
+    one_line_and_a_hint(result.stderr, "pypx-listener")
+    assert f"--metrics-port {port}" in result.stderr
+    assert "watcher.started" not in result.stdout
+
+
 def test_a_mistyped_environment_variable_is_warned_about(tmp_path: Path) -> None:
     with listener(tmp_path, env={"PYPX_LISTENER_SETLE": "3"}) as running:
         assert running.stop() == 0
