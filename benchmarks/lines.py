@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("repack", "watcher")
 #: The hand-off's modules, counted apart.
-HANDOFF = ("_handoff.py", "_handoff_setup.py", "_destinations.py", "_lonk.py")
+HANDOFF = ("_handoff.py", "_handoff_setup.py", "_destinations.py", "_lonk.py", "_cube.py")
 
 
 @dataclass(frozen=True)

@@ -12,21 +12,24 @@ by hand beside what is traced.
 
 Prints each caller -> callee pair once, in the order first made, then the
 main line: the calls the steps make themselves (not what those call in
-turn), traced, and the service's own.
+turn), traced, and the service's own. Events are logged as JSON lines, as the
+service logs them (to a discarded stream); a call made through ``contextlib``
+(a ``with`` of a context manager of ours) counts as its caller's.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 from watchdog.events import FileClosedEvent
 
-from repack import Repacked, get_logger
+from repack import Repacked, configure_logging, get_logger
 from repack.plumbing import Store, log_repacked
 from watcher import parse_settings
 from watcher._completion import CompletionTracker
@@ -44,6 +47,7 @@ _SERVICE_CALLS = (
     "watcher._service._dispatch_loop -> watcher._pool.submit",
     "watcher._pool._work -> watcher._service._handle (the pool's queue)",
     "watcher._service._handle -> watcher._workers.repack (the socket pair: repack_candidate)",
+    "watcher._service._handle -> repack._repack.event_fields",
     "watcher._service._handle -> repack._events.log_repacked",
     "watcher._service._handle -> watcher._outcomes.route",
 )
@@ -63,6 +67,11 @@ def main(argv: list[str]) -> int:
 
 
 def _trace(example: Path, work: Path) -> int:
+    with open(os.devnull, "w") as discarded:
+        return _traced(example, work, discarded)
+
+
+def _traced(example: Path, work: Path, discarded: TextIO) -> int:
     incoming = work / "incoming"
     incoming.mkdir()
     settings = parse_settings(
@@ -70,6 +79,7 @@ def _trace(example: Path, work: Path) -> int:
          str(work / "log"), "--quarantine", str(work / "quarantine"), "--settle", "1"],
         environ={},
     )  # fmt: skip
+    configure_logging(json=True, stream=discarded)
     tracker = CompletionTracker(0.0)
     root = IncomingRoot(incoming)
     root.open()
@@ -86,6 +96,8 @@ def _trace(example: Path, work: Path) -> int:
 
     def profile(frame: FrameType, event: str, _: Any) -> None:
         caller = frame.f_back
+        while caller is not None and _module(caller) == "contextlib":
+            caller = caller.f_back  # a with statement's context manager: its caller's call
         if event != "call" or caller is None:
             return
         callee, calling = _module(frame), _module(caller)

@@ -181,3 +181,25 @@ def test_the_private_name_check_finds_what_it_looks_for() -> None:
         "7: super()._check_inotify_fd",
         "8: dataset._dict",
     ]
+
+
+def test_the_readme_figures_of_the_path_are_the_scripts() -> None:
+    """``benchmarks.path_calls``'s counts, as the README states them."""
+    import re  # noqa: PLC0415
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "benchmarks.path_calls"],
+        capture_output=True, text=True, timeout=120, check=True, cwd=ROOT,
+    )  # fmt: skip
+    found = re.search(
+        r"cross-module pairs traced: (\d+); on the main line: (\d+) traced \+ (\d+) of the service",
+        shown.stdout,
+    )
+    assert found, shown.stdout[-500:]
+    total, traced, service = map(int, found.groups())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    stated = (
+        f"{traced + service} caller -> callee pairs on the main line ({traced} traced, {service}"
+        f" of the service's own threads), {total} pairs in all"
+    )
+    assert stated in readme
