@@ -32,6 +32,7 @@ from watchdog.events import FileClosedEvent
 from repack import Repacked, configure_logging, get_logger
 from repack.plumbing import Store, log_repacked
 from watcher import parse_settings
+from watcher._claim import repack_candidate
 from watcher._completion import CompletionTracker
 from watcher._folders import IncomingRoot
 from watcher._metrics import Metrics
@@ -39,7 +40,7 @@ from watcher._observer import Recorder
 from watcher._outcomes import ResultRouter
 from watcher._quarantine import Quarantine
 from watcher._series import SeriesTracker
-from watcher._workers import WorkerConfig, repack_candidate
+from watcher._workers import WorkerConfig
 
 _OURS = ("repack.", "watcher.")
 _SERVICE_CALLS = (

@@ -218,7 +218,7 @@ def test_file_names_that_are_not_utf8_are_repacked_and_reported(tmp_path: Path) 
 
 
 def test_warming_a_worker_up_writes_nothing_anywhere(tmp_path: Path) -> None:
-    from watcher._workers import warm_up  # noqa: PLC0415
+    from watcher._child import warm_up  # noqa: PLC0415
 
     repacker = Repacker(tmp_path / "data", tmp_path / "log")
     written: list[tuple[str, object]] = []

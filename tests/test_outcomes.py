@@ -18,13 +18,13 @@ import pytest
 from repack import Event, Repacked
 from repack.plumbing import Store
 from watcher import parse_settings
+from watcher._claim import NotRepacked, Outcome
 from watcher._completion import Candidate, CompletionTracker, signature_of
 from watcher._folders import IncomingRoot
 from watcher._metrics import Metrics
 from watcher._outcomes import CRASHES_BEFORE_QUARANTINE, REPEATS_BEFORE_ERROR, ResultRouter
 from watcher._quarantine import Quarantine
 from watcher._series import SeriesTracker
-from watcher._workers import NotRepacked, Outcome
 
 from .helpers import Clock, metric
 

@@ -13,17 +13,10 @@ import pytest
 
 from repack import Layout, Repacked
 from repack.plumbing import open_beneath
+from watcher._claim import NotRepacked, Outcome, _refusal, repack_candidate
 from watcher._completion import Candidate, signature_of
 from watcher._folders import IncomingRoot
-from watcher._workers import (
-    NotRepacked,
-    Outcome,
-    WorkerConfig,
-    WorkerProcess,
-    _refusal,
-    repack_candidate,
-    worker_command,
-)
+from watcher._workers import WorkerConfig, WorkerProcess, worker_command
 
 from .conftest import write_dicom
 

@@ -42,13 +42,13 @@ from repack import Event, NotRegularFileError, Repacked, StorageError
 from repack.plumbing import SourceVanishedError
 
 from ._backoff import FILE_RETRY
+from ._claim import Outcome, Result
 from ._completion import Candidate, CompletionTracker
 from ._folders import IncomingRoot
 from ._metrics import Metrics
 from ._quarantine import Quarantine
 from ._series import SeriesTracker
 from ._settings import Settings
-from ._workers import Outcome, Result
 
 __all__ = [
     "CRASHES_BEFORE_QUARANTINE",

@@ -24,6 +24,7 @@ from typing import Any
 from repack import Event, Repacked, get_logger
 from repack.plumbing import Store, log_repacked, output_blocked_for, sweep_stale_temps
 
+from ._claim import NotRepacked, Outcome
 from ._completion import Candidate, CompletionTracker
 from ._errors import EXIT_STARTUP, ConfigError
 from ._folders import IncomingRoot, check_folders, identity_of, ignored
@@ -37,7 +38,7 @@ from ._scan import Scans
 from ._series import SeriesTracker, as_on_disk
 from ._settings import Settings
 from ._threads import ThreadWatch
-from ._workers import NotRepacked, Outcome, WorkerConfig, WorkerProcess
+from ._workers import WorkerConfig, WorkerProcess
 
 __all__ = ["OUTPUT_BLOCKED_S", "Service"]
 

@@ -2,7 +2,7 @@
 
 ``PACKAGES`` is the folder the parent imported this package from (parent and
 worker run the same code, installed or not), ``FD`` one end of a socket pair
-(see :func:`watcher._workers.serve`). A plain child rather than
+(see :func:`watcher._child.serve`). A plain child rather than
 :mod:`multiprocessing`'s spawn, which adds a resource-tracker process (13 MB)
 and re-imports the parent's main module. Signals are set before the heavy
 imports: the parent decides when a worker stops.
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
         sys.path.insert(0, packages)
     from multiprocessing.connection import Connection  # noqa: PLC0415 - after the signals
 
-    from watcher._workers import serve  # noqa: PLC0415
+    from watcher._child import serve  # noqa: PLC0415
 
     serve(Connection(int(argv[1])))
     return 0
