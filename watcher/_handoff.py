@@ -150,6 +150,15 @@ def _locked_beneath(folder: int | None, name: str) -> int | None:
     return descriptor
 
 
+def _still_named(folder: int, name: str, descriptor: int) -> bool:
+    """Whether ``name`` in ``folder`` is still the file open at ``descriptor``."""
+    try:
+        here = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return here.st_ino == os.fstat(descriptor).st_ino
+
+
 def _series_file_name(series_uid: str) -> str:
     """A series' file name in the outbox's own folders (a hash: any UID makes one safe name)."""
     return f"{hashlib.sha256(series_uid.encode()).hexdigest()[:32]}.json"
@@ -380,14 +389,34 @@ class Handoff:
     def series_complete(self, document: Mapping[str, Any]) -> str:
         """Write one record per destination for the series; return its key."""
         key = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:16]}"
-        now = self._clock()
         document = dict(document)
+        refused = self._refusals(key, document)
+        for name, destination in self.destinations.items():
+            if name in refused:
+                continue
+            notes = destination.notes(document) if isinstance(destination, _Notes) else []
+            if notes:
+                self.log.warning(
+                    Event.HANDOFF_LEFT_OUT,
+                    destination=name,
+                    key=key,
+                    fields=notes,
+                    SeriesInstanceUID=document["SeriesInstanceUID"],
+                )
+            self._write_record(key, name, document)
+        self._unmark(document["SeriesInstanceUID"])
+        self._wakeup.set()
+        return key
+
+    def _refusals(self, key: str, document: dict[str, Any]) -> dict[str, str]:
+        """Which destinations refuse the series, and why (each said); a refusal is put in
+        ``document["error"]``, which LONK says (0x02) before "done"."""
         refused = {}
         for name, destination in self.destinations.items():
             reason = destination.refuses(document)
             if reason is not None:
                 refused[name] = reason
-                document["error"] = reason  # LONK says so (0x02) before "done"
+                document["error"] = reason
                 self.log.error(
                     Event.HANDOFF_REFUSED,
                     destination=name,
@@ -401,40 +430,29 @@ class Handoff:
                 reason, late = registered
                 refused["celery"] = reason
                 if late:
-                    document["error"] = reason  # LONK says so
-        for name, destination in self.destinations.items():
-            if name in refused:
-                continue
-            notes = destination.notes(document) if isinstance(destination, _Notes) else []
-            if notes:
-                self.log.warning(
-                    Event.HANDOFF_LEFT_OUT,
-                    destination=name,
-                    key=key,
-                    fields=notes,
-                    SeriesInstanceUID=document["SeriesInstanceUID"],
-                )
-            record = {"key": key, "destination": name, "created": now, "attempts": 0, "due": now,
-                      "first_failure": None, "last_error": None, "series": document}  # fmt: skip
-            path = self.folder / name / f"{key}.json"
-            try:
-                self._store.create_once(path, json_bytes(record))
-                _private(path)
-                if name == "celery":
-                    self._remember_registration(document)
-            except StorageError as error:
-                # The log tree is unwritable: said like any other failure, the series
-                # stays in its folder, and the operator registers it by hand.
-                self.log.error(  # noqa: TRY400 - a failure said, not a bug
-                    Event.HANDOFF_LOST,
-                    destination=name,
-                    key=key,
-                    error=str(error),
-                    SeriesInstanceUID=document["SeriesInstanceUID"],
-                )
-        self._unmark(document["SeriesInstanceUID"])
-        self._wakeup.set()
-        return key
+                    document["error"] = reason
+        return refused
+
+    def _write_record(self, key: str, name: str, document: dict[str, Any]) -> None:
+        now = self._clock()
+        record = {"key": key, "destination": name, "created": now, "attempts": 0, "due": now,
+                  "first_failure": None, "last_error": None, "series": document}  # fmt: skip
+        path = self.folder / name / f"{key}.json"
+        try:
+            self._store.create_once(path, json_bytes(record))
+            _private(path)
+            if name == "celery":
+                self._remember_registration(document)
+        except StorageError as error:
+            # The log tree is unwritable: said like any other failure, the series
+            # stays in its folder, and the operator registers it by hand.
+            self.log.error(  # noqa: TRY400 - a failure said, not a bug
+                Event.HANDOFF_LOST,
+                destination=name,
+                key=key,
+                error=str(error),
+                SeriesInstanceUID=document["SeriesInstanceUID"],
+            )
 
     # -- delivering ----------------------------------------------------------------
 
@@ -499,7 +517,6 @@ class Handoff:
         Returns None when it is gone (delivered), else when it is due next,
         since when it has been failing, and whether it failed just now.
         """
-        path = self.folder / destination.name / name
         try:
             descriptor = os.open(name, _OPEN_FILE, dir_fd=folder)
         except OSError:
@@ -507,39 +524,44 @@ class Handoff:
         try:
             if not try_claim(descriptor):
                 return (self._clock() + 1.0, None, False)  # another service has it now
-            try:
-                here = os.stat(name, dir_fd=folder, follow_symlinks=False)
-                if here.st_ino != os.fstat(descriptor).st_ino:
-                    return None  # delivered (or replaced) by another service meanwhile
-            except FileNotFoundError:
-                return None
+            if not _still_named(folder, name, descriptor):
+                return None  # delivered (or replaced) by another service meanwhile
             record, problem = _read_record(descriptor)
             if problem is not None:
-                self._dead_letter(destination.name, path, problem, None)
+                self._dead_letter(destination.name, self.folder / destination.name / name,
+                                  problem, None)  # fmt: skip
                 return None
             now = self._clock()
             waiting = record["due"] > now or self._waits_for_registration(destination, record)
             if waiting or not deliver:
                 return (max(record["due"], now + 0.5), record["first_failure"], False)
-            try:
-                destination.deliver(record["key"], record["series"])
-            except PermanentDeliveryError as error:
-                self._dead_letter(destination.name, path, str(error), record)
-                return None
-            except DeliveryError as error:
-                return self._failed(path, record, str(error))
-            os.unlink(name, dir_fd=folder)
-            self.metrics.handoff_sent(destination.name)
-            self.log.info(
-                Event.HANDOFF_SENT,
-                destination=destination.name,
-                key=record["key"],
-                attempt=record["attempts"] + 1,
-                SeriesInstanceUID=record["series"]["SeriesInstanceUID"],
-            )
-            return None
+            return self._deliver(destination, folder, name, record)
         finally:
             os.close(descriptor)
+
+    def _deliver(
+        self, destination: Destination, folder: int, name: str, record: dict[str, Any]
+    ) -> tuple[float, float, bool] | None:
+        """Hand the claimed record to its destination: removed when delivered, set aside
+        when it never can be, else kept for another try (see :meth:`_try`)."""
+        path = self.folder / destination.name / name
+        try:
+            destination.deliver(record["key"], record["series"])
+        except PermanentDeliveryError as error:
+            self._dead_letter(destination.name, path, str(error), record)
+            return None
+        except DeliveryError as error:
+            return self._failed(path, record, str(error))
+        os.unlink(name, dir_fd=folder)
+        self.metrics.handoff_sent(destination.name)
+        self.log.info(
+            Event.HANDOFF_SENT,
+            destination=destination.name,
+            key=record["key"],
+            attempt=record["attempts"] + 1,
+            SeriesInstanceUID=record["series"]["SeriesInstanceUID"],
+        )
+        return None
 
     def _folder_beneath(self, name: str) -> int:
         """A descriptor of ``outbox/<name>``, opened without following a link at either step."""

@@ -99,34 +99,37 @@ class ResultRouter:
             self.log.warning(Event.REPACK_WARNING, src=candidate.shown, warning=warning)
         if isinstance(result, Repacked):
             self._done(candidate, result)
-            return
-        outcome = result.outcome
-        if outcome in (Outcome.BUSY, Outcome.UNCLAIMED):
-            busy = outcome is Outcome.BUSY
-            self.log.debug(
-                Event.REPACK_BUSY if busy else Event.REPACK_UNCLAIMED, src=candidate.shown
-            )
-            self.tracker.recheck(candidate, self.settings.settle)
-        elif outcome is Outcome.UNPROVEN:
-            self.log.debug(Event.REPACK_UNPROVEN, src=candidate.shown)
-            self.tracker.until_quiet(candidate)
-        elif outcome in (Outcome.CHANGED, Outcome.VANISHED):
-            if outcome is Outcome.VANISHED:
+        elif result.outcome in (Outcome.BUSY, Outcome.UNCLAIMED, Outcome.UNPROVEN):
+            self._later(candidate, result.outcome)
+        elif result.outcome in (Outcome.CHANGED, Outcome.VANISHED):
+            if result.outcome is Outcome.VANISHED:
                 self.metrics.vanished()
             self.tracker.finished(candidate, remember=False)
-        elif outcome is Outcome.INVALID:
+        elif result.outcome is Outcome.INVALID:
             self._invalid(candidate, result.reason, result.message)
             if result.series_uid is not None and self.on_refused is not None:
                 self.on_refused(result.series_uid, result.message, result.sender)
-        elif outcome is Outcome.STORAGE:
+        elif result.outcome is Outcome.STORAGE:
             self._retry(candidate, result.message, result.errno, key=f"storage:{result.errno}")
         else:
-            self.log.error(Event.REPACK_CRASHED, src=candidate.shown, error=result.message)
-            repeats = self._retry(candidate, result.message, None, key="crashed")
-            if repeats >= CRASHES_BEFORE_QUARANTINE:
-                self._quarantine(
-                    candidate, "repack-crashed", f"crashed {repeats} times: {result.message}"
-                )
+            self._crashed(candidate, result.message)
+
+    def _later(self, candidate: Candidate, outcome: Outcome) -> None:
+        """Not now: held by a writer or another service (again after the settle time), or
+        unproven without a lease (once it has been quiet for the unleased settle)."""
+        if outcome is Outcome.UNPROVEN:
+            self.log.debug(Event.REPACK_UNPROVEN, src=candidate.shown)
+            self.tracker.until_quiet(candidate)
+            return
+        busy = outcome is Outcome.BUSY
+        self.log.debug(Event.REPACK_BUSY if busy else Event.REPACK_UNCLAIMED, src=candidate.shown)
+        self.tracker.recheck(candidate, self.settings.settle)
+
+    def _crashed(self, candidate: Candidate, message: str) -> None:
+        self.log.error(Event.REPACK_CRASHED, src=candidate.shown, error=message)
+        repeats = self._retry(candidate, message, None, key="crashed")
+        if repeats >= CRASHES_BEFORE_QUARANTINE:
+            self._quarantine(candidate, "repack-crashed", f"crashed {repeats} times: {message}")
 
     def _done(self, candidate: Candidate, repacked: Repacked) -> None:
         self.tracker.finished(candidate, remember=not self.settings.move)

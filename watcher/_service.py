@@ -265,50 +265,58 @@ class Service:
     # -- dispatcher ----------------------------------------------------------
 
     def _dispatch(self) -> None:
-        settings = self.settings
         self._scans.start()
-        next_scan = time.monotonic() + settings.scan_interval
+        next_scan = time.monotonic() + self.settings.scan_interval
         next_housekeeping = time.monotonic() + _HOUSEKEEPING_S
         rescan = False
         while not self._stopping.is_set():
-            now = time.monotonic()
-            due = self.tracker.next_due()
-            wait = 0.2 if due is None else min(0.2, max(0.0, due - now))
-            if self.pool.free_slots() == 0:
-                wait = 0.02
-            if self._scans.more_to_hand_over():
-                wait = 0.0
-            # Events come in bursts (the observer reads a few milliseconds of them
-            # at once), so a trickle reaches the workers several files at a time.
-            self.tracker.wait(wait)
-            for folder in self.tracker.take_new_folders():
-                self._scans.start(folder)
-            if self.tracker.clear_overflow():
-                rescan = True
+            rescan = self._wait_for_work() or rescan
             if self._stopping.is_set():
                 break
-            self._scans.advance(_SCAN_STEP)
-            free = self.pool.free_slots()
-            if free:
-                for candidate in self.tracker.take_ready(free):
-                    self.pool.submit(candidate)
+            self._hand_over()
             now = time.monotonic()
             if (now >= next_scan or rescan) and not self._scans.full_scan_under_way():
                 if rescan:
                     self.log.warning(
                         Event.WATCHER_RESCAN, reason="events dropped or too many pending"
                     )
-                rescan = False
                 self._scans.start()
-                next_scan = now + settings.scan_interval
+                rescan, next_scan = False, now + self.settings.scan_interval
             if now >= next_housekeeping:
-                self._check_observer()
-                self._check_incoming()
-                self._check_stalls()
-                self._announce_quiet_series()
-                self._update_gauges()
+                self._housekeeping()
                 next_housekeeping = now + _HOUSEKEEPING_S
         self._scans.close()
+
+    def _wait_for_work(self) -> bool:
+        """Wait (at most 0.2 s) for a file to be due, a pool slot or a scan step; start
+        scans of new folders. Whether events were dropped (then a rescan is due)."""
+        due = self.tracker.next_due()
+        wait = 0.2 if due is None else min(0.2, max(0.0, due - time.monotonic()))
+        if self.pool.free_slots() == 0:
+            wait = 0.02
+        if self._scans.more_to_hand_over():
+            wait = 0.0
+        # Events come in bursts (the observer reads a few milliseconds of them
+        # at once), so a trickle reaches the workers several files at a time.
+        self.tracker.wait(wait)
+        for folder in self.tracker.take_new_folders():
+            self._scans.start(folder)
+        return self.tracker.clear_overflow()
+
+    def _hand_over(self) -> None:
+        """A step of the scans under way, then as many ready files as the pool takes."""
+        self._scans.advance(_SCAN_STEP)
+        free = self.pool.free_slots()
+        if free:
+            for candidate in self.tracker.take_ready(free):
+                self.pool.submit(candidate)
+
+    def _housekeeping(self) -> None:
+        self._check_observer()
+        self._check_incoming()
+        self._check_stalls()
+        self._announce_quiet_series()
+        self._update_gauges()
 
     # -- housekeeping --------------------------------------------------------
 
