@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -60,12 +61,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         fatal.append(reason)
         stop_requested.set()
 
-    for name in unknown_variables(os.environ):
-        log.warning(
-            Event.WATCHER_UNKNOWN_SETTING,
-            variable=name,
-            hint=f"no option is named so; see pypx-listener --help for the {ENV_PREFIX}* names",
-        )
+    _warn_of_unknown_variables(log)
     if settings.umask is not None:  # before any folder or worker: they all inherit it
         os.umask(settings.umask)
     service = Service(settings, on_fatal=on_fatal)
@@ -85,12 +81,30 @@ def run(argv: Sequence[str] | None = None) -> int:
             log.info(Event.WATCHER_STOPPING, reason=fatal[0])
     finally:
         operations.stop(service)
-        timeout = None
-        if signals:  # finish before the signals thread's deadline
-            left = settings.stop_timeout - (time.monotonic() - signals[0][1])
-            timeout = max(0.1, left - _STOP_MARGIN_S)
-        service.stop(timeout)
-    if output_lost.is_set():
+        service.stop(_time_left_to_stop(settings.stop_timeout, signals))
+    return _exit_status(output_lost=output_lost.is_set(), fatal=fatal)
+
+
+def _warn_of_unknown_variables(log: Any) -> None:
+    for name in unknown_variables(os.environ):
+        log.warning(
+            Event.WATCHER_UNKNOWN_SETTING,
+            variable=name,
+            hint=f"no option is named so; see pypx-listener --help for the {ENV_PREFIX}* names",
+        )
+
+
+def _time_left_to_stop(stop_timeout: float, signals: list[tuple[int, float]]) -> float | None:
+    """After a signal: finish before the signals thread's deadline (None: no deadline)."""
+    if not signals:
+        return None
+    left = stop_timeout - (time.monotonic() - signals[0][1])
+    return max(0.1, left - _STOP_MARGIN_S)
+
+
+def _exit_status(*, output_lost: bool, fatal: list[str]) -> int:
+    """The exit status of a stop, with its reason on stderr when it is not a clean one."""
+    if output_lost:
         # Nothing more goes to the closed pipe, not even the interpreter's last flush.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         report_error(
@@ -132,13 +146,7 @@ def _handle_signals(
 
     The C-level handler only writes the signal's number into a pipe
     (``signal.set_wakeup_fd``); the Python-level handler does nothing. The
-    ``signals`` thread reads the pipe: the first signal is noted in
-    ``signals`` with its time and asks the service to stop (the main thread
-    says so); a later one (or one after the event stream was lost), or
-    ``stop_timeout`` seconds after the first without a clean exit, kills the
-    workers and exits at once, whatever the other threads hold. This thread
-    never waits for the event stream, so a stalled reader cannot keep it
-    from exiting.
+    ``signals`` thread reads the pipe (:class:`_SignalWatch`).
     """
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
@@ -146,12 +154,52 @@ def _handle_signals(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _noted_by_the_wakeup_fd)
     signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break must never end the service
+    watch = _SignalWatch(read_end, stop_requested, signals, running, log, stop_timeout)
+    thread = threading.Thread(target=watch.act, name="signals", daemon=True)
+    thread.start()
+    return thread
 
-    def exit_now(number: int, reason: str) -> None:
+
+@dataclass
+class _SignalWatch:
+    """The ``signals`` thread: the first signal is noted in ``signals`` with its time
+    and asks the service to stop (the main thread says so); a later one (or one after
+    the event stream was lost), or ``stop_timeout`` seconds after the first without a
+    clean exit, kills the workers and exits at once, whatever the other threads hold.
+    It never waits for the event stream, so a stalled reader cannot keep it from
+    exiting."""
+
+    read_end: int
+    stop_requested: threading.Event
+    signals: list[tuple[int, float]]
+    running: list[Service]
+    log: Any
+    stop_timeout: float
+
+    def act(self) -> None:
+        while True:
+            deadline = None
+            if self.signals:
+                elapsed = time.monotonic() - self.signals[0][1]
+                deadline = max(0.0, self.stop_timeout - elapsed)
+            if not select.select([self.read_end], [], [], deadline)[0]:
+                self.exit_now(
+                    self.signals[0][0], f"the stop did not finish within {self.stop_timeout:g} s"
+                )
+            for number in os.read(self.read_end, 64):
+                if number not in (signal.SIGTERM, signal.SIGINT):
+                    continue
+                if not self.stop_requested.is_set():
+                    self.signals.append((number, time.monotonic()))
+                    self.stop_requested.set()
+                    continue
+                self.exit_now(number, "a second signal")
+
+    def exit_now(self, number: int, reason: str) -> None:
         _EXITING.acquire()  # never released: this process ends here
         # A stalled stream must not hold up the exit: the line gets a second.
         last_word = threading.Thread(
-            target=lambda: log.warning(
+            target=lambda: self.log.warning(
                 Event.WATCHER_KILLED, signal=signal.Signals(number).name, reason=reason
             ),
             daemon=True,
@@ -160,29 +208,9 @@ def _handle_signals(
         last_word.join(_LAST_WORD_S)
         # Last, right before the exit: a killed worker frees the main thread's stop,
         # which must not get as far as watcher.stopped.
-        for service in running:  # no worker process outlives the service
+        for service in self.running:  # no worker process outlives the service
             service.kill_workers(reap=False)
         os._exit(128 + number)
-
-    def act() -> None:
-        while True:
-            deadline = None
-            if signals:
-                deadline = max(0.0, stop_timeout - (time.monotonic() - signals[0][1]))
-            if not select.select([read_end], [], [], deadline)[0]:
-                exit_now(signals[0][0], f"the stop did not finish within {stop_timeout:g} s")
-            for number in os.read(read_end, 64):
-                if number not in (signal.SIGTERM, signal.SIGINT):
-                    continue
-                if not stop_requested.is_set():
-                    signals.append((number, time.monotonic()))
-                    stop_requested.set()
-                    continue
-                exit_now(number, "a second signal")
-
-    thread = threading.Thread(target=act, name="signals", daemon=True)
-    thread.start()
-    return thread
 
 
 def _noted_by_the_wakeup_fd(_signum: int, _frame: FrameType | None) -> None:
