@@ -238,28 +238,32 @@ def _inputs_of(arguments: argparse.Namespace, roots: list[int]) -> list[_Input]:
         exclude.append(Path(arguments.logdir).resolve())
     inputs: list[_Input] = []
     for text in arguments.paths:
-        path = Path(text)
-        if not path.is_dir():
-            inputs.append(_named_file(path))
-            continue
-        if arguments.cleanup and path.is_symlink():
-            # Its files would be moved out of wherever it points: refused, as a
-            # link to a file is. Without --cleanup they are only read (copied).
-            raise CliError(
-                f"{printable(text)} is a symbolic link to a folder; --cleanup never follows one",
-                hint="name the folder itself, or leave out --cleanup to copy what it holds",
-            )
-        try:
-            root = open_root(path.resolve())
-        except OSError as error:
-            raise CliError(
-                f"cannot open the folder {printable(text)}: {error.strerror}",
-                hint="check its permissions",
-                exit_code=EXIT_FAILED,
-            ) from error
-        roots.append(root)
-        inputs.extend(_walk(path, root, exclude))
+        inputs.extend(_inputs_at(text, arguments.cleanup, exclude, roots))
     return inputs
+
+
+def _inputs_at(text: str, cleanup: bool, exclude: list[Path], roots: list[int]) -> list[_Input]:
+    """The file named ``text``, or the files of the folder it names (walked beneath it)."""
+    path = Path(text)
+    if not path.is_dir():
+        return [_named_file(path)]
+    if cleanup and path.is_symlink():
+        # Its files would be moved out of wherever it points: refused, as a
+        # link to a file is. Without --cleanup they are only read (copied).
+        raise CliError(
+            f"{printable(text)} is a symbolic link to a folder; --cleanup never follows one",
+            hint="name the folder itself, or leave out --cleanup to copy what it holds",
+        )
+    try:
+        root = open_root(path.resolve())
+    except OSError as error:
+        raise CliError(
+            f"cannot open the folder {printable(text)}: {error.strerror}",
+            hint="check its permissions",
+            exit_code=EXIT_FAILED,
+        ) from error
+    roots.append(root)
+    return list(_walk(path, root, exclude))
 
 
 def run(argv: Sequence[str] | None = None) -> int:
