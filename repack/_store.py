@@ -289,19 +289,34 @@ class Store:
         allowed = not source.shared or (shared_ok and source.stat.st_nlink == 1)
         link = link and self._proc_links and allowed
         if link:
-            # The common case, a new instance: link straight to the final name.
-            try:
-                self._in_folder(folder, lambda: self._link(source, destination))
-            except FileExistsError:
-                pass  # sent again: replace it below
-            except OSError as error:
-                if error.errno not in _NO_LINK:
-                    raise self._placing_error(error, source, destination) from error
-                link = False
-            else:
-                # The link is the opened inode: its stat, without a walk of the path.
-                with _translated("stat", destination):
-                    return os.fstat(source.descriptor)
+            first = self._link_first(source, destination, folder)
+            if isinstance(first, os.stat_result):
+                return first
+            link = first
+        return self._place_via_temp(source, destination, folder, link=link, sync=sync)
+
+    def _link_first(
+        self, source: SourceFile, destination: Path, folder: Path
+    ) -> os.stat_result | bool:
+        """The common case, a new instance: a link straight to the final name. Its stat
+        when made; else whether a link may still be made (True: the name exists, a
+        re-sent instance to replace; False: no link here, another file system)."""
+        try:
+            self._in_folder(folder, lambda: self._link(source, destination))
+        except FileExistsError:
+            return True  # sent again: replaced through a temporary name
+        except OSError as error:
+            if error.errno not in _NO_LINK:
+                raise self._placing_error(error, source, destination) from error
+            return False
+        # The link is the opened inode: its stat, without a walk of the path.
+        with _translated("stat", destination):
+            return os.fstat(source.descriptor)
+
+    def _place_via_temp(
+        self, source: SourceFile, destination: Path, folder: Path, *, link: bool, sync: bool
+    ) -> os.stat_result:
+        """A link or a copy under a temporary name, then renamed over ``destination``."""
         temp = temp_name(folder)
         try:
             try:
