@@ -87,22 +87,31 @@ def _ends_complete(dataset: Dataset, fp: _Seekable, size: int) -> str | None:
     # get_item: each element as read, never converted nor read if deferred.
     items: list[object] = [dataset.get_item(tag, keep_deferred=True) for tag in tags]
     raw = [e for e in items if isinstance(e, RawDataElement)]
-    furthest = max(raw, key=_value_tell, default=None)
-    if furthest is not None and furthest.length != UNDEFINED_LENGTH:
-        if furthest.value is not None and len(furthest.value) < furthest.length:
-            return "the file ends inside its last value"
-        trailing = size - furthest.value_tell - furthest.length
-        # Past the furthest raw element there may only be an undefined-length
-        # value that pydicom parsed (a sequence), closed by its delimiter.
-        if trailing and not (stopped == size and _tail_is_delimiter(fp, size)):
-            return f"{trailing} trailing byte(s) after the last element"
-    elif not _tail_is_delimiter(fp, size):
-        return "undefined-length value not closed"
+    ending = _how_it_ends(max(raw, key=_value_tell, default=None), fp, size, stopped)
+    if ending is not None:
+        return ending
     if ROWS in tags and not PIXEL_TAGS.intersection(tags):
         # What a file cut after its header looks like. An image storage instance
         # with no Image Pixel module at all is another thing: sent so (px-repack
         # repacks it too), and reported by Instance.image_without_pixels.
         return "its Image Pixel module describes pixel data that is not there"
+    return None
+
+
+def _how_it_ends(
+    furthest: RawDataElement | None, fp: _Seekable, size: int, stopped: int
+) -> str | None:
+    """Why the file does not end where its furthest raw element (``furthest``) says it
+    must, or None when it does."""
+    if furthest is None or furthest.length == UNDEFINED_LENGTH:
+        return None if _tail_is_delimiter(fp, size) else "undefined-length value not closed"
+    if furthest.value is not None and len(furthest.value) < furthest.length:
+        return "the file ends inside its last value"
+    trailing = size - furthest.value_tell - furthest.length
+    # Past the furthest raw element there may only be an undefined-length
+    # value that pydicom parsed (a sequence), closed by its delimiter.
+    if trailing and not (stopped == size and _tail_is_delimiter(fp, size)):
+        return f"{trailing} trailing byte(s) after the last element"
     return None
 
 

@@ -146,18 +146,20 @@ class _Walker:
                     raise self.past_end(tag, length, value)
                 position = value + length
                 continue
-            position = value  # an item of undefined length: elements up to its end
-            while True:
-                tag, _, length, value = self.element(position)
-                if tag == _ITEM_END:
-                    position = value
-                    break
-                if length == UNDEFINED_LENGTH:
-                    position = self.skip_undefined(value, depth + 1)
-                elif value + length > self.reader.size:
-                    raise self.past_end(tag, length, value)
-                else:
-                    position = value + length
+            position = self._skip_item(value, depth)
+
+    def _skip_item(self, position: int, depth: int) -> int:
+        """Skip the elements of an item of undefined length; return the offset after it."""
+        while True:
+            tag, _, length, value = self.element(position)
+            if tag == _ITEM_END:
+                return value
+            if length == UNDEFINED_LENGTH:
+                position = self.skip_undefined(value, depth + 1)
+            elif value + length > self.reader.size:
+                raise self.past_end(tag, length, value)
+            else:
+                position = value + length
 
 
 def must_have_pixels(has_rows: bool, sop_class_uid: str | None) -> bool:
