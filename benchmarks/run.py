@@ -558,6 +558,170 @@ def _measure(name: str, function: Callable[[], Any]) -> Any:
     return function()
 
 
+def _part_service(
+    results: dict[str, Any], work: Path, sag: list[Path], copies: int, arguments: argparse.Namespace
+) -> None:
+    startup = _measure("start-up cost", lambda: startup_cpu(work))
+    results["startup_cpu_s"] = {"user": round(startup[0], 3), "sys": round(startup[1], 3)}
+    staged = work / "sag"
+    shutil.copytree(SAG, staged)
+    rows = [
+        _measure(
+            "service, 192 SAG-anon",
+            lambda: service_throughput(work, sorted(staged.glob("*.dcm")), "sag-192", startup),
+        )
+    ]
+    for run in range(arguments.runs):
+        big_files = write_workload(
+            work / "big", plan(5, 2, copies // 10, 192, seed=f"B{run}"), sources=sag
+        )
+        rows.append(
+            _measure(
+                f"service, {len(big_files)} (run {run + 1} of {arguments.runs})",
+                lambda f=big_files, r=run: service_throughput(
+                    work, f, f"sag-x{copies}-run{r + 1}", startup
+                ),
+            )
+        )
+        discard(work / "big")
+    results["service"] = rows
+    _section(
+        "Service (files visible -> last repack.done; logs on; move; start-up CPU subtracted)",
+        [
+            (
+                r["workload"],
+                f"{r['instances']} in {r['seconds']} s = {r['instances_per_s']}/s"
+                f" (steady {r['steady_instances_per_s']}/s); CPU {r['cpu_ms_per_instance']}"
+                f" ms/instance (user {r['user_ms_per_instance']}, sys"
+                f" {r['sys_ms_per_instance']}); peak RSS {r['peak_rss_mb']} MB"
+                f" {r['peak_rss_by_process_mb']}",
+            )
+            for r in rows
+        ],
+    )
+
+
+def _part_alone(
+    results: dict[str, Any], work: Path, sag: list[Path], copies: int, arguments: argparse.Namespace
+) -> None:
+    row = _measure("Repacker.repack alone", lambda: repack_alone(work, sag))
+    results["repack_alone"] = row
+    _section(
+        "Repacker.repack alone (one thread, in process, 960 SAG-anon instances)",
+        [
+            (
+                "CPU per instance",
+                f"{row['cpu_ms_per_instance']} ms (user {row['user_ms_per_instance']},"
+                f" sys {row['sys_ms_per_instance']}), wall {row['wall_ms_per_instance']} ms",
+            )
+        ],
+    )
+
+
+def _part_e2e(
+    results: dict[str, Any], work: Path, sag: list[Path], copies: int, arguments: argparse.Namespace
+) -> None:
+    if not shutil.which("storescp"):
+        return
+    ten = write_workload(work / "e2e-10", plan(1, 2, 5, 192, seed="E"), sources=sag)
+    results["end_to_end"] = [
+        _measure("end to end, 192", lambda: end_to_end(work, sag, "sag-192", 5)),
+        _measure("end to end, 1920", lambda: end_to_end(work, ten, "sag-x10", 5)),
+    ]
+    if arguments.scale:
+        fifty = write_workload(work / "e2e-50", plan(5, 2, 5, 192, seed="F"), sources=sag)
+        results["end_to_end"].append(
+            _measure("end to end, 9600", lambda: end_to_end(work, fifty, "sag-x50", 1))
+        )
+    _section(
+        "End to end: storescu -> storescp (+ service) / storescp alone",
+        [
+            (
+                row["workload"],
+                f"alone {row['storescp_alone_s']} s, with service "
+                f"{row['with_service_s']} s, ratio {row['ratio']} (rounds"
+                f" {row['ratios_each_round']}; the send alone {row['send_ratios_each_round']},"
+                f" then {row['tail_ms_each_round']} ms); CPU ms/instance: storescp+storescu"
+                f" {row['dcmtk_cpu_ms_per_instance']}, service"
+                f" {row['service_cpu_ms_per_instance']}",
+            )
+            for row in results["end_to_end"]
+        ],
+    )
+
+
+def _part_latency(
+    results: dict[str, Any], work: Path, sag: list[Path], copies: int, arguments: argparse.Namespace
+) -> None:
+    row = _measure("latency", lambda: latency(work, 500.0, 5.0 if arguments.quick else 10.0))
+    results["latency"] = row
+    _section(
+        "Latency: close -> repack.done at a steady rate"
+        " (small instances; the service's CPU while they trickle in)",
+        [
+            (
+                f"{row['rate_per_s']:.0f}/s offered ({row['achieved_rate_per_s']}/s achieved)",
+                f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, max {row['max_ms']} ms;"
+                f" CPU {row['cpu_ms_per_instance']} ms/instance",
+            )
+        ],
+    )
+
+
+def _part_growth(
+    results: dict[str, Any], work: Path, sag: list[Path], copies: int, arguments: argparse.Namespace
+) -> None:
+    sizes = [10_000] + ([100_000] if arguments.scale else [])
+    rows = []
+    for size in sizes:
+        files = write_workload(work / f"growth-{size}", plan(10, 10, 10, size // 1000, seed="G"))
+        rows.append(
+            _measure(
+                f"growth {size}",
+                lambda f=files, s=size: service_throughput(work, f, f"small-{s}"),
+            )
+        )
+        discard(work / f"growth-{size}")
+    results["growth"] = rows
+    _section(
+        "Growth: small synthetic instances",
+        [
+            (
+                r["workload"],
+                f"{r['instances_per_s']} instances/s, "
+                f"{1e6 / r['instances_per_s']:.0f} us/instance, peak RSS {r['peak_rss_mb']} MB",
+            )
+            for r in rows
+        ],
+    )
+
+
+def _part_peers(
+    results: dict[str, Any], work: Path, sag: list[Path], copies: int, arguments: argparse.Namespace
+) -> None:
+    results["peers"] = _measure("peers", lambda: peers(work, 5 if arguments.quick else 20))
+    service_rate = results.get("service", [{}])[-1].get("instances_per_s")
+    rows = []
+    for name, row in results["peers"].items():
+        ratio = (
+            f", service is {service_rate / row['instances_per_s']:.0f}x faster"
+            if service_rate
+            else ""
+        )
+        rows.append((name, f"{row['instances_per_s']} instances/s{ratio}"))
+    _section("Peers", rows)
+
+
+_PARTS: dict[str, Callable[[dict[str, Any], Path, list[Path], int, argparse.Namespace], None]] = {
+    "service": _part_service,
+    "alone": _part_alone,
+    "e2e": _part_e2e,
+    "latency": _part_latency,
+    "growth": _part_growth,
+    "peers": _part_peers,
+}
+
+
 def run_parts(
     parts: set[str],
     results: dict[str, Any],
@@ -567,136 +731,10 @@ def run_parts(
     copies: int,
     arguments: argparse.Namespace,
 ) -> None:
-    if "service" in parts:
-        startup = _measure("start-up cost", lambda: startup_cpu(work))
-        results["startup_cpu_s"] = {"user": round(startup[0], 3), "sys": round(startup[1], 3)}
-        staged = work / "sag"
-        shutil.copytree(SAG, staged)
-        rows = [
-            _measure(
-                "service, 192 SAG-anon",
-                lambda: service_throughput(work, sorted(staged.glob("*.dcm")), "sag-192", startup),
-            )
-        ]
-        for run in range(arguments.runs):
-            big_files = write_workload(
-                work / "big", plan(5, 2, copies // 10, 192, seed=f"B{run}"), sources=sag
-            )
-            rows.append(
-                _measure(
-                    f"service, {len(big_files)} (run {run + 1} of {arguments.runs})",
-                    lambda f=big_files, r=run: service_throughput(
-                        work, f, f"sag-x{copies}-run{r + 1}", startup
-                    ),
-                )
-            )
-            discard(work / "big")
-        results["service"] = rows
-        _section(
-            "Service (files visible -> last repack.done; logs on; move; start-up CPU subtracted)",
-            [
-                (
-                    r["workload"],
-                    f"{r['instances']} in {r['seconds']} s = {r['instances_per_s']}/s"
-                    f" (steady {r['steady_instances_per_s']}/s); CPU {r['cpu_ms_per_instance']}"
-                    f" ms/instance (user {r['user_ms_per_instance']}, sys"
-                    f" {r['sys_ms_per_instance']}); peak RSS {r['peak_rss_mb']} MB"
-                    f" {r['peak_rss_by_process_mb']}",
-                )
-                for r in rows
-            ],
-        )
-    if "alone" in parts:
-        row = _measure("Repacker.repack alone", lambda: repack_alone(work, sag))
-        results["repack_alone"] = row
-        _section(
-            "Repacker.repack alone (one thread, in process, 960 SAG-anon instances)",
-            [
-                (
-                    "CPU per instance",
-                    f"{row['cpu_ms_per_instance']} ms (user {row['user_ms_per_instance']},"
-                    f" sys {row['sys_ms_per_instance']}), wall {row['wall_ms_per_instance']} ms",
-                )
-            ],
-        )
-    if "e2e" in parts and shutil.which("storescp"):
-        ten = write_workload(work / "e2e-10", plan(1, 2, 5, 192, seed="E"), sources=sag)
-        results["end_to_end"] = [
-            _measure("end to end, 192", lambda: end_to_end(work, sag, "sag-192", 5)),
-            _measure("end to end, 1920", lambda: end_to_end(work, ten, "sag-x10", 5)),
-        ]
-        if arguments.scale:
-            fifty = write_workload(work / "e2e-50", plan(5, 2, 5, 192, seed="F"), sources=sag)
-            results["end_to_end"].append(
-                _measure("end to end, 9600", lambda: end_to_end(work, fifty, "sag-x50", 1))
-            )
-        _section(
-            "End to end: storescu -> storescp (+ service) / storescp alone",
-            [
-                (
-                    row["workload"],
-                    f"alone {row['storescp_alone_s']} s, with service "
-                    f"{row['with_service_s']} s, ratio {row['ratio']} (rounds"
-                    f" {row['ratios_each_round']}; the send alone {row['send_ratios_each_round']},"
-                    f" then {row['tail_ms_each_round']} ms); CPU ms/instance: storescp+storescu"
-                    f" {row['dcmtk_cpu_ms_per_instance']}, service"
-                    f" {row['service_cpu_ms_per_instance']}",
-                )
-                for row in results["end_to_end"]
-            ],
-        )
-    if "latency" in parts:
-        row = _measure("latency", lambda: latency(work, 500.0, 5.0 if arguments.quick else 10.0))
-        results["latency"] = row
-        _section(
-            "Latency: close -> repack.done at a steady rate"
-            " (small instances; the service's CPU while they trickle in)",
-            [
-                (
-                    f"{row['rate_per_s']:.0f}/s offered ({row['achieved_rate_per_s']}/s achieved)",
-                    f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, max {row['max_ms']} ms;"
-                    f" CPU {row['cpu_ms_per_instance']} ms/instance",
-                )
-            ],
-        )
-    if "growth" in parts:
-        sizes = [10_000] + ([100_000] if arguments.scale else [])
-        rows = []
-        for size in sizes:
-            files = write_workload(
-                work / f"growth-{size}", plan(10, 10, 10, size // 1000, seed="G")
-            )
-            rows.append(
-                _measure(
-                    f"growth {size}",
-                    lambda f=files, s=size: service_throughput(work, f, f"small-{s}"),
-                )
-            )
-            discard(work / f"growth-{size}")
-        results["growth"] = rows
-        _section(
-            "Growth: small synthetic instances",
-            [
-                (
-                    r["workload"],
-                    f"{r['instances_per_s']} instances/s, "
-                    f"{1e6 / r['instances_per_s']:.0f} us/instance, peak RSS {r['peak_rss_mb']} MB",
-                )
-                for r in rows
-            ],
-        )
-    if "peers" in parts:
-        results["peers"] = _measure("peers", lambda: peers(work, 5 if arguments.quick else 20))
-        service_rate = results.get("service", [{}])[-1].get("instances_per_s")
-        rows = []
-        for name, row in results["peers"].items():
-            ratio = (
-                f", service is {service_rate / row['instances_per_s']:.0f}x faster"
-                if service_rate
-                else ""
-            )
-            rows.append((name, f"{row['instances_per_s']} instances/s{ratio}"))
-        _section("Peers", rows)
+    """Run the parts asked for, in the order of :data:`_PARTS`."""
+    for name, part in _PARTS.items():
+        if name in parts:
+            part(results, work, sag, copies, arguments)
 
 
 if __name__ == "__main__":

@@ -79,20 +79,31 @@ def validate(arguments: dict[str, object]) -> str | None:
     ``validate`` add the path's prefix and comma rules and ``ndicom >= 1``.
     """
     data = {k: v for k, v in arguments.items() if v is not None}
-    for name in REQUIRED:
-        if name not in data:
-            return f"{name}: This field is required."
+    missing = next((name for name in REQUIRED if name not in data), None)
+    if missing is not None:
+        return f"{missing}: This field is required."
+    return _char_fields(data) or _typed_fields(data) or _cube_validators(data)
+
+
+def _char_fields(data: dict[str, object]) -> str | None:
+    """DRF's CharField: trimmed; no NUL, no surrogate, within max_length, not blank."""
     for name, value in data.items():
-        if isinstance(value, str):
-            text = value.strip()
-            if "\x00" in text:
-                return f"{name}: Null characters are not allowed."
-            if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
-                return f"{name}: Surrogate characters are not allowed."
-            if name in MAX_LENGTH and len(text) > MAX_LENGTH[name]:
-                return f"{name}: Ensure this field has no more than {MAX_LENGTH[name]} characters."
-            if not text and name in REQUIRED:
-                return f"{name}: This field may not be blank."
+        if not isinstance(value, str):
+            continue
+        text = value.strip()
+        if "\x00" in text:
+            return f"{name}: Null characters are not allowed."
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+            return f"{name}: Surrogate characters are not allowed."
+        if name in MAX_LENGTH and len(text) > MAX_LENGTH[name]:
+            return f"{name}: Ensure this field has no more than {MAX_LENGTH[name]} characters."
+        if not text and name in REQUIRED:
+            return f"{name}: This field may not be blank."
+    return None
+
+
+def _typed_fields(data: dict[str, object]) -> str | None:
+    """The choices field, the DateFields and the IntegerField."""
     if data.get("PatientSex", "") not in (*SEXES, ""):
         return f'PatientSex: "{data["PatientSex"]}" is not a valid choice.'
     for name in ("StudyDate", "PatientBirthDate"):
@@ -104,6 +115,11 @@ def validate(arguments: dict[str, object]) -> str | None:
     age = data.get("PatientAge", 0)
     if not isinstance(age, int) or not -(2**31) <= age < 2**31:
         return "PatientAge: A valid integer is required."
+    return None
+
+
+def _cube_validators(data: dict[str, object]) -> str | None:
+    """``validate_path``, ``validate_pacs_name``, ``validate_ndicom``, then ``validate``."""
     pacs_name, path = str(data["pacs_name"]), str(data["path"])
     if "," in path:
         return "path: Cannot contain commas."

@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -45,6 +46,43 @@ class JsonReader(threading.Thread):
                 self.reads += 1
 
 
+def _one_shot(exe: str, path: Path, root: Path) -> subprocess.Popen[bytes]:
+    """``pypx-repack`` as ``storescp -xcr`` runs it, on one file."""
+    return subprocess.Popen(
+        [exe, "--xcrdir", str(path.parent), "--xcrfile", path.name,
+         "--datadir", str(root / "data"), "--logdir", str(root / "log"),
+         "--cleanup", "--log-ndjson"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _reaped(
+    running: list[subprocess.Popen[bytes]], events: list[dict[str, object]]
+) -> list[subprocess.Popen[bytes]]:
+    """The one-shots still running; each that ended succeeded, its event kept."""
+    still = []
+    for process in running:
+        if process.poll() is None:
+            still.append(process)
+            continue
+        out, err = process.communicate(timeout=10)
+        assert process.returncode == 0, err
+        events.append(orjson.loads(out))
+    return still
+
+
+def _assert_the_tree_is_whole(root: Path, planned: list[Any]) -> None:
+    """Every instance in the data tree and logged once; each patient lists its studies."""
+    assert len(list((root / "data").rglob("*.dcm"))) == len(planned)
+    assert len(list((root / "log").glob("seriesData/*-img/*.json"))) == len(planned)
+    expected: dict[str, set[str]] = collections.defaultdict(set)
+    for instance in planned:
+        expected[instance.patient_id].add(instance.study_uid)
+    for patient, studies in expected.items():
+        listed = orjson.loads((root / "log" / "patientData" / f"{patient}.json").read_bytes())
+        assert sorted(listed[patient]["StudyList"]) == sorted(studies)
+
+
 def test_services_and_one_shots_together(tmp_path: Path) -> None:
     planned = plan(patients=6, studies=3, series=3, instances=12, seed="C")  # 648 instances
     staging = tmp_path / "staging"
@@ -68,22 +106,8 @@ def test_services_and_one_shots_together(tmp_path: Path) -> None:
                 os.rename(path, root / "incoming" / path.name)  # storescp-like arrival
             pending = pending[20:]
             while shots and len(running) < 12:
-                path = shots.pop()
-                running.append(subprocess.Popen(
-                    [exe, "--xcrdir", str(path.parent), "--xcrfile", path.name,
-                     "--datadir", str(root / "data"), "--logdir", str(root / "log"),
-                     "--cleanup", "--log-ndjson"],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                ))  # fmt: skip
-            still = []
-            for process in running:
-                if process.poll() is None:
-                    still.append(process)
-                    continue
-                out, err = process.communicate(timeout=10)
-                assert process.returncode == 0, err
-                one_shot_events.append(orjson.loads(out))
-            running = still
+                running.append(_one_shot(exe, shots.pop(), root))
+            running = _reaped(running, one_shot_events)
             if not killed and services[2].count("repack.done") >= 10:
                 services[2].kill()  # a writer dies mid-stream, holding whatever it held
                 killed = True
@@ -103,15 +127,7 @@ def test_services_and_one_shots_together(tmp_path: Path) -> None:
 
     assert reader.reads > 100
     assert reader.broken == []
-    data = list((root / "data").rglob("*.dcm"))
-    assert len(data) == len(planned)
-    assert len(list((root / "log").glob("seriesData/*-img/*.json"))) == len(planned)
-    expected: dict[str, set[str]] = collections.defaultdict(set)
-    for instance in planned:
-        expected[instance.patient_id].add(instance.study_uid)
-    for patient, studies in expected.items():
-        listed = orjson.loads((root / "log" / "patientData" / f"{patient}.json").read_bytes())
-        assert sorted(listed[patient]["StudyList"]) == sorted(studies)
+    _assert_the_tree_is_whole(root, planned)
     events = [e for s in services for e in s.of("repack.done")] + one_shot_events
     per_instance = collections.Counter(str(e["dst"]) for e in events)
     assert max(per_instance.values()) == 1, "an instance was repacked twice"

@@ -116,17 +116,28 @@ def differences(relative: str, layout: str, scratch: Path) -> list[str]:
     if not px_data:
         found.append(f"we repack it to {sorted(our_data)}, px refuses it")
         return found
-    if sorted(our_data) != sorted(px_data):
-        found.append(f"data path: px {sorted(px_data)}, ours {sorted(our_data)}")
-    else:
-        for name, path in px_data.items():
-            if path.read_bytes() != our_data[name].read_bytes():
-                found.append(f"data bytes differ: {name}")
+    found += _data_differences(px_data, our_data)
     px_logs = {k: p for k, p in tree(run / "log").items() if k.endswith(".json")}
-    our_logs = {k: p for k, p in tree(ours / "log").items() if not k.startswith(".locks")}
-    if not px_logs and not read_instance(source).present("PatientID"):
-        # px wrote the data file, then died of KeyError: 'PatientID' before any log.
-        return found
+    if px_logs or read_instance(source).present("PatientID"):
+        # (Else px wrote the data file, then died of KeyError: 'PatientID' before any log.)
+        found += _log_differences(px_logs, tree(ours / "log"), run)
+    shutil.rmtree(ours, ignore_errors=True)
+    return found
+
+
+def _data_differences(px_data: dict[str, Path], our_data: dict[str, Path]) -> list[str]:
+    if sorted(our_data) != sorted(px_data):
+        return [f"data path: px {sorted(px_data)}, ours {sorted(our_data)}"]
+    return [
+        f"data bytes differ: {name}"
+        for name, path in px_data.items()
+        if path.read_bytes() != our_data[name].read_bytes()
+    ]
+
+
+def _log_differences(px_logs: dict[str, Path], ours: dict[str, Path], run: Path) -> list[str]:
+    our_logs = {k: p for k, p in ours.items() if not k.startswith(".locks")}
+    found = []
     if sorted(px_logs) != sorted(our_logs):
         found.append(f"log files: only px {sorted(set(px_logs) - set(our_logs))},"
                      f" only ours {sorted(set(our_logs) - set(px_logs))}")  # fmt: skip
@@ -135,7 +146,6 @@ def differences(relative: str, layout: str, scratch: Path) -> list[str]:
         mine = normalised(load(our_logs[name]), None)
         if theirs != mine:
             found.append(f"log {name}: {_first_difference(theirs, mine)}")
-    shutil.rmtree(ours, ignore_errors=True)
     return found
 
 
