@@ -67,6 +67,32 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(work)
 
 
+class _Tracer:
+    """A profile function that records each cross-module call of ours once, and which of
+    them the path's steps make themselves (the main line)."""
+
+    steps = frozenset({"on_any_event", "take_ready", "repack_candidate", "log_repacked", "route"})
+
+    def __init__(self) -> None:
+        self.pairs: dict[tuple[str, str], int] = {}
+        self.main_line: list[str] = []
+
+    def profile(self, frame: FrameType, event: str, _: Any) -> None:
+        caller = frame.f_back
+        while caller is not None and _module(caller) == "contextlib":
+            caller = caller.f_back  # a with statement's context manager: its caller's call
+        if event != "call" or caller is None:
+            return
+        callee, calling = _module(frame), _module(caller)
+        if callee == calling or not (callee.startswith(_OURS) and calling.startswith(_OURS)):
+            return
+        pair = (f"{calling}.{caller.f_code.co_name}", f"{callee}.{frame.f_code.co_name}")
+        if pair not in self.pairs:
+            self.pairs[pair] = len(self.pairs)
+            if caller.f_code.co_name in self.steps:
+                self.main_line.append(f"{pair[0]} -> {pair[1]}")
+
+
 def _trace(example: Path, work: Path) -> int:
     with open(os.devnull, "w") as discarded:
         return _traced(example, work, discarded)
@@ -91,24 +117,8 @@ def _traced(example: Path, work: Path, discarded: TextIO) -> int:
     )  # fmt: skip
     recorder = Recorder(tracker, str(incoming))
     repacker = WorkerConfig.of(settings).repacker()
-    pairs: dict[tuple[str, str], int] = {}
-    main_line: list[str] = []
-    steps = {"on_any_event", "take_ready", "repack_candidate", "log_repacked", "route"}
-
-    def profile(frame: FrameType, event: str, _: Any) -> None:
-        caller = frame.f_back
-        while caller is not None and _module(caller) == "contextlib":
-            caller = caller.f_back  # a with statement's context manager: its caller's call
-        if event != "call" or caller is None:
-            return
-        callee, calling = _module(frame), _module(caller)
-        if callee == calling or not (callee.startswith(_OURS) and calling.startswith(_OURS)):
-            return
-        pair = (f"{calling}.{caller.f_code.co_name}", f"{callee}.{frame.f_code.co_name}")
-        if pair not in pairs:
-            pairs[pair] = len(pairs)
-            if caller.f_code.co_name in steps:
-                main_line.append(f"{pair[0]} -> {pair[1]}")
+    tracer = _Tracer()
+    pairs, main_line, profile = tracer.pairs, tracer.main_line, tracer.profile
 
     # Warm up on a first file, so that the traced one takes the steady path.
     for name in ("MR.0", "MR.1"):

@@ -190,7 +190,9 @@ def read_header(
         return None
 
 
-def _read(reader: _Reader, size: int, wanted: frozenset[int], max_value: int) -> Dataset | None:
+def _read(  # noqa: C901, PLR0911, PLR0912, PLR0915 - one loop over every element of every file: the benchmark pays for each call taken out of it (benchmarks/HISTORY.md)
+    reader: _Reader, size: int, wanted: frozenset[int], max_value: int
+) -> Dataset | None:
     meta_walker = _Walker(reader, implicit=False)
     position = 132
     transfer_syntax = sop_class = ""
