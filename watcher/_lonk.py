@@ -20,7 +20,8 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import nats.errors
 import orjson
@@ -36,6 +37,7 @@ __all__ = [
     "LonkDone",
     "LonkProgress",
     "NatsConnection",
+    "Publisher",
     "lonk_subject",
 ]
 
@@ -113,6 +115,27 @@ async def _shut_down(client: Any) -> None:
     for task in others:
         task.cancel()
     await asyncio.gather(*others, return_exceptions=True)
+
+
+class Publisher(Protocol):
+    """What LONK needs of a NATS client (the seam of :class:`LonkDone` and
+    :class:`LonkProgress`): :class:`NatsConnection`, or a test's in-memory fake."""
+
+    @property
+    def lock(self) -> AbstractContextManager[Any]:
+        """Held for each publish; a caller may hold it across a check and a publish."""
+        ...
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The client's own thread, watched with the service's."""
+        ...
+
+    def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Publish ``(subject, payload)`` pairs; raise :class:`DeliveryError` if not taken."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class NatsConnection:
@@ -304,7 +327,7 @@ class LonkDone:
 
     name = "nats"
 
-    def __init__(self, nats: NatsConnection, pacs_name: str) -> None:
+    def __init__(self, nats: Publisher, pacs_name: str) -> None:
         self.nats = nats
         self.pacs_name = pacs_name
 
@@ -336,7 +359,7 @@ class LonkProgress:
     (messages that find the queue full are dropped: the next count says more).
     """
 
-    def __init__(self, nats: NatsConnection, interval: float) -> None:
+    def __init__(self, nats: Publisher, interval: float) -> None:
         self.nats, self.interval = nats, interval
         self._last: dict[str, float] = {}
         #: Per series, how often it completed: a count queued before that is stale.
