@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+from structlog.testing import LogCapture
 
 from repack import Event, Repacked
 from repack.plumbing import Store
@@ -30,13 +32,27 @@ from .helpers import Clock, metric
 
 
 class Log:
-    """Records (level, event, fields) as structlog's bound logger would receive them."""
+    """The logger a part of the service is given, its events kept by structlog's own
+    capture (:class:`structlog.testing.LogCapture`, what ``capture_logs`` installs):
+    a real bound logger, per instance, no global configuration touched.
+    ``lines``: (level, event, fields) in order."""
 
     def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+        self.capture = LogCapture()
+        self.logger = structlog.wrap_logger(
+            structlog.ReturnLogger(), processors=[self.capture], wrapper_class=structlog.BoundLogger
+        )
 
-    def __getattr__(self, level: str) -> Any:
-        return lambda event, **fields: self.lines.append((level, str(event), fields))
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.logger, name)
+
+    @property
+    def lines(self) -> list[tuple[str, str, dict[str, Any]]]:
+        return [
+            (entry["log_level"], str(entry["event"]),
+             {k: v for k, v in entry.items() if k not in ("log_level", "event")})
+            for entry in self.capture.entries
+        ]  # fmt: skip
 
     def events(self) -> list[str]:
         return [event for _, event, _ in self.lines]

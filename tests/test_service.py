@@ -395,3 +395,39 @@ def test_worker_processes_yield_the_cpu_to_storescp_as_configured(
         write_dicom(tmp_path / "incoming" / "MR.1")
         running.wait_for(lambda: running.count("repack.done") == 1, 30, "the file")
         assert running.stop() == 0
+
+
+def test_in_process_the_service_says_each_file_and_its_counts(tmp_path: Path) -> None:
+    """The service as a library runs it: events asserted with structlog's own
+    ``capture_logs``, no child's stdout parsed. Three good files and a bad one: a
+    ``repack.done`` each, the bad one quarantined, and ``watcher.stopped`` counts what
+    ``/metrics`` counts."""
+    from structlog.testing import capture_logs  # noqa: PLC0415
+
+    from watcher import Service, parse_settings  # noqa: PLC0415
+
+    folders = {name: tmp_path / name for name in ("incoming", "datadir", "logdir", "quarantine")}
+    settings = parse_settings(
+        [*(f"--{name}={path}" for name, path in folders.items()), *FAST, "--workers", "1"],
+        environ={},
+    )
+    with capture_logs() as logs:
+        service = Service(settings)
+        service.start()
+        try:
+            for number in range(3):
+                write_dicom(folders["incoming"] / f"MR.{number}", SOPInstanceUID=f"1.2.3.{number}")
+            (folders["incoming"] / "MR.bad").write_bytes(b"not DICOM at all" * 20)
+
+            def said(event: str) -> int:
+                return sum(1 for entry in list(logs) if entry["event"] == event)
+
+            wait_for(lambda: said("repack.done") == 3 and said("repack.failed") == 1, 60, "4 files")
+        finally:
+            totals = service.stop(30)
+    (started,) = [e for e in logs if e["event"] == "watcher.started"]
+    assert started["log_level"] == "info"
+    (stopped,) = [e for e in logs if e["event"] == "watcher.stopped"]
+    assert (stopped["repacked"], stopped["quarantined"], stopped["clean"]) == (3, 1, True)
+    assert totals["repacked"] == 3
+    assert len(list(folders["datadir"].rglob("*.dcm"))) == 3
