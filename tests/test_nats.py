@@ -236,6 +236,21 @@ def _nkey_pair(prefix: int) -> tuple[Any, bytes]:
     return nkeys.from_seed(bytearray(seed)), seed
 
 
+def _only_with(tmp_path: Path, config: str, **credentials: str) -> None:
+    """A server of ``config`` takes a message with ``credentials``, and refuses one
+    without them."""
+    with _server(tmp_path, config) as server:
+        url = f"nats://{LOOPBACK}:{server.port}"
+        messages = [("oxidicom.T.8", b"\x00")]
+        assert _delivered(url, url, messages, **credentials) == [b"\x00"]
+        stranger = NatsConnection(url, timeout=5)
+        try:
+            with pytest.raises(DeliveryError):
+                stranger.publish(messages)
+        finally:
+            stranger.close()
+
+
 def test_an_nkey_seed_file(tmp_path: Path) -> None:
     import nkeys  # noqa: PLC0415
 
@@ -243,16 +258,7 @@ def test_an_nkey_seed_file(tmp_path: Path) -> None:
     seed_file = tmp_path / "user.nk"
     seed_file.write_bytes(seed + b"\n")
     config = f'authorization {{ users = [ {{ nkey: "{user.public_key.decode()}" }} ] }}'
-    with _server(tmp_path, config) as server:
-        url = f"nats://{LOOPBACK}:{server.port}"
-        messages = [("oxidicom.T.8", b"\x00")]
-        assert _delivered(url, url, messages, nkey_seed_file=str(seed_file)) == [b"\x00"]
-        stranger = NatsConnection(url, timeout=5)
-        try:
-            with pytest.raises(DeliveryError):
-                stranger.publish(messages)
-        finally:
-            stranger.close()
+    _only_with(tmp_path, config, nkey_seed_file=str(seed_file))
 
 
 def _jwt(issuer: Any, subject: str, claims: dict[str, Any]) -> str:
@@ -299,16 +305,7 @@ def test_a_credentials_file_on_a_server_in_operator_mode(tmp_path: Path) -> None
         f"operator: {operator_jwt}\nresolver: MEMORY\n"
         f"resolver_preload: {{\n  {account.public_key.decode()}: {account_jwt}\n}}"
     )
-    with _server(tmp_path, config) as server:
-        url = f"nats://{LOOPBACK}:{server.port}"
-        messages = [("oxidicom.T.9", b"\x00")]
-        assert _delivered(url, url, messages, credentials_file=str(creds)) == [b"\x00"]
-        stranger = NatsConnection(url, timeout=5)
-        try:
-            with pytest.raises(DeliveryError):
-                stranger.publish(messages)
-        finally:
-            stranger.close()
+    _only_with(tmp_path, config, credentials_file=str(creds))
 
 
 def test_a_cluster_url_reaches_the_server_that_answers(tmp_path: Path) -> None:
