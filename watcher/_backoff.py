@@ -1,10 +1,10 @@
-"""One retry policy for everything the service tries again (files, outbox records)."""
+"""One retry policy for everything the service tries again (files, outbox records, storescp)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FILE_RETRY", "HANDOFF_RETRY", "Backoff"]
+__all__ = ["FILE_RETRY", "HANDOFF_RETRY", "STORESCP_RESTART", "Backoff"]
 
 
 @dataclass(frozen=True)
@@ -32,3 +32,5 @@ class Backoff:
 FILE_RETRY = Backoff(start=0.5)
 #: An outbox record its destination did not take: 1 s, doubling, up to 5 minutes.
 HANDOFF_RETRY = Backoff(start=1.0)
+#: A supervised storescp that exited: 1 s, doubling, up to 30 s (afresh after a minute's run).
+STORESCP_RESTART = Backoff(start=1.0, cap=30.0)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from repack import Event, get_logger
 
+from ._backoff import STORESCP_RESTART
 from ._errors import EXIT_STARTUP, ConfigError
 from ._metrics import HealthServer, Metrics, Readiness
 from ._settings import Settings
@@ -82,7 +83,6 @@ class StorescpSupervisor:
         self._launched_at = 0.0
         self._stopping = threading.Event()
         self.thread = threading.Thread(target=self._supervise, name="storescp", daemon=True)
-        self.restarts = 0
 
     def start(self) -> None:
         self._launch()
@@ -99,7 +99,7 @@ class StorescpSupervisor:
         self.log.info(Event.STORESCP_STARTED, pid=self._process.pid, command=self.command)
 
     def _supervise(self) -> None:
-        delay = 1.0
+        failures = 0  # in a row: exits within a minute of their start
         while not self._stopping.wait(0.25):
             process = self._process
             if process is None:
@@ -110,15 +110,15 @@ class StorescpSupervisor:
             if self._stopping.is_set():
                 return
             if time.monotonic() - self._launched_at > 60:
-                delay = 1.0  # it ran fine for a while: start the back-off afresh
+                failures = 0  # it ran fine for a while: start the back-off afresh
+            failures += 1
+            delay = STORESCP_RESTART.delay(failures)
             self.log.error(
                 Event.STORESCP_EXITED, pid=process.pid, returncode=code, restart_in_s=delay
             )
             self._kill_group(process)
             if self._stopping.wait(delay):
                 return
-            delay = min(30.0, delay * 2)
-            self.restarts += 1
             self.metrics.storescp_restarts.inc()
             self._launch()
 
