@@ -1,10 +1,12 @@
-"""watcher._destinations without a broker: CUBE's Celery message as it leaves the service.
+"""watcher._destinations without a broker or a server: CUBE's Celery message as it leaves the
+service, and the webhook's request.
 
 kombu's in-memory transport (``memory://``) stands in for Redis or RabbitMQ (as
 httpx's ``MockTransport`` stands in for the network): the message is read back
 with kombu itself and checked field by field against what CUBE's worker takes.
-The same through real brokers and a Celery worker with CUBE's checks is
-``tests/test_handoff.py``.
+The webhook speaks through its transport, here an in-memory one. The same
+through real brokers, a Celery worker with CUBE's checks and a loopback HTTP
+server is ``tests/test_handoff.py`` and ``tests/test_handoff_attacks.py``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import kombu
+import orjson
 import pytest
 
-from watcher._destinations import CELERY_TASK, CeleryRegistration, PermanentDeliveryError
+from watcher._destinations import (
+    CELERY_TASK,
+    CeleryRegistration,
+    DeliveryError,
+    HttpRequest,
+    PermanentDeliveryError,
+    Webhook,
+)
 
 from .cube_worker import validate
 
@@ -81,3 +91,43 @@ def test_a_record_cube_would_refuse_is_refused_for_good_and_nothing_is_sent(sent
     with pytest.raises(PermanentDeliveryError, match="CUBE needs"):
         registration.deliver("k-4", _series(PatientID=""))
     assert queue.qsize() == 0
+
+
+# -- the webhook, through an in-memory transport -------------------------------------
+
+
+class MemoryHttp:
+    """A webhook transport that answers ``statuses`` in turn and keeps each request."""
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[HttpRequest] = []
+
+    def __call__(self, request: HttpRequest) -> int:
+        self.requests.append(request)
+        return self.statuses.pop(0)
+
+
+def test_a_webhook_posts_the_document_with_its_key() -> None:
+    http = MemoryHttp(204)
+    Webhook("https://lonk:s3cret@hooks.example/series?a=1", transport=http).deliver(
+        "k-5", _series()
+    )
+    (request,) = http.requests
+    assert request.target == "/series?a=1"
+    assert request.headers["Idempotency-Key"] == "k-5"
+    assert request.headers["Authorization"] == "Basic bG9uazpzM2NyZXQ="  # lonk:s3cret
+    assert orjson.loads(request.body)["SeriesInstanceUID"] == "1.2.3.4"
+
+
+@pytest.mark.parametrize(
+    ("status", "said"), [(302, "a redirect is not a delivery"), (500, "answered 500")]
+)
+def test_a_webhook_answer_that_is_not_2xx_is_a_failure_without_secrets(
+    status: int, said: str
+) -> None:
+    hook = Webhook("https://lonk:s3cret@hooks.example/x?token=t0ken", transport=MemoryHttp(status))
+    with pytest.raises(DeliveryError, match=said) as raised:
+        hook.deliver("k-6", _series())
+    assert "s3cret" not in str(raised.value)
+    assert "t0ken" not in str(raised.value)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import http.client
 import os
 import re
@@ -37,9 +38,9 @@ import subprocess
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -52,9 +53,12 @@ __all__ = [
     "Command",
     "DeliveryError",
     "Destination",
+    "HttpRequest",
+    "HttpTransport",
     "PermanentDeliveryError",
     "Webhook",
     "dicom_names",
+    "http_post",
     "pacs_name_of",
     "series_document",
 ]
@@ -294,24 +298,40 @@ class CeleryRegistration:
 # -- any consumer -----------------------------------------------------------------
 
 
+class HttpRequest(NamedTuple):
+    """One POST as a webhook's transport receives it."""
+
+    target: str
+    body: bytes
+    headers: dict[str, str]
+
+
+#: What sends a webhook's request and gives the answer's status: :func:`http_post`, or a
+#: test's in-memory stand-in (as httpx's ``MockTransport``). Raises :class:`DeliveryError`.
+HttpTransport = Callable[[HttpRequest], int]
+
+
 class Webhook:
     """POSTs the series document; 2xx is delivered.
 
-    One deadline for the whole exchange (connect, send, the answer), not per
-    read: a peer that answers a byte at a time fails like one that refuses.
-    The answer is read bounded. A redirect is a failure (a client that follows
-    a 302 re-sends as a GET without the body). ``user:password@`` in the URL is
-    sent as Basic authentication and never shown.
+    A redirect is a failure (a client that follows a 302 re-sends as a GET
+    without the body). ``user:password@`` in the URL is sent as Basic
+    authentication and never shown. ``transport`` sends the request
+    (:func:`http_post` for the URL, with one deadline for the whole exchange).
     """
 
     name = "webhook"
 
-    def __init__(self, url: str, *, timeout: float = DELIVERY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = DELIVERY_TIMEOUT_S,
+        transport: HttpTransport | None = None,
+    ) -> None:
         self.url, self.timeout = url, timeout
         self.shown = redacted(url)
         parsed = urllib.parse.urlsplit(url)
-        self._https = parsed.scheme == "https"
-        self._host, self._port = parsed.hostname or "", parsed.port
         self._target = urllib.parse.urlunsplit(("", "", parsed.path or "/", parsed.query, ""))
         self._authorization = None
         if parsed.username is not None:
@@ -319,13 +339,12 @@ class Webhook:
             password = urllib.parse.unquote(parsed.password or "")
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             self._authorization = f"Basic {token}"
+        self.transport = transport or functools.partial(http_post, url, timeout=timeout)
 
     def refuses(self, series: Mapping[str, Any]) -> str | None:
         return None
 
     def deliver(self, key: str, series: Mapping[str, Any]) -> None:
-        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        connection = kind(self._host, self._port, timeout=self.timeout)
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": key,
@@ -333,31 +352,7 @@ class Webhook:
         }
         if self._authorization is not None:
             headers["Authorization"] = self._authorization
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            if connection.sock is not None:
-                with contextlib.suppress(OSError):
-                    connection.sock.shutdown(socket.SHUT_RDWR)
-
-        deadline = threading.Timer(self.timeout, expire)
-        deadline.start()
-        try:
-            connection.request("POST", self._target, body=orjson.dumps(series), headers=headers)
-            answer = connection.getresponse()
-            answer.read(_ANSWER_LIMIT)
-            status = answer.status
-        except (OSError, http.client.HTTPException, ValueError) as error:
-            if expired.is_set():
-                raise DeliveryError(
-                    f"{self.shown}: no whole answer within {self.timeout:g} s"
-                ) from error
-            reason = str(error).replace(self.url, self.shown)
-            raise DeliveryError(f"{self.shown}: {type(error).__name__}: {reason}") from error
-        finally:
-            deadline.cancel()
-            connection.close()
+        status = self.transport(HttpRequest(self._target, orjson.dumps(series), headers))
         if 300 <= status < 400:
             raise DeliveryError(f"{self.shown} answered {status} (a redirect is not a delivery)")
         if not 200 <= status < 300:
@@ -365,6 +360,42 @@ class Webhook:
 
     def close(self) -> None:
         pass
+
+
+def http_post(url: str, request: HttpRequest, *, timeout: float) -> int:
+    """POST ``request`` to ``url``'s host; the answer's status.
+
+    One deadline for the whole exchange (connect, send, the answer), not per
+    read: a peer that answers a byte at a time fails like one that refuses.
+    The answer is read bounded.
+    """
+    shown = redacted(url)
+    parsed = urllib.parse.urlsplit(url)
+    kind = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
+    connection = kind(parsed.hostname or "", parsed.port, timeout=timeout)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        if connection.sock is not None:
+            with contextlib.suppress(OSError):
+                connection.sock.shutdown(socket.SHUT_RDWR)
+
+    deadline = threading.Timer(timeout, expire)
+    deadline.start()
+    try:
+        connection.request("POST", request.target, body=request.body, headers=request.headers)
+        answer = connection.getresponse()
+        answer.read(_ANSWER_LIMIT)
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        if expired.is_set():
+            raise DeliveryError(f"{shown}: no whole answer within {timeout:g} s") from error
+        reason = str(error).replace(url, shown)
+        raise DeliveryError(f"{shown}: {type(error).__name__}: {reason}") from error
+    finally:
+        deadline.cancel()
+        connection.close()
+    return answer.status
 
 
 def _environment(key: str, series: Mapping[str, Any]) -> dict[str, str]:
