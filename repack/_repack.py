@@ -13,7 +13,6 @@ does not check them again for every instance.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from ._logs import (
     study_series_document,
 )
 from ._memo import Memo
+from ._sanitize import token
 from ._source import SourceFile, open_path
 from ._store import Store
 from ._template import Layout
@@ -90,7 +90,7 @@ def sender_folder(instance: Instance, fallback: str) -> str:
     title = instance.text(SENDER_KEYWORD)
     if title is None or len(title) > 16:  # an AE title has at most 16 characters
         return fallback
-    return re.sub(r"[^A-Za-z0-9_-]", "_", title)
+    return token(title)
 
 
 def plan_placement(instance: Instance, layout: Layout) -> tuple[Path, tuple[MissingElement, ...]]:

@@ -22,6 +22,7 @@ __all__ = [
     "seahash",
     "seahash_hex",
     "shorten",
+    "token",
 ]
 
 #: The longest file name (in bytes) that Linux file systems accept.
@@ -29,6 +30,15 @@ MAX_COMPONENT_BYTES = 255
 
 _DISALLOWED = re.compile(r"[^A-Za-z0-9.\-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+_NOT_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def token(text: str) -> str:
+    """``text`` with anything but a letter, a digit, ``-`` and ``_`` made ``_``: one
+    word of a NATS subject, and a sender's folder (the same rule, so the names agree)."""
+    return _NOT_TOKEN.sub("_", text)
 
 
 def shorten(raw: bytes, limit: int, suffix: bytes = b"") -> bytes:

@@ -15,6 +15,7 @@ writing                     :class:`Store`, :data:`LOCK_DIR`, :data:`TEMP_PREFIX
                             :func:`sweep_stale_temps`, :func:`probe_writable`,
                             :func:`json_bytes`, :func:`dumps`
 naming                      :func:`sanitize_component`, :func:`seahash_hex`, :func:`shorten`,
+                            :func:`token`,
                             :func:`sender_folder`, :func:`printable`,
                             :data:`NOT_DEFINED`, :data:`REQUIRED_KEYWORDS`
 events                      :func:`log_repacked`,
@@ -39,7 +40,7 @@ from ._errors import SourceVanishedError
 from ._events import log_repacked, output_blocked_for
 from ._logs import dumps, json_bytes
 from ._repack import sender_folder
-from ._sanitize import sanitize_component, seahash_hex, shorten
+from ._sanitize import sanitize_component, seahash_hex, shorten, token
 from ._source import (
     Others,
     SourceFile,
@@ -89,6 +90,7 @@ __all__ = [
     "sender_folder",
     "shorten",
     "sweep_stale_temps",
+    "token",
     "try_claim",
     "version",
 ]

@@ -13,7 +13,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import queue
-import re
 import socket
 import struct
 import threading
@@ -26,6 +25,8 @@ from typing import Any, Protocol
 import nats.errors
 import orjson
 from nats.aio.client import Client as NatsClient
+
+from repack.plumbing import token
 
 from ._cube import valid_uid
 from ._destinations import DELIVERY_TIMEOUT_S, DeliveryError
@@ -52,10 +53,6 @@ def lonk_subject(pacs_name: str, series_uid: str) -> str:
     a digit, ``-`` or ``_``: white space or a line end would end the protocol's
     line and forge another message.
     """
-
-    def token(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_-]", "_", text)
-
     return f"oxidicom.{token(pacs_name)}.{token(series_uid)}"
 
 
