@@ -226,8 +226,8 @@ class CeleryRegistration:
         self.pacs_name = pacs_name
         self.timeout = timeout
         self.broker, self.shown = broker, redacted(broker)
-        #: The send that outlived its deadline, and since when (monotonic).
-        self._overdue: tuple[threading.Thread, float] | None = None
+        #: The send that outlived its deadline, since when (monotonic), and its outcome.
+        self._overdue: tuple[threading.Thread, float, list[Exception | None]] | None = None
         #: Set when the send in flight ended, or the service stops.
         self._ended = threading.Event()
 
@@ -249,14 +249,16 @@ class CeleryRegistration:
         if registration.refused is not None:  # a record written before the rule existed
             raise PermanentDeliveryError(registration.refused)
         if self._overdue is not None:
-            thread, since = self._overdue
-            if thread.is_alive():
+            thread, since, ended_with = self._overdue
+            if not ended_with and thread.is_alive():
                 raise DeliveryError(
                     f"{self.shown}: the send before this one has had no whole answer"
                     f" for {time.monotonic() - since:.0f} s"
                 )
             self._overdue = None
-        failures: list[Exception] = []
+        # What the send ended with (None: taken), once it has: the thread may still be
+        # alive for a moment after it set ``ended``, so its life is not the test.
+        outcome: list[Exception | None] = []
         ended = self._ended = threading.Event()
 
         def send() -> None:
@@ -272,8 +274,9 @@ class CeleryRegistration:
                     kwargsrepr=f"{{'SeriesInstanceUID': {series['SeriesInstanceUID']!r}}}",
                     argsrepr="()",
                 )
+                outcome.append(None)
             except Exception as error:  # kombu's and the transports' errors: "not taken"
-                failures.append(error)
+                outcome.append(error)
             finally:
                 ended.set()
 
@@ -281,11 +284,11 @@ class CeleryRegistration:
         started = time.monotonic()
         thread.start()
         ended.wait(self.timeout)
-        if thread.is_alive():
-            self._overdue = (thread, started)
+        if not outcome:  # still sending (or the service stops)
+            self._overdue = (thread, started, outcome)
             raise DeliveryError(f"{self.shown}: no whole answer within {self.timeout:g} s")
-        if failures:
-            error = failures[0]
+        error = outcome[0]
+        if error is not None:
             reason = str(error).replace(self.broker, self.shown)
             raise DeliveryError(f"{self.shown}: {type(error).__name__}: {reason}") from error
 
