@@ -29,7 +29,7 @@ def test_a_scrape_walks_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     tracker = CompletionTracker(1.0)
     tracker.changed(str(tmp_path / "waiting"))
     metrics = Metrics()
-    metrics.watch_oldest(tracker.oldest_age)
+    metrics.oldest.set_function(tracker.oldest_age)
     server = HealthServer("127.0.0.1", 0, metrics, Readiness({}, threading.Event()))
     server.start()
     try:

@@ -501,7 +501,7 @@ class Handoff:
                 if first_failure is not None:
                     oldest_failure = min(first_failure, oldest_failure or first_failure)
             os.close(folder)
-            self.metrics.handoff_pending(name, pending)
+            self.metrics.handoff_pending.labels(destination=name).set(pending)
             if oldest_failure is None:
                 self._failing_since.pop(name, None)
             else:
@@ -553,7 +553,7 @@ class Handoff:
         except DeliveryError as error:
             return self._failed(path, record, str(error))
         os.unlink(name, dir_fd=folder)
-        self.metrics.handoff_sent(destination.name)
+        self.metrics.handoff_sent.labels(destination=destination.name).inc()
         self.log.info(
             Event.HANDOFF_SENT,
             destination=destination.name,
@@ -619,7 +619,7 @@ class Handoff:
         unknown = sorted(set(dicom_names(str(document.get("folder", "")))) - set(known))
         if not unknown:
             return "already registered with CUBE (the same instances sent again)", False
-        self.metrics.series_late()
+        self.metrics.series_late.inc()
         self.log.error(
             Event.SERIES_LATE,
             SeriesInstanceUID=document["SeriesInstanceUID"],
@@ -646,7 +646,7 @@ class Handoff:
             where: str | None = str(folder / path.name)
         except OSError:
             where = None  # cannot move it: it is left, and reported at each pass
-        self.metrics.handoff_dead_lettered(destination)
+        self.metrics.handoff_dead_lettered.labels(destination=destination).inc()
         series = record.get("series", {}) if record is not None else {}
         self.log.error(
             Event.HANDOFF_DEAD_LETTERED,
@@ -680,7 +680,7 @@ class Handoff:
             _private(path)
         except StorageError as error:
             message = f"{message} (and the record could not be updated: {error})"
-        self.metrics.handoff_failed(record["destination"])
+        self.metrics.handoff_failed.labels(destination=record["destination"]).inc()
         fields = {
             "destination": record["destination"],
             "key": record["key"],

@@ -43,143 +43,83 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 
 class Metrics:
-    """The service's metrics, in a registry of their own."""
+    """The service's metrics, in a registry of their own.
+
+    Each counter and gauge is an attribute, used as prometheus-client's own
+    (``metrics.retried.inc()``, ``metrics.handoff_sent.labels(destination=...).inc()``);
+    the methods are the few updates that touch more than one.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self._repacked = Counter(
-            "pypx_listener_instances_repacked", "Instances repacked", registry=r
+
+        def counter(name: str, text: str, *labels: str) -> Counter:
+            return Counter(f"pypx_listener_{name}", text, labels, registry=self.registry)
+
+        def gauge(name: str, text: str, *labels: str) -> Gauge:
+            return Gauge(f"pypx_listener_{name}", text, labels, registry=self.registry)
+
+        self.instances_repacked = counter("instances_repacked", "Instances repacked")
+        self.bytes_repacked = counter("bytes_repacked", "Bytes of instances repacked")
+        self.quarantined = counter("instances_quarantined", "Instances quarantined", "reason")
+        self.retried = counter("instances_retried", "Repack attempts retried")
+        self.series_completed = counter("series_completed", "Series gone quiet")
+        self.files_scanned = counter("files_scanned", "Files seen by folder scans")
+        self.scans = counter(
+            "scans", "Folder scans completed (at start, periodic, new folders, rescans)"
         )
-        self._bytes = Counter(
-            "pypx_listener_bytes_repacked", "Bytes of instances repacked", registry=r
-        )
-        self._quarantined = Counter(
-            "pypx_listener_instances_quarantined", "Instances quarantined", ["reason"], registry=r
-        )
-        self._retried = Counter(
-            "pypx_listener_instances_retried", "Repack attempts retried", registry=r
-        )
-        self._series = Counter("pypx_listener_series_completed", "Series gone quiet", registry=r)
-        self._scanned = Counter(
-            "pypx_listener_files_scanned", "Files seen by folder scans", registry=r
-        )
-        self._scans = Counter(
-            "pypx_listener_scans",
-            "Folder scans completed (at start, periodic, new folders, rescans)",
-            registry=r,
-        )
-        self._latency = Histogram(
+        self.latency = Histogram(
             "pypx_listener_repack_seconds",
             "Time to repack one instance (read, place, logs)",
             buckets=_LATENCY_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
-        self._queue = Gauge(
-            "pypx_listener_queue_depth", "Files known and not yet repacked", registry=r
-        )
-        self._busy = Gauge("pypx_listener_workers_busy", "Workers repacking right now", registry=r)
-        self._failing = Gauge(
-            "pypx_listener_files_failing",
+        self.queue_depth = gauge("queue_depth", "Files known and not yet repacked")
+        self.workers_busy = gauge("workers_busy", "Workers repacking right now")
+        self.files_failing = gauge(
+            "files_failing",
             "Files whose last attempts all failed the same way (5 or more in a row)",
-            registry=r,
         )
-        self._warnings = Counter(
-            "pypx_listener_dicom_warnings", "pydicom warnings about repacked files", registry=r
+        self.warned = counter("dicom_warnings", "pydicom warnings about repacked files")
+        self.oldest = gauge(
+            "oldest_unprocessed_seconds", "Age of the oldest file waiting in the incoming folder"
         )
-        self.oldest = Gauge(
-            "pypx_listener_oldest_unprocessed_seconds",
-            "Age of the oldest file waiting in the incoming folder",
-            registry=r,
+        self.handoff_sent = counter("handoff_sent", "Completed series delivered", "destination")
+        self.handoff_failed = counter(
+            "handoff_failed", "Deliveries that failed (each is tried again)", "destination"
         )
-        self._handoff_sent = Counter(
-            "pypx_listener_handoff_sent", "Completed series delivered", ["destination"], registry=r
+        self.series_late = counter(
+            "series_late", "Series that received instances after CUBE registered them"
         )
-        self._handoff_failed = Counter(
-            "pypx_listener_handoff_failed",
-            "Deliveries that failed (each is tried again)",
-            ["destination"],
-            registry=r,
-        )
-        self._series_late = Counter(
-            "pypx_listener_series_late",
-            "Series that received instances after CUBE registered them",
-            registry=r,
-        )
-        self._handoff_dead = Counter(
-            "pypx_listener_handoff_dead_lettered",
+        self.handoff_dead_lettered = counter(
+            "handoff_dead_lettered",
             "Outbox records that can never be delivered, set aside",
-            ["destination"],
-            registry=r,
+            "destination",
         )
-        self._handoff_pending = Gauge(
-            "pypx_listener_handoff_pending",
-            "Completed series waiting in the outbox",
-            ["destination"],
-            registry=r,
+        self.handoff_pending = gauge(
+            "handoff_pending", "Completed series waiting in the outbox", "destination"
         )
-        self._vanished = Counter(
-            "pypx_listener_instances_vanished",
-            "Files gone (or replaced) before they could be repacked",
-            registry=r,
+        self.vanished = counter(
+            "instances_vanished", "Files gone (or replaced) before they could be repacked"
         )
-        self._handed_back = Counter(
-            "pypx_listener_instances_handed_back",
+        self.handed_back = counter(
+            "instances_handed_back",
             "Files in flight at a stop, left in the incoming folder for the next start",
-            registry=r,
         )
-        self.storescp_restarts = Counter(
-            "pypx_listener_storescp_restarts", "Supervised storescp restarts", registry=r
-        )
-
-    def handoff_sent(self, destination: str) -> None:
-        self._handoff_sent.labels(destination=destination).inc()
-
-    def handoff_failed(self, destination: str) -> None:
-        self._handoff_failed.labels(destination=destination).inc()
-
-    def series_late(self) -> None:
-        self._series_late.inc()
-
-    def handoff_dead_lettered(self, destination: str) -> None:
-        self._handoff_dead.labels(destination=destination).inc()
-
-    def handoff_pending(self, destination: str, count: int) -> None:
-        self._handoff_pending.labels(destination=destination).set(count)
+        self.storescp_restarts = counter("storescp_restarts", "Supervised storescp restarts")
 
     def repacked(self, seconds: float, size: int) -> None:
-        self._repacked.inc()
-        self._bytes.inc(size)
-        self._latency.observe(seconds)
-
-    def quarantined(self, reason: str) -> None:
-        self._quarantined.labels(reason=reason).inc()
-
-    def retried(self) -> None:
-        self._retried.inc()
-
-    def series_completed(self) -> None:
-        self._series.inc()
-
-    def vanished(self) -> None:
-        self._vanished.inc()
-
-    def handed_back(self, count: int) -> None:
-        self._handed_back.inc(count)
+        self.instances_repacked.inc()
+        self.bytes_repacked.inc(size)
+        self.latency.observe(seconds)
 
     def totals(self) -> dict[str, int]:
         """The counts since the start that ``watcher.stopped`` reports, read from the
         registry ``/metrics`` serves: one count of each thing, never two."""
-        sums = {
-            sample.name: 0.0
-            for family in self.registry.collect()
-            for sample in family.samples
-            if sample.name.endswith("_total")
-        }
+        sums: dict[str, float] = {}
         for family in self.registry.collect():
-            for sample in family.samples:
-                if sample.name in sums:
-                    sums[sample.name] += sample.value  # every label's (quarantine reasons)
+            for sample in family.samples:  # every label's (quarantine reasons)
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
         return {
             name: int(sums.get(f"pypx_listener_{metric}_total", 0))
             for name, metric in _TOTALS.items()
@@ -187,20 +127,13 @@ class Metrics:
 
     def scanned(self, count: int) -> None:
         """A scan completed, having found ``count`` files."""
-        self._scans.inc()
-        self._scanned.inc(count)
-
-    def warned(self, count: int) -> None:
-        self._warnings.inc(count)
+        self.scans.inc()
+        self.files_scanned.inc(count)
 
     def gauges(self, *, queue_depth: int, busy: int, failing: int) -> None:
-        self._queue.set(queue_depth)
-        self._busy.set(busy)
-        self._failing.set(failing)
-
-    def watch_oldest(self, oldest_age: Callable[[], float]) -> None:
-        """Compute the oldest-file gauge on each scrape (from memory, no folder walk)."""
-        self.oldest.set_function(oldest_age)
+        self.queue_depth.set(queue_depth)
+        self.workers_busy.set(busy)
+        self.files_failing.set(failing)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

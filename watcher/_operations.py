@@ -202,5 +202,5 @@ def build_operations(settings: Settings, service: Service) -> Operations:
                 hint="choose a free port (--metrics-port), or stop what listens on it",
                 exit_code=EXIT_STARTUP,
             ) from error
-        metrics.watch_oldest(service.tracker.oldest_age)
+        metrics.oldest.set_function(service.tracker.oldest_age)
     return Operations(storescp, server)

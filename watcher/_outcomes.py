@@ -94,7 +94,7 @@ class ResultRouter:
 
     def route(self, candidate: Candidate, result: Result) -> None:
         if result.warnings:
-            self.metrics.warned(len(result.warnings))
+            self.metrics.warned.inc(len(result.warnings))
         for warning in result.warnings:
             self.log.warning(Event.REPACK_WARNING, src=candidate.shown, warning=warning)
         if isinstance(result, Repacked):
@@ -103,7 +103,7 @@ class ResultRouter:
             self._later(candidate, result.outcome)
         elif result.outcome in (Outcome.CHANGED, Outcome.VANISHED):
             if result.outcome is Outcome.VANISHED:
-                self.metrics.vanished()
+                self.metrics.vanished.inc()
             self.tracker.finished(candidate, remember=False)
         elif result.outcome is Outcome.INVALID:
             self._invalid(candidate, result.reason, result.message)
@@ -170,7 +170,7 @@ class ResultRouter:
                 keep_source=not self.settings.move,
             )
         except SourceVanishedError:
-            self.metrics.vanished()
+            self.metrics.vanished.inc()
             self.tracker.finished(candidate, remember=False)
             return
         except StorageError as failure:
@@ -182,7 +182,7 @@ class ResultRouter:
             )
             return
         self.tracker.finished(candidate, remember=not self.settings.move)
-        self.metrics.quarantined(reason)
+        self.metrics.quarantined.labels(reason=reason).inc()
         self.log.error(
             Event.REPACK_FAILED,
             src=candidate.shown,
@@ -202,7 +202,7 @@ class ResultRouter:
         """
         delay = self.backoff.delay(candidate.attempt + 1)
         repeats = self.tracker.retry(candidate, delay, key)
-        self.metrics.retried()
+        self.metrics.retried.inc()
         fields: dict[str, Any] = {
             "src": candidate.shown,
             "error": message,

@@ -234,7 +234,7 @@ class Service:
         if self._dispatcher.is_alive():
             self._dispatcher.join(max(0.1, deadline - time.monotonic()))
         handed_back, clean = self.pool.stop(max(0.1, deadline - time.monotonic()))
-        self.metrics.handed_back(handed_back)
+        self.metrics.handed_back.inc(handed_back)
         if not clean:
             self.kill_workers()
         if self._observer is not None:
@@ -386,7 +386,7 @@ class Service:
     def _announce_quiet_series(self) -> None:
         for quiet in self.series.take_quiet():
             series = as_on_disk(quiet, ignored)  # a restart mid-series saw only its rest
-            self.metrics.series_completed()
+            self.metrics.series_completed.inc()
             self.log.info(
                 Event.SERIES_COMPLETE,
                 SeriesInstanceUID=series.series_uid,
