@@ -190,3 +190,69 @@ def listener(
         if running.process is not None and running.process.poll() is None:
             running.stop()
         running.kill()
+
+
+class InProcess:
+    """The service run in the test's own process, as a library caller runs it.
+
+    The same reading API as :class:`Listener` (``of``, ``count``, ``wait_for``,
+    ``stop``, ``metric``, the folders), with the events taken by structlog's
+    ``capture_logs`` rather than parsed from a child's stdout, and the metrics read
+    from the registry rather than over HTTP. For what needs no process of its own:
+    signals, the CLI's exit codes and stdout stay with :class:`Listener`.
+    """
+
+    def __init__(self, root: Path, events: list[Any], *args: str) -> None:
+        """Built inside ``capture_logs``, whose list ``events`` is."""
+        from watcher import Service, parse_settings  # noqa: PLC0415
+
+        self.root = root
+        self.incoming = root / "incoming"
+        self.data = root / "data"
+        self.log = root / "log"
+        self.quarantine = root / "quarantine"
+        folders = {"incoming": self.incoming, "datadir": self.data, "logdir": self.log,
+                   "quarantine": self.quarantine}  # fmt: skip
+        self.settings = parse_settings(
+            [*(f"--{name}={path}" for name, path in folders.items()), *args], environ={}
+        )
+        self.events: list[dict[str, Any]] = events
+        self.totals: dict[str, Any] | None = None
+        self.service = Service(self.settings)
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in list(self.events) if e.get("event") == name]
+
+    def count(self, name: str) -> int:
+        return len(self.of(name))
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        wait_for(condition, timeout, what)
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        value = self.service.metrics.registry.get_sample_value(name, labels or {})
+        assert value is not None, f"no metric {name}"
+        return value
+
+    def stop(self, timeout: float = 30) -> int:
+        """Stop the service (once); 0 when the stop was clean, as the CLI exits."""
+        if self.totals is None:
+            self.totals = self.service.stop(timeout)
+        return 0 if self.totals["clean"] else 1
+
+    data_files = Listener.data_files
+    incoming_files = Listener.incoming_files
+
+
+@contextlib.contextmanager
+def in_process(root: Path, *args: str) -> Iterator[InProcess]:
+    """Run the service in this process, its events captured; always stop it afterwards."""
+    from structlog.testing import capture_logs  # noqa: PLC0415
+
+    with capture_logs() as events:
+        running = InProcess(root, events, *args)
+        running.service.start()
+        try:
+            yield running
+        finally:
+            running.stop()
