@@ -181,20 +181,19 @@ def _named_file(path: Path) -> _Input:
     return _Input(path)
 
 
-def _beneath(folder: Path, relative: str, roots: list[int]) -> _Input:
-    """A file to be moved (``--cleanup``): opened beneath its folder, no link followed.
+def _open_folder(folder: Path, *, cleanup: bool, roots: list[int]) -> int:
+    """A descriptor of ``folder``, appended to ``roots``.
 
-    The folder named on the command line must not be a link itself (its files
-    would be moved out of wherever it points), nor may any folder below it on
-    the way to the file.
+    With ``--cleanup`` the folder must not be a link itself: its files would be
+    moved out of wherever it points. Without it they are only read (copied).
     """
-    if folder.is_symlink():
+    if cleanup and folder.is_symlink():
         raise CliError(
             f"{printable(str(folder))} is a symbolic link to a folder; --cleanup never follows one",
-            hint="name the folder itself, or leave out --cleanup to copy the file",
+            hint="name the folder itself, or leave out --cleanup to copy what it holds",
         )
     try:
-        root = open_root(folder)
+        root = open_root(folder.resolve())
     except OSError as error:
         raise CliError(
             f"cannot open the folder {printable(str(folder))}: {error.strerror}",
@@ -202,6 +201,13 @@ def _beneath(folder: Path, relative: str, roots: list[int]) -> _Input:
             exit_code=EXIT_FAILED,
         ) from error
     roots.append(root)
+    return root
+
+
+def _beneath(folder: Path, relative: str, roots: list[int]) -> _Input:
+    """A file to be moved (``--cleanup``): opened beneath its folder, no link followed
+    (neither the folder named nor any below it on the way to the file)."""
+    root = _open_folder(folder, cleanup=True, roots=roots)
     path = folder / relative
     if not os.path.lexists(path):
         raise CliError(f"no such file: {printable(str(path))}", hint="check the path")
@@ -247,23 +253,7 @@ def _inputs_at(text: str, cleanup: bool, exclude: list[Path], roots: list[int]) 
     path = Path(text)
     if not path.is_dir():
         return [_named_file(path)]
-    if cleanup and path.is_symlink():
-        # Its files would be moved out of wherever it points: refused, as a
-        # link to a file is. Without --cleanup they are only read (copied).
-        raise CliError(
-            f"{printable(text)} is a symbolic link to a folder; --cleanup never follows one",
-            hint="name the folder itself, or leave out --cleanup to copy what it holds",
-        )
-    try:
-        root = open_root(path.resolve())
-    except OSError as error:
-        raise CliError(
-            f"cannot open the folder {printable(text)}: {error.strerror}",
-            hint="check its permissions",
-            exit_code=EXIT_FAILED,
-        ) from error
-    roots.append(root)
-    return list(_walk(path, root, exclude))
+    return list(_walk(path, _open_folder(path, cleanup=cleanup, roots=roots), exclude))
 
 
 def run(argv: Sequence[str] | None = None) -> int:
