@@ -185,7 +185,9 @@ def _open_folder(folder: Path, *, cleanup: bool, roots: list[int]) -> int:
     """A descriptor of ``folder``, appended to ``roots``.
 
     With ``--cleanup`` the folder must not be a link itself: its files would be
-    moved out of wherever it points. Without it they are only read (copied).
+    moved out of wherever it points. It is then opened as named, so that
+    :func:`open_root` refuses a link swapped in after the check. Without
+    ``--cleanup`` its files are only read (copied), and a link is followed.
     """
     if cleanup and folder.is_symlink():
         raise CliError(
@@ -193,7 +195,7 @@ def _open_folder(folder: Path, *, cleanup: bool, roots: list[int]) -> int:
             hint="name the folder itself, or leave out --cleanup to copy what it holds",
         )
     try:
-        root = open_root(folder.resolve())
+        root = open_root(folder if cleanup else folder.resolve())
     except OSError as error:
         raise CliError(
             f"cannot open the folder {printable(str(folder))}: {error.strerror}",
