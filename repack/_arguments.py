@@ -18,16 +18,6 @@ from typing import NoReturn
 from ._errors import TemplateError
 from ._template import Layout, NamedLayout
 
-__all__ = [
-    "EXIT_USAGE",
-    "CliError",
-    "OneLineParser",
-    "add_layout_arguments",
-    "layout_from_arguments",
-    "report_error",
-    "version",
-]
-
 #: Exit status for a usage error: a bad option, value or template.
 EXIT_USAGE = 2
 

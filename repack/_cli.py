@@ -41,8 +41,6 @@ from ._repack import Repacked, Repacker
 from ._source import open_beneath, open_root, printable
 from ._temps import TEMP_PREFIX
 
-__all__ = ["main", "run"]
-
 EXIT_OK, EXIT_FAILED = 0, 1
 
 

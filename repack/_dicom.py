@@ -24,26 +24,12 @@ from pydicom.dataset import Dataset
 from ._errors import MalformedFileError, MissingRequiredTagError, NotDicomError, StorageError
 from ._full_read import (
     DEFER_BYTES,
-    MAX_HEADER_READS,
-    MAX_LOADED_BYTES,
     image_without_pixels,
     read_full,
 )
 from ._header import PIXEL_TAGS, read_header
 from ._source import SourceFile, open_path
-from ._values import NOT_DEFINED, Converted, ValueCache, charset_key, converted_element, px_string
-
-__all__ = [
-    "DEFER_BYTES",
-    "MAX_HEADER_READS",
-    "MAX_LOADED_BYTES",
-    "NOT_DEFINED",
-    "REQUIRED_KEYWORDS",
-    "Instance",
-    "ValueCache",
-    "read_instance",
-    "read_source",
-]
+from ._values import Converted, ValueCache, charset_key, converted_element, px_string
 
 #: Without these, an instance cannot be placed without colliding with others.
 REQUIRED_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")

@@ -25,20 +25,6 @@ second about the *environment* (disk full, permission denied, I/O error).
 
 from __future__ import annotations
 
-__all__ = [
-    "InvalidInstanceError",
-    "MalformedFileError",
-    "MissingRequiredTagError",
-    "NotDicomError",
-    "NotRegularFileError",
-    "RefusedInstanceError",
-    "RepackError",
-    "SourceVanishedError",
-    "StorageError",
-    "TemplateError",
-    "TruncatedFileError",
-]
-
 
 class RepackError(Exception):
     """Base class of every error raised by :mod:`repack`."""

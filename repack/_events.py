@@ -25,8 +25,6 @@ from pydicom import config as pydicom_config
 from ._logs import dumps
 from ._values import install_warning_hook
 
-__all__ = ["Event", "configure_logging", "get_logger", "log_repacked", "output_blocked_for"]
-
 
 class Event(StrEnum):
     """Every event name, declared once (the README's event table lists them)."""

@@ -25,14 +25,6 @@ from ._errors import MalformedFileError, NotDicomError, StorageError, TruncatedF
 from ._header import PIXEL_TAGS, ROWS, UNDEFINED_LENGTH, must_have_pixels
 from ._source import SourceFile
 
-__all__ = [
-    "DEFER_BYTES",
-    "MAX_HEADER_READS",
-    "MAX_LOADED_BYTES",
-    "image_without_pixels",
-    "read_full",
-]
-
 #: Values longer than this are not read into memory (PixelData, overlays).
 DEFER_BYTES = 64 * 1024
 

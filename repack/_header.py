@@ -34,8 +34,6 @@ from pydicom.uid import UID
 
 from ._errors import MalformedFileError, TruncatedFileError
 
-__all__ = ["PIXEL_TAGS", "ROWS", "UNDEFINED_LENGTH", "must_have_pixels", "read_header"]
-
 #: A value length that means "until the delimiter".
 UNDEFINED_LENGTH = 0xFFFF_FFFF
 #: Pixel Data, Float Pixel Data, Double Float Pixel Data.

@@ -35,23 +35,6 @@ from ._dicom import Instance
 from ._sanitize import safe_log_name
 from ._source import printable
 
-__all__ = [
-    "PATIENT_FIELDS",
-    "SERIES_FIELDS",
-    "STAT_FIELDS",
-    "STUDY_FIELDS",
-    "LogPaths",
-    "dumps",
-    "image_document",
-    "json_bytes",
-    "patient_document",
-    "series_fields",
-    "series_meta_document",
-    "stat_fields",
-    "study_meta_document",
-    "study_series_document",
-]
-
 PATIENT_FIELDS = ("PatientID", "PatientName", "PatientAge", "PatientSex", "PatientBirthDate")
 STUDY_FIELDS = (
     "PatientID",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._dicom import REQUIRED_KEYWORDS, Instance, ValueCache, read_source
+from ._dicom import REQUIRED_KEYWORDS, Instance, read_source
 from ._errors import RefusedInstanceError
 from ._logs import (
     PATIENT_FIELDS,
@@ -38,15 +38,7 @@ from ._sanitize import token
 from ._source import SourceFile, open_path
 from ._store import Store
 from ._template import Layout
-
-__all__ = [
-    "MissingElement",
-    "Repacked",
-    "Repacker",
-    "plan_placement",
-    "repack_file",
-    "sender_folder",
-]
+from ._values import ValueCache
 
 _SERIES_PACK = json_bytes({"seriesPack": True})
 #: Per-series files known to exist; forgetting only costs a stat, so memory stays flat.

@@ -14,17 +14,6 @@ from __future__ import annotations
 
 import re
 
-__all__ = [
-    "MAX_COMPONENT_BYTES",
-    "is_safe_name",
-    "safe_log_name",
-    "sanitize_component",
-    "seahash",
-    "seahash_hex",
-    "shorten",
-    "token",
-]
-
 #: The longest file name (in bytes) that Linux file systems accept.
 MAX_COMPONENT_BYTES = 255
 

@@ -32,20 +32,6 @@ from types import TracebackType
 
 from ._errors import NotRegularFileError, SourceVanishedError, StorageError
 
-__all__ = [
-    "Others",
-    "SourceFile",
-    "file_type",
-    "folder_beneath",
-    "open_beneath",
-    "open_folder_beneath",
-    "open_path",
-    "open_root",
-    "printable",
-    "relative_parts",
-    "try_claim",
-]
-
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _GONE = (errno_codes.ENOENT, errno_codes.ENOTDIR, errno_codes.ELOOP)

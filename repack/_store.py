@@ -39,11 +39,6 @@ from ._sanitize import seahash
 from ._source import SourceFile, printable
 from ._temps import temp_name
 
-__all__ = [
-    "LOCK_DIR",
-    "Store",
-]
-
 #: Folder below the log dir that holds the lock files.
 LOCK_DIR = ".locks"
 _LOCK_BUCKETS = 256

@@ -33,15 +33,6 @@ from ._errors import TemplateError
 from ._memo import Memo
 from ._sanitize import sanitize_component, seahash_hex
 
-__all__ = [
-    "Field",
-    "Layout",
-    "NamedLayout",
-    "RenderedComponent",
-    "Template",
-    "parse_template",
-]
-
 _FIELD = re.compile(
     r"%(?:_(?P<function>[A-Za-z][A-Za-z0-9]*)(?:\|(?P<args>[^_%]*))?_)?(?P<word>[A-Za-z0-9]*)"
 )

@@ -15,8 +15,6 @@ import socket
 import time
 from pathlib import Path
 
-__all__ = ["TEMP_PREFIX", "is_stale_temp", "probe_writable", "sweep_stale_temps", "temp_name"]
-
 #: Prefix of every temporary file this package creates (the watcher ignores them).
 TEMP_PREFIX = ".pypx-tmp-"
 _HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname())[:32] or "host"

@@ -34,18 +34,6 @@ from pydicom.valuerep import IS, DSfloat
 
 from ._memo import Memo
 
-__all__ = [
-    "NOT_DEFINED",
-    "Converted",
-    "ValueCache",
-    "charset_key",
-    "collected_warnings",
-    "converted_element",
-    "install_warning_hook",
-    "px_string",
-    "warning_count",
-]
-
 #: px's value for an element that is absent.
 NOT_DEFINED = "Not defined"
 

@@ -35,7 +35,7 @@ from ._arguments import (
     report_error,
     version,
 )
-from ._dicom import NOT_DEFINED, REQUIRED_KEYWORDS, read_source
+from ._dicom import REQUIRED_KEYWORDS, read_source
 from ._errors import SourceVanishedError
 from ._events import log_repacked, output_blocked_for
 from ._logs import dumps, json_bytes
@@ -55,7 +55,7 @@ from ._source import (
 )
 from ._store import LOCK_DIR, Store
 from ._temps import TEMP_PREFIX, probe_writable, sweep_stale_temps
-from ._values import collected_warnings
+from ._values import NOT_DEFINED, collected_warnings
 
 __all__ = [
     "LOCK_DIR",

@@ -487,7 +487,7 @@ def _sparse_header_bomb(path: Path, count: int = 16_000, length: int = 64_000) -
 
 
 def test_one_file_cannot_make_a_worker_load_more_than_the_bound(tmp_path: Path) -> None:
-    from repack._dicom import MAX_LOADED_BYTES  # noqa: PLC0415
+    from repack._full_read import MAX_LOADED_BYTES  # noqa: PLC0415
 
     bomb = tmp_path / "incoming" / "SR.bomb"
     bomb.parent.mkdir()

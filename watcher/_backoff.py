@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FILE_RETRY", "HANDOFF_RETRY", "STORESCP_RESTART", "Backoff"]
-
 
 @dataclass(frozen=True)
 class Backoff:

@@ -22,8 +22,6 @@ from ._completion import Candidate
 from ._folders import Identity, IncomingRoot
 from ._workers import WorkerConfig
 
-__all__ = ["serve", "warm_up", "yield_to_others"]
-
 
 def _made_up_instance() -> bytes:
     """A small valid instance, as bytes, to rehearse on."""

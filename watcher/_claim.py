@@ -39,8 +39,6 @@ from repack.plumbing import (
 from ._completion import Candidate
 from ._folders import Identity, IncomingRoot
 
-__all__ = ["NotRepacked", "Outcome", "Result", "repack_candidate"]
-
 
 class Outcome(StrEnum):
     """Why a file was not repacked (the routing table of :mod:`watcher._outcomes`)."""

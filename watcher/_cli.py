@@ -36,8 +36,6 @@ from ._operations import build_operations
 from ._service import Service
 from ._settings import ENV_PREFIX, parse_settings, unknown_variables
 
-__all__ = ["main", "run"]
-
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the service in the foreground; return the exit status."""

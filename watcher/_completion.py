@@ -35,16 +35,6 @@ from typing import NamedTuple
 
 from repack.plumbing import printable
 
-__all__ = [
-    "HELD_SHARE",
-    "NEW_FOLDERS_AT_MOST",
-    "SCAN_SHARE",
-    "Candidate",
-    "CompletionTracker",
-    "Signature",
-    "signature_of",
-]
-
 #: The share of the capacity that scans may fill; the rest is for files events announce.
 SCAN_SHARE = 0.75
 #: The share of the capacity that files waiting to be quarantined may hold.

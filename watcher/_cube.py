@@ -34,8 +34,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Registration", "cube_admits", "cube_registration", "patient_age_days", "valid_uid"]
-
 _NOT_DEFINED = "Not defined"  # px's value for an absent element
 _UIDS = ("StudyInstanceUID", "SeriesInstanceUID")
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")

@@ -47,22 +47,6 @@ import orjson
 from ._cube import cube_registration
 from ._series import QuietSeries
 
-__all__ = [
-    "CELERY_TASK",
-    "CeleryRegistration",
-    "Command",
-    "DeliveryError",
-    "Destination",
-    "HttpRequest",
-    "HttpTransport",
-    "PermanentDeliveryError",
-    "Webhook",
-    "dicom_names",
-    "http_post",
-    "pacs_name_of",
-    "series_document",
-]
-
 CELERY_TASK = "pacsfiles.tasks.register_pacs_series"
 #: How long one delivery may take before it counts as failed.
 DELIVERY_TIMEOUT_S = 30.0

@@ -16,15 +16,6 @@ from __future__ import annotations
 
 from repack.plumbing import CliError
 
-__all__ = [
-    "EXIT_CONFIG",
-    "EXIT_OUTPUT_LOST",
-    "EXIT_STARTUP",
-    "EXIT_THREAD_DIED",
-    "ConfigError",
-    "WatcherError",
-]
-
 #: Exit status for an invalid option, environment variable or template.
 EXIT_CONFIG = 2
 #: Exit status for a folder, port or worker that cannot be used at start.

@@ -24,8 +24,6 @@ from repack.plumbing import open_root, probe_writable
 from ._errors import EXIT_STARTUP, ConfigError
 from ._settings import Settings
 
-__all__ = ["Identity", "IncomingRoot", "check_folders", "identity_of", "ignored", "ignored_below"]
-
 
 def ignored(name: str) -> bool:
     """Whether a name in the incoming folder is never a candidate, nor a folder entered:

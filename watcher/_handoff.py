@@ -62,8 +62,6 @@ from ._series import QuietSeries, SeriesTracker
 if TYPE_CHECKING:  # nats-py only when --nats-url asks for it
     from ._lonk import LonkProgress
 
-__all__ = ["MAX_BACKOFF_S", "STUCK_AFTER", "UNREADY_AFTER_S", "Handoff"]
-
 #: The longest wait between two tries of one record.
 MAX_BACKOFF_S = HANDOFF_RETRY.cap
 #: Failures in a row after which a record is reported stuck (an error).

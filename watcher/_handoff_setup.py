@@ -14,8 +14,6 @@ from ._settings import Settings
 if TYPE_CHECKING:  # nats-py only when --nats-url asks for it
     from ._lonk import LonkProgress
 
-__all__ = ["build_handoff"]
-
 
 def build_handoff(settings: Settings, metrics: Metrics, log: Any) -> Handoff | None:
     """The hand-off the settings ask for (None when no destination is set); raise ConfigError."""

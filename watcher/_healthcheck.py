@@ -19,8 +19,6 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["check", "main"]
-
 _TIMEOUT = 4.0
 
 

@@ -20,8 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_CONNECTIONS", "MAX_REQUEST_BYTES", "REQUEST_TIMEOUT", "Answer", "ProbeServer"]
-
 #: Connections open at once; one more closes the oldest.
 MAX_CONNECTIONS = 64
 #: Seconds a connection has for its whole request and answer.

@@ -31,17 +31,6 @@ from repack.plumbing import token
 from ._cube import valid_uid
 from ._destinations import DELIVERY_TIMEOUT_S, DeliveryError
 
-__all__ = [
-    "LONK_DONE",
-    "LONK_ERROR",
-    "LONK_PROGRESS",
-    "LonkDone",
-    "LonkProgress",
-    "NatsConnection",
-    "Publisher",
-    "lonk_subject",
-]
-
 #: LONK message types.
 LONK_DONE, LONK_PROGRESS, LONK_ERROR = b"\x00", b"\x01", b"\x02"
 

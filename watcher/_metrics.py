@@ -29,7 +29,6 @@ from repack.plumbing import probe_writable
 
 from ._http import MAX_CONNECTIONS, REQUEST_TIMEOUT, Answer, ProbeServer
 
-__all__ = ["HealthServer", "Metrics", "Readiness"]
 #: ``watcher.stopped``'s fields, and the counter each is read from.
 _TOTALS = {
     "repacked": "instances_repacked",

@@ -28,9 +28,6 @@ from watchdog.observers.polling import PollingObserver
 from ._completion import CompletionTracker
 from ._folders import ignored_below
 
-__all__ = ["Recorder", "observer_threads", "start_observer"]
-
-
 # Only what decides something is asked for. Opened and closed-without-write
 # come from every reader, this service included. Modified fires for every
 # write() call and attribute change (our own hard links included), and adds

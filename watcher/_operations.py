@@ -30,8 +30,6 @@ from ._settings import Settings
 if TYPE_CHECKING:
     from ._service import Service
 
-__all__ = ["Operations", "StorescpSupervisor", "build_operations", "storescp_command"]
-
 
 #: storescp's options that choose which transfer syntaxes it accepts.
 _SYNTAX_CHOICES = ("+x", "--prefer-", "--accept-all", "--implicit", "-xf", "--config-file")

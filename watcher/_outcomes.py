@@ -50,12 +50,6 @@ from ._quarantine import Quarantine
 from ._series import SeriesTracker
 from ._settings import Settings
 
-__all__ = [
-    "CRASHES_BEFORE_QUARANTINE",
-    "REPEATS_BEFORE_ERROR",
-    "ResultRouter",
-]
-
 #: Same failure this many times in a row: an error event and the failing gauge.
 REPEATS_BEFORE_ERROR = FILE_RETRY.stuck_after
 #: A file on which the worker crashed (or stalled) this often is quarantined.

@@ -21,8 +21,6 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-__all__ = ["WorkerPool"]
-
 Item = TypeVar("Item")
 
 

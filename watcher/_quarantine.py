@@ -33,8 +33,6 @@ from repack.plumbing import (
     shorten,
 )
 
-__all__ = ["Quarantine", "quarantine_name"]
-
 _NAME_BYTES = 255 - len(".json")
 
 

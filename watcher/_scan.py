@@ -23,8 +23,6 @@ from repack.plumbing import SourceVanishedError, folder_beneath, open_folder_ben
 from ._completion import CompletionTracker
 from ._folders import IncomingRoot
 
-__all__ = ["FolderScan", "Scans"]
-
 
 class FolderScan:
     """One walk of (part of) the incoming folder; iterate to get ``(path, stat)`` pairs."""

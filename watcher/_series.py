@@ -20,8 +20,6 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["QuietSeries", "SeriesTracker", "as_on_disk"]
-
 
 @dataclass(slots=True)
 class _Series:

@@ -40,8 +40,6 @@ from ._settings import Settings
 from ._threads import ThreadWatch
 from ._workers import WorkerConfig, WorkerProcess
 
-__all__ = ["OUTPUT_BLOCKED_S", "Service"]
-
 #: Seconds one event write may wait for its reader before ``/healthz`` fails.
 OUTPUT_BLOCKED_S = 10.0
 _HOUSEKEEPING_S = 0.5

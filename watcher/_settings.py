@@ -33,8 +33,6 @@ from repack.plumbing import (
 from ._destinations import redacted
 from ._errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "default_workers", "parse_settings", "unknown_variables"]
-
 ENV_PREFIX = "PYPX_LISTENER_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

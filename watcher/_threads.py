@@ -26,8 +26,6 @@ from typing import Any
 
 from repack import Event
 
-__all__ = ["REARMS_PER_MINUTE", "ThreadWatch"]
-
 #: Observer deaths re-armed within a minute; one more stops the service.
 REARMS_PER_MINUTE = 3
 

@@ -26,8 +26,6 @@ from ._cube import cube_admits
 from ._folders import Identity
 from ._settings import Settings
 
-__all__ = ["WorkerConfig", "WorkerProcess", "worker_command"]
-
 
 @dataclass(frozen=True)
 class WorkerConfig:
