@@ -20,6 +20,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -129,29 +130,18 @@ class Metrics:
         self.scans.inc()
         self.files_scanned.inc(count)
 
-    def gauges(self, *, queue_depth: int, busy: int, failing: int) -> None:
-        self.queue_depth.set(queue_depth)
-        self.workers_busy.set(busy)
-        self.files_failing.set(failing)
-
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
+@dataclass
 class Readiness:
     """The checks behind ``/readyz``."""
 
-    def __init__(
-        self,
-        folders: dict[str, Path],
-        watching: threading.Event,
-        storescp_port: int | None = None,
-        service_problems: Callable[[], list[str]] = list,
-    ) -> None:
-        self.folders = folders
-        self.watching = watching
-        self.storescp_port = storescp_port
-        self.service_problems = service_problems
+    folders: dict[str, Path]
+    watching: threading.Event
+    storescp_port: int | None = None
+    service_problems: Callable[[], list[str]] = list
 
     def problems(self) -> list[str]:
         found: list[str] = list(self.service_problems())

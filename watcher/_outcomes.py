@@ -56,35 +56,28 @@ REPEATS_BEFORE_ERROR = FILE_RETRY.stuck_after
 CRASHES_BEFORE_QUARANTINE = 3
 
 
+@dataclasses.dataclass(eq=False)
 class ResultRouter:
-    """Routes each result to its action; called on the pool threads."""
+    """Routes each result to its action; called on the pool threads.
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        tracker: CompletionTracker,
-        quarantine: Quarantine,
-        root: IncomingRoot,
-        series: SeriesTracker,
-        metrics: Metrics,
-        log: Any,
-        on_instance: Callable[[Repacked, int], None] | None = None,
-        on_refused: Callable[[str, str, str | None], None] | None = None,
-    ) -> None:
-        """``on_instance(repacked, count)``: a series has a new instance, its ``count``-th.
-        ``on_refused(series_uid, message, sender)``: an instance of that series (from that
-        sender's folder, with ``--pacs-name-from caller``) was refused for CUBE."""
-        self.on_instance = on_instance
-        self.on_refused = on_refused
-        self.settings = settings
-        self.tracker = tracker
-        self.quarantine = quarantine
-        self.root = root
-        self.series = series
-        self.metrics = metrics
-        self.log = log
-        self.backoff = dataclasses.replace(FILE_RETRY, cap=settings.retry_max_delay)
+    ``on_instance(repacked, count)``: a series has a new instance, its ``count``-th.
+    ``on_refused(series_uid, message, sender)``: an instance of that series (from that
+    sender's folder, with ``--pacs-name-from caller``) was refused for CUBE.
+    """
+
+    settings: Settings
+    _: dataclasses.KW_ONLY
+    tracker: CompletionTracker
+    quarantine: Quarantine
+    root: IncomingRoot
+    series: SeriesTracker
+    metrics: Metrics
+    log: Any
+    on_instance: Callable[[Repacked, int], None] | None = None
+    on_refused: Callable[[str, str, str | None], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.backoff = dataclasses.replace(FILE_RETRY, cap=self.settings.retry_max_delay)
 
     def route(self, candidate: Candidate, result: Result) -> None:
         if result.warnings:

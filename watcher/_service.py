@@ -399,11 +399,10 @@ class Service:
                 self.handoff.complete(series)
 
     def _update_gauges(self) -> None:
-        self.metrics.gauges(
-            queue_depth=self.tracker.pending_count(),  # queued and in-flight files included
-            busy=self.pool.busy(),
-            failing=self.tracker.failing(REPEATS_BEFORE_ERROR),
-        )
+        metrics = self.metrics
+        metrics.queue_depth.set(self.tracker.pending_count())  # queued and in-flight included
+        metrics.workers_busy.set(self.pool.busy())
+        metrics.files_failing.set(self.tracker.failing(REPEATS_BEFORE_ERROR))
 
     # -- workers -------------------------------------------------------------
 
