@@ -17,9 +17,9 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from repack import Layout
 from repack.plumbing import (
@@ -36,74 +36,6 @@ from ._errors import ConfigError
 ENV_PREFIX = "PYPX_LISTENER_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything the service needs to run; see ``pypx-listener --help``.
-
-    Built by :func:`parse_settings`: each field's default is in the one table
-    of options (:data:`_OPTIONS`), which also gives its help and variable.
-    """
-
-    incoming: Path
-    datadir: Path
-    logdir: Path
-    quarantine: Path
-    layout: Layout
-    mode: Literal["move", "copy"]
-    workers: int
-    worker_nice: int
-    queue_size: int
-    settle: float
-    unleased_settle: float
-    scan_interval: float
-    series_quiet: float
-    quarantine_after: float
-    empty_dir_age: float
-    retry_max_delay: float
-    polling: bool
-    poll_interval: float
-    stop_timeout: float
-    stall_timeout: float
-    pending_limit: int
-    fsync: bool
-    umask: int | None
-    log_format: Literal["auto", "json", "console"]
-    log_level: Literal["debug", "info", "warning", "error"]
-    metrics_port: int | None
-    metrics_host: str
-    storescp_port: int | None
-    storescp_args: str
-    storescp_aet: str
-    pacs_name: str | None
-    pacs_name_from: str
-    celery_broker: str | None
-    celery_queue: str
-    nats_url: str | None
-    nats_nkey: str | None
-    nats_creds: str | None
-    progress_interval: float
-    webhook_url: str | None
-    on_series_complete: str | None
-
-    @property
-    def move(self) -> bool:
-        return self.mode == "move"
-
-    def describe(self) -> dict[str, Any]:
-        """The effective settings, for the startup event."""
-        described = asdict(self)
-        described["layout"] = self.layout.name
-        described["templates"] = [t.source for t in self.layout.templates]
-        if self.umask is not None:
-            described["umask"] = f"{self.umask:03o}"
-        for name in ("celery_broker", "webhook_url"):  # passwords stay unsaid
-            if described[name]:
-                described[name] = redacted(described[name])
-        if self.nats_url:  # a cluster's URLs, each with its own credentials
-            described["nats_url"] = ",".join(redacted(u) for u in self.nats_url.split(","))
-        return {k: str(v) if isinstance(v, Path) else v for k, v in described.items()}
 
 
 #: Memory one worker process needs at most, with room (about 45 MB measured).
@@ -206,122 +138,174 @@ def _port(text: str) -> int | None:
     return value
 
 
-# (option, type, default, help); a default of None means "unset".
-#: Each option: its name, its type, its default (text, or made when asked), its help.
-_OPTIONS: list[tuple[str, Callable[[str], Any], str | Callable[[], str] | None, str]] = [
-    ("incoming", Path, "incoming", "folder storescp writes into (watched recursively)"),
-    ("datadir", Path, "data", "root of the repacked data tree"),
-    ("logdir", Path, "log", "pypx log folder (patientData, studyData, seriesData)"),
-    ("quarantine", Path, "quarantine", "where files that can never be repacked go, with a note"),
-    ("mode", str, "move", "move: the incoming folder is a spool; copy: keep incoming files"),
-    (
-        "workers",
+def _option(
+    kind: Callable[[str], Any], default: str | Callable[[], str] | None, help_text: str
+) -> Any:
+    """A setting's option ``--some-option``: how its text converts, its default (text, or
+    made when asked; None: unset) and its help."""
+    return field(metadata={"option": (kind, default, help_text)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs to run; see ``pypx-listener --help``.
+
+    Built by :func:`parse_settings`. Each field but ``layout`` declares its
+    option (:func:`_option`): its conversion, default and help; its variable
+    follows from its name, and a ``Literal`` type lists the words it takes.
+    """
+
+    layout: Layout
+    incoming: Path = _option(Path, "incoming", "folder storescp writes into (watched recursively)")
+    datadir: Path = _option(Path, "data", "root of the repacked data tree")
+    logdir: Path = _option(Path, "log", "pypx log folder (patientData, studyData, seriesData)")
+    quarantine: Path = _option(
+        Path, "quarantine", "where files that can never be repacked go, with a note"
+    )
+    mode: Literal["move", "copy"] = _option(
+        str, "move", "move: the incoming folder is a spool; copy: keep incoming files"
+    )
+    workers: int = _option(
         _positive(int),
-        lambda: str(default_workers()),  # read from the cgroups when asked, not at import
+        lambda: str(default_workers()),
         "repack workers (default: usable cores, within the container's CPU and memory limits)",
-    ),
-    (
-        "worker-nice",
+    )  # read from the cgroups when asked, not at import
+    worker_nice: int = _option(
         _niceness,
         "10",
         "niceness added to worker processes (0-19; 0: none): storescp gets a core first",
-    ),
-    ("queue-size", _positive(int), "64", "files queued for the workers at most"),
-    ("settle", _positive(float), "1.0", "seconds a file must stay unchanged without a close event"),
-    (
-        "unleased-settle",
+    )
+    queue_size: int = _option(_positive(int), "64", "files queued for the workers at most")
+    settle: float = _option(
+        _positive(float), "1.0", "seconds a file must stay unchanged without a close event"
+    )
+    unleased_settle: float = _option(
         _positive(float),
         "30",
         "seconds a file that no lease can test (another owner, no CAP_LEASE; NFS) must stay"
         " unchanged when no close event was seen",
-    ),
-    ("scan-interval", _positive(float), "30", "seconds between reconciliation scans"),
-    (
-        "series-quiet",
-        _positive(float),
-        "30",
-        "seconds without a new instance before series.complete",
-    ),
-    ("quarantine-after", _positive(float), "10", "seconds a bad file must stay unchanged first"),
-    ("empty-dir-age", _positive(float), "60", "age in seconds at which empty subfolders go"),
-    ("retry-max-delay", _positive(float), "60", "longest back-off between retries, seconds"),
-    ("polling", _boolean, "false", "poll instead of inotify (NFS/SMB shares written elsewhere)"),
-    ("poll-interval", _positive(float), "1.0", "seconds between polls in polling mode"),
-    ("stop-timeout", _positive(float), "10", "seconds to finish in-flight files on SIGTERM"),
-    (
-        "stall-timeout",
+    )
+    scan_interval: float = _option(_positive(float), "30", "seconds between reconciliation scans")
+    series_quiet: float = _option(
+        _positive(float), "30", "seconds without a new instance before series.complete"
+    )
+    quarantine_after: float = _option(
+        _positive(float), "10", "seconds a bad file must stay unchanged first"
+    )
+    empty_dir_age: float = _option(
+        _positive(float), "60", "age in seconds at which empty subfolders go"
+    )
+    retry_max_delay: float = _option(
+        _positive(float), "60", "longest back-off between retries, seconds"
+    )
+    polling: bool = _option(
+        _boolean, "false", "poll instead of inotify (NFS/SMB shares written elsewhere)"
+    )
+    poll_interval: float = _option(_positive(float), "1.0", "seconds between polls in polling mode")
+    stop_timeout: float = _option(
+        _positive(float), "10", "seconds to finish in-flight files on SIGTERM"
+    )
+    stall_timeout: float = _option(
         _positive(float),
         "300",
         "seconds one file may hold a worker before health fails and the worker is restarted",
-    ),
-    (
-        "pending-limit",
-        _positive(int),
-        "10000",
-        "files tracked in memory at most; more wait on disk",
-    ),
-    ("fsync", _boolean, "true", "sync copies across file systems before removing the source"),
-    (
-        "umask",
+    )
+    pending_limit: int = _option(
+        _positive(int), "10000", "files tracked in memory at most; more wait on disk"
+    )
+    fsync: bool = _option(
+        _boolean, "true", "sync copies across file systems before removing the source"
+    )
+    umask: int | None = _option(
         _umask,
         None,
         "file mode creation mask (octal) for all the service writes; 002 makes folders"
         " group-writable, so that CUBE running as another user of the group can delete what it"
         " registered (default: the one the service was started with)",
-    ),
-    ("log-format", str, "auto", "auto (JSON unless a terminal), json or console"),
-    ("log-level", str, "info", "debug, info, warning or error"),
-    ("metrics-port", _port, None, "serve Prometheus /metrics, /healthz, /readyz on this port"),
-    ("metrics-host", str, "0.0.0.0", "address the metrics server binds"),  # noqa: S104
-    ("storescp-port", _port, None, "also run and supervise storescp on this port"),
-    ("storescp-args", str, "", "extra storescp arguments in supervised mode"),
-    ("storescp-aet", str, "PYPX", "AE title of the supervised storescp"),
-    (
-        "pacs-name",
+    )
+    log_format: Literal["auto", "json", "console"] = _option(
+        str, "auto", "auto (JSON unless a terminal), json or console"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = _option(
+        str, "info", "debug, info, warning or error"
+    )
+    metrics_port: int | None = _option(
+        _port, None, "serve Prometheus /metrics, /healthz, /readyz on this port"
+    )
+    metrics_host: str = _option(str, "0.0.0.0", "address the metrics server binds")  # noqa: S104
+    storescp_port: int | None = _option(_port, None, "also run and supervise storescp on this port")
+    storescp_args: str = _option(str, "", "extra storescp arguments in supervised mode")
+    storescp_aet: str = _option(str, "PYPX", "AE title of the supervised storescp")
+    pacs_name: str | None = _option(
         str,
         None,
         "CUBE's name of the PACS the series come from (at most 20 characters); the data folder"
         " is then <CUBE storage>/SERVICES/PACS/<name>",
-    ),
-    (
-        "pacs-name-from",
+    )
+    pacs_name_from: Literal["setting", "caller"] = _option(
         str,
         "setting",
         "'caller': each sender is its own PACS in CUBE, named by its calling AE title (as"
         " oxidicom), the data folder <CUBE storage>/SERVICES/PACS, --pacs-name for a file"
         " that names no sender",
-    ),
-    (
-        "celery-broker",
+    )
+    celery_broker: str | None = _option(
         str,
         None,
         "register each completed series with CUBE through its Celery broker (redis://... or"
         " amqp://...)",
-    ),
-    ("celery-queue", str, "main2", "the queue of CUBE's registration task"),
-    (
-        "nats-url",
+    )
+    celery_queue: str = _option(str, "main2", "the queue of CUBE's registration task")
+    nats_url: str | None = _option(
         str,
         None,
         "send LONK progress and completion of each series to this NATS server (a cluster's"
         " URLs comma-separated; nats://user:password@..., nats://token@..., tls://...)",
-    ),
-    ("nats-nkey", str, None, "authenticate to NATS with the nkey seed (SU...) in this file"),
-    ("nats-creds", str, None, "authenticate to NATS with this credentials (.creds) file"),
-    ("progress-interval", _positive(float), "1.0", "seconds between LONK progress messages"),
-    ("webhook-url", str, None, "POST each completed series (JSON) to this URL"),
-    (
-        "on-series-complete",
+    )
+    nats_nkey: str | None = _option(
+        str, None, "authenticate to NATS with the nkey seed (SU...) in this file"
+    )
+    nats_creds: str | None = _option(
+        str, None, "authenticate to NATS with this credentials (.creds) file"
+    )
+    progress_interval: float = _option(
+        _positive(float), "1.0", "seconds between LONK progress messages"
+    )
+    webhook_url: str | None = _option(str, None, "POST each completed series (JSON) to this URL")
+    on_series_complete: str | None = _option(
         str,
         None,
         "run this command (an argv; no shell) for each completed series, the series on stdin",
-    ),
+    )
+
+    @property
+    def move(self) -> bool:
+        return self.mode == "move"
+
+    def describe(self) -> dict[str, Any]:
+        """The effective settings, for the startup event."""
+        described = asdict(self)
+        described["layout"] = self.layout.name
+        described["templates"] = [t.source for t in self.layout.templates]
+        if self.umask is not None:
+            described["umask"] = f"{self.umask:03o}"
+        for name in ("celery_broker", "webhook_url"):  # passwords stay unsaid
+            if described[name]:
+                described[name] = redacted(described[name])
+        if self.nats_url:  # a cluster's URLs, each with its own credentials
+            described["nats_url"] = ",".join(redacted(u) for u in self.nats_url.split(","))
+        return {k: str(v) if isinstance(v, Path) else v for k, v in described.items()}
+
+
+#: Each option: its name, its type, its default, its help (from :class:`Settings`).
+_OPTIONS: list[tuple[str, Callable[[str], Any], str | Callable[[], str] | None, str]] = [
+    (f.name.replace("_", "-"), *f.metadata["option"]) for f in fields(Settings) if f.metadata
 ]
+#: The options whose type is one of a few words (a ``Literal``), and the words.
 _CHOICES = {
-    "mode": ["move", "copy"],
-    "log-format": ["auto", "json", "console"],
-    "log-level": ["debug", "info", "warning", "error"],
-    "pacs-name-from": ["setting", "caller"],
+    name.replace("_", "-"): list(get_args(hint))
+    for name, hint in get_type_hints(Settings).items()
+    if get_origin(hint) is Literal
 }
 _LAYOUT_ENV = {
     "layout": "LAYOUT",
