@@ -22,28 +22,21 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from ._errors import MalformedFileError, MissingRequiredTagError, NotDicomError, StorageError
-from ._full_read import (
-    DEFER_BYTES,
-    image_without_pixels,
-    read_full,
-)
+from ._full_read import DEFER_BYTES, image_without_pixels, read_full
 from ._header import PIXEL_TAGS, read_header
 from ._source import SourceFile, open_path
 from ._values import Converted, ValueCache, charset_key, converted_element, px_string
 
 #: Without these, an instance cannot be placed without colliding with others.
 REQUIRED_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-_TAGS: dict[str, int] = {}
 
 
+@functools.cache  # the keywords are the few our code names
 def _tag(keyword: str) -> int:
-    tag = _TAGS.get(keyword)
-    if tag is None:
-        found = tag_for_keyword(keyword)
-        if found is None:
-            raise KeyError(keyword)
-        tag = _TAGS[keyword] = int(found)
-    return tag
+    found = tag_for_keyword(keyword)
+    if found is None:
+        raise KeyError(keyword)
+    return int(found)
 
 
 @functools.lru_cache(maxsize=64)
@@ -213,25 +206,26 @@ def read_source(
         ) from error
     if marker != b"DICM":
         raise NotDicomError("no DICM marker at byte 128: not a DICOM Part 10 file")
-    if keywords is not None:
-        wanted = _wanted_tags(tuple(keywords))
-        partial = read_header(source.descriptor, size, wanted, max_value=DEFER_BYTES)
-        if partial is not None:
-            return _checked(
-                Instance(
-                    partial,
-                    size,
-                    source.stat,
-                    source.path,
-                    wanted,
-                    full_reader=lambda: read_full(source),
-                    cache=cache,
-                    charset=charset_key(partial) if cache is not None else None,
-                )
-            )
-    dataset = read_full(source)
-    charset = charset_key(dataset) if cache is not None else None
-    return _checked(Instance(dataset, size, source.stat, source.path, cache=cache, charset=charset))
+    wanted = _wanted_tags(tuple(keywords)) if keywords is not None else None
+    dataset = None
+    if wanted is not None:
+        dataset = read_header(source.descriptor, size, wanted, max_value=DEFER_BYTES)
+    if dataset is None:  # every element wanted, or an encoding left to pydicom
+        dataset, wanted = read_full(source), None
+    instance = Instance(
+        dataset,
+        size,
+        source.stat,
+        source.path,
+        wanted,
+        full_reader=lambda: read_full(source),
+        cache=cache,
+        charset=charset_key(dataset) if cache is not None else None,
+    )
+    missing = instance.required_missing()  # never raises: bad values read as absent
+    if missing:
+        raise MissingRequiredTagError(missing)
+    return instance
 
 
 def read_instance(path: str | os.PathLike[str], keywords: Iterable[str] | None = None) -> Instance:
@@ -246,10 +240,3 @@ def read_instance(path: str | os.PathLike[str], keywords: Iterable[str] | None =
     if instance.wanted is None:
         return instance
     return dataclasses.replace(instance, full_reader=lambda: read_instance(path).dataset)
-
-
-def _checked(instance: Instance) -> Instance:
-    missing = instance.required_missing()  # never raises: bad values read as absent
-    if missing:
-        raise MissingRequiredTagError(missing)
-    return instance

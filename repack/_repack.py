@@ -147,35 +147,6 @@ class Repacked:
         return fields
 
 
-def _repacked(
-    source: SourceFile,
-    instance: Instance,
-    missing: tuple[MissingElement, ...],
-    *,
-    series_dir: Path,
-    destination: Path,
-    size: int,
-    started: float,
-    removed: bool = False,
-    series_log: str = "",
-) -> Repacked:
-    return Repacked(
-        src=source.path,
-        dst=destination,
-        size=size,
-        patient_id=instance.px_value("PatientID"),
-        study_instance_uid=instance.px_value("StudyInstanceUID"),
-        series_instance_uid=instance.px_value("SeriesInstanceUID"),
-        sop_instance_uid=instance.px_value("SOPInstanceUID"),
-        series_dir=series_dir,
-        missing=missing,
-        source_removed=removed,
-        series_log=series_log,
-        duration_ms=(time.perf_counter() - started) * 1000,
-        notes=(_NO_PIXELS,) if instance.image_without_pixels else (),
-    )
-
-
 _NO_PIXELS = (
     "an image storage instance without pixel data (and without an Image Pixel module):"
     " repacked as sent, as px-repack does"
@@ -290,24 +261,32 @@ class Repacker:
                 self._written.clear()
                 self._write_logs(instance, series_dir, destination, stat)
         removed = self.move and source.remove()
-        series_log = ""
-        if self.logdir is not None:
-            series_log = str(self._paths_of(instance, self.logdir).study_series)
-        return _repacked(
-            source, instance, missing, series_dir=series_dir, destination=destination,
-            size=stat.st_size, started=started, removed=removed, series_log=series_log,
-        )  # fmt: skip
+        logs = self._paths_of(instance, self.logdir) if self.logdir is not None else None
+        return Repacked(
+            src=source.path,
+            dst=destination,
+            size=stat.st_size,
+            patient_id=instance.px_value("PatientID"),
+            study_instance_uid=instance.px_value("StudyInstanceUID"),
+            series_instance_uid=instance.px_value("SeriesInstanceUID"),
+            sop_instance_uid=instance.px_value("SOPInstanceUID"),
+            series_dir=series_dir,
+            missing=missing,
+            source_removed=removed,
+            series_log=str(logs.study_series) if logs is not None else "",
+            duration_ms=(time.perf_counter() - started) * 1000,
+            notes=(_NO_PIXELS,) if instance.image_without_pixels else (),
+        )
 
-    def rehearse(self, source: SourceFile) -> Repacked:
+    def rehearse(self, source: SourceFile) -> None:
         """Everything :meth:`repack_source` does but writing: read, place, render the logs.
 
         A fresh process spends its first repack importing and initialising
         half of pydicom; a service rehearses once on a made-up instance to
         take that pause before the first real file, with no folder touched.
         """
-        started = time.perf_counter()
         instance = read_source(source, self._keywords)
-        series_dir, destination, missing = self._target(instance)
+        series_dir, destination, _ = self._target(instance)
         if self.logdir is not None:
             LogPaths.of(self.logdir, instance).image(destination.name)
             for document in (
@@ -318,10 +297,6 @@ class Repacker:
                 image_document(instance, destination.name, source.stat, str(destination)),
             ):
                 json_bytes(document)
-        return _repacked(
-            source, instance, missing, series_dir=series_dir, destination=destination,
-            size=source.stat.st_size, started=started,
-        )  # fmt: skip
 
     def _target(self, instance: Instance) -> tuple[Path, Path, tuple[MissingElement, ...]]:
         """Where ``instance`` goes: its series folder, its file, what the templates missed."""
@@ -332,11 +307,7 @@ class Repacker:
         return series_dir, series_dir / relative.name, missing
 
     def _write_logs(
-        self,
-        instance: Instance,
-        series_dir: Path,
-        destination: Path,
-        stat: os.stat_result,
+        self, instance: Instance, series_dir: Path, destination: Path, stat: os.stat_result
     ) -> None:
         assert self.logdir is not None  # noqa: S101 - checked by the caller
         paths = self._paths_of(instance, self.logdir)

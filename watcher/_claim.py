@@ -20,13 +20,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-from repack import (
-    InvalidInstanceError,
-    RefusedInstanceError,
-    Repacked,
-    Repacker,
-    StorageError,
-)
+from repack import InvalidInstanceError, RefusedInstanceError, Repacked, Repacker, StorageError
 from repack.plumbing import (
     Others,
     SourceFile,

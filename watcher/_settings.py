@@ -376,15 +376,12 @@ def parse_settings(
         raise ConfigError(str(error), hint=error.hint) from error
     values: dict[str, Any] = {}
     for option, kind, default, _ in _OPTIONS:
-        variable = env_name(option)
-        given = getattr(arguments, option.replace("-", "_"))
-        if isinstance(given, bool):  # --option or --no-option
-            values[option.replace("-", "_")] = given
-            continue
+        name, variable = option.replace("-", "_"), env_name(option)
+        given = getattr(arguments, name)
         source = f"--{option}" if given is not None else variable
         text = given if given is not None else environ.get(variable, _made(default))
-        if text is None:
-            values[option.replace("-", "_")] = None
+        if text is None or isinstance(text, bool):  # unset; --option or --no-option
+            values[name] = text
             continue
         if option in _CHOICES and text not in _CHOICES[option]:
             raise ConfigError(
@@ -392,7 +389,7 @@ def parse_settings(
                 hint=f"set {source} to one of the listed values",
             )
         try:
-            values[option.replace("-", "_")] = kind(text)
+            values[name] = kind(text)
         except (ValueError, TypeError) as error:
             raise ConfigError(
                 f"{source}={text!r}: {error}", hint=f"fix {source} (see pypx-listener --help)"
