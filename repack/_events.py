@@ -122,23 +122,18 @@ class _GuardedOutput:
             self._on_lost()
 
     def write(self, data: bytes) -> int:
-        if self._lost:
-            return len(data)
-        self.writing_since = time.monotonic()
-        try:
-            return self._binary.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            self._lose()
-            return len(data)
-        finally:
-            self.writing_since = None
+        self._guarded(self._binary.write, data)
+        return len(data)  # all of it, or dropped
 
     def flush(self) -> None:
+        self._guarded(self._binary.flush)
+
+    def _guarded(self, call: Callable[..., object], *arguments: bytes) -> None:
         if self._lost:
             return
         self.writing_since = time.monotonic()
         try:
-            self._binary.flush()
+            call(*arguments)
         except (BrokenPipeError, ConnectionResetError):
             self._lose()
         finally:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from watcher._completion import CompletionTracker
-from watcher._metrics import HealthServer, Metrics, Readiness
+from watcher._http import ProbeServer
+from watcher._metrics import Metrics, Readiness, health_answers
 
 from .helpers import Clock, get
 
@@ -30,7 +31,8 @@ def test_a_scrape_walks_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     tracker.changed(str(tmp_path / "waiting"))
     metrics = Metrics()
     metrics.oldest.set_function(tracker.oldest_age)
-    server = HealthServer("127.0.0.1", 0, metrics, Readiness({}, threading.Event()))
+    answers = health_answers(metrics, Readiness({}, threading.Event()))
+    server = ProbeServer("127.0.0.1", 0, answers)
     server.start()
     try:
 

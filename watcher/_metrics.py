@@ -28,7 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from repack.plumbing import probe_writable
 
-from ._http import MAX_CONNECTIONS, REQUEST_TIMEOUT, Answer, ProbeServer
+from ._http import Answer
 
 #: ``watcher.stopped``'s fields, and the counter each is read from.
 _TOTALS = {
@@ -164,48 +164,25 @@ class Readiness:
         return found
 
 
-class HealthServer:
-    """/metrics, /healthz and /readyz over a :class:`~watcher._http.ProbeServer`.
+def health_answers(
+    metrics: Metrics, readiness: Readiness, alive: Callable[[], list[str]] = list
+) -> Callable[[str], Answer]:
+    """What /metrics, /healthz and /readyz answer, for a :class:`~watcher._http.ProbeServer`.
 
-    Binds its port when constructed, so a port in use is found before the
-    service announces that it started.
+    ``alive()`` gives the reasons the service is not alive (empty when it is).
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        metrics: Metrics,
-        readiness: Readiness,
-        alive: Callable[[], list[str]] = list,
-        *,
-        limit: int = MAX_CONNECTIONS,
-        request_timeout: float = REQUEST_TIMEOUT,
-    ) -> None:
-        self.metrics = metrics
-        self.readiness = readiness
-        #: The reasons the service is not alive (empty when it is).
-        self.alive = alive
-        self.server = ProbeServer(
-            host, port, self.answer, limit=limit, request_timeout=request_timeout
-        )
-        self.port = self.server.port
-
-    def answer(self, path: str) -> Answer:
+    def answer(path: str) -> Answer:
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, self.metrics.render()
+            return 200, CONTENT_TYPE_LATEST, metrics.render()
         if path == "/healthz":
-            problems = self.alive()
+            problems = alive()
             body = json.dumps({"alive": not problems, "problems": problems}).encode()
             return (503 if problems else 200), "application/json", body
         if path == "/readyz":
-            problems = self.readiness.problems()
+            problems = readiness.problems()
             body = json.dumps({"ready": not problems, "problems": problems}).encode()
             return (503 if problems else 200), "application/json", body
         return 404, "text/plain", b"not found\n"
 
-    def start(self) -> None:
-        self.server.start()
-
-    def stop(self) -> None:
-        self.server.stop()
+    return answer

@@ -24,7 +24,8 @@ from repack import Event, get_logger
 
 from ._backoff import STORESCP_RESTART
 from ._errors import EXIT_STARTUP, ConfigError
-from ._metrics import HealthServer, Metrics, Readiness
+from ._http import ProbeServer
+from ._metrics import Metrics, Readiness, health_answers
 from ._settings import Settings
 
 if TYPE_CHECKING:
@@ -151,12 +152,12 @@ class Operations:
     """
 
     storescp: StorescpSupervisor | None = None
-    server: HealthServer | None = None
+    server: ProbeServer | None = None
 
     def start(self, service: Service) -> None:
         if self.server is not None:
             self.server.start()
-            service.threads.essential([self.server.server.thread])
+            service.threads.essential([self.server.thread])
             get_logger().info(Event.METRICS_SERVING, port=self.server.port)
         if self.storescp is not None:
             self.storescp.start()
@@ -189,10 +190,8 @@ def build_operations(settings: Settings, service: Service) -> Operations:
             service_problems=service.ready_problems,
         )
         try:
-            server = HealthServer(
-                settings.metrics_host, settings.metrics_port, metrics, readiness,
-                alive=service.alive_problems,
-            )  # fmt: skip
+            answers = health_answers(metrics, readiness, service.alive_problems)
+            server = ProbeServer(settings.metrics_host, settings.metrics_port, answers)
         except OSError as error:
             raise ConfigError(
                 f"--metrics-port {settings.metrics_port} on {settings.metrics_host} cannot be"
