@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 
+from repack import Repacked
 from watcher._series import SeriesTracker
 
 from .helpers import Clock
+
+
+def _repacked(sop: str) -> Repacked:
+    """An instance ``sop`` of series S, repacked."""
+    dst = Path("/data/x", f"{sop}.dcm")
+    return Repacked(Path("/in", sop), dst, 1, "P", "T", "S", sop, dst.parent)
 
 
 def test_a_series_goes_quiet_and_counts_each_instance_once() -> None:
     clock = Clock()
     series = SeriesTracker(30, clock=clock)
     for sop in ("1", "2", "3", "2"):  # "2" is sent again
-        series.add("S", sop, folder="/data/x", patient_id="P", study_uid="T")
+        series.add(_repacked(sop))
         clock.now += 1
     assert series.take_quiet() == []
     clock.now += 28
@@ -30,7 +39,7 @@ def test_a_series_goes_quiet_and_counts_each_instance_once() -> None:
 def test_a_series_counts_distinct_instances_and_every_resend(sops: list[str]) -> None:
     series = SeriesTracker(0, clock=Clock())
     for sop in sops:
-        series.add("S", sop, folder="/data/x", patient_id="P", study_uid="T")
+        series.add(_repacked(sop))
     quiet = series.take_quiet()
     if not sops:
         assert quiet == []

@@ -10,7 +10,7 @@ they hold, within ``--stop-timeout`` (exit 0). A second signal, or a clean stop
 that cannot finish in time (nothing reads the event stream), kills the
 workers and exits with 128 + the signal: every write is atomic and a source
 goes only after its copy and logs, so nothing is lost. Signals are acted on by
-a thread of their own (:func:`_handle_signals`): a Python signal handler runs
+a thread of their own (:class:`_SignalWatch`): a Python signal handler runs
 wherever the main thread is, such as inside an event write that holds the
 stream's lock, and one that logged there waited for ever.
 """
@@ -52,7 +52,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     log = get_logger()
     running: list[Service] = []
     signals: list[tuple[int, float]] = []
-    signals_thread = _handle_signals(stop_requested, signals, running, log, settings.stop_timeout)
+    watch = _SignalWatch(stop_requested, signals, running, log, settings.stop_timeout)
+    signals_thread = watch.start()
     fatal: list[str] = []
 
     def on_fatal(reason: str) -> None:
@@ -133,31 +134,6 @@ _EXITING = threading.Lock()
 _STOP_MARGIN_S = 1.0
 
 
-def _handle_signals(
-    stop_requested: threading.Event,
-    signals: list[tuple[int, float]],
-    running: list[Service],
-    log: Any,
-    stop_timeout: float,
-) -> threading.Thread:
-    """Act on SIGTERM and SIGINT in a thread of their own (returned); call from the main thread.
-
-    The C-level handler only writes the signal's number into a pipe
-    (``signal.set_wakeup_fd``); the Python-level handler does nothing. The
-    ``signals`` thread reads the pipe (:class:`_SignalWatch`).
-    """
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _noted_by_the_wakeup_fd)
-    signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break must never end the service
-    watch = _SignalWatch(read_end, stop_requested, signals, running, log, stop_timeout)
-    thread = threading.Thread(target=watch.act, name="signals", daemon=True)
-    thread.start()
-    return thread
-
-
 @dataclass
 class _SignalWatch:
     """The ``signals`` thread: the first signal is noted in ``signals`` with its time
@@ -167,12 +143,30 @@ class _SignalWatch:
     It never waits for the event stream, so a stalled reader cannot keep it from
     exiting."""
 
-    read_end: int
     stop_requested: threading.Event
     signals: list[tuple[int, float]]
     running: list[Service]
     log: Any
     stop_timeout: float
+    read_end: int = -1
+
+    def start(self) -> threading.Thread:
+        """Act on SIGTERM and SIGINT in a thread of their own (returned); call from the
+        main thread.
+
+        The C-level handler only writes the signal's number into a pipe
+        (``signal.set_wakeup_fd``); the Python-level handler does nothing. The
+        ``signals`` thread reads the pipe (:meth:`act`).
+        """
+        self.read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _noted_by_the_wakeup_fd)
+        signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break must never end the service
+        thread = threading.Thread(target=self.act, name="signals", daemon=True)
+        thread.start()
+        return thread
 
     def act(self) -> None:
         while True:

@@ -121,14 +121,7 @@ class ResultRouter:
     def _done(self, candidate: Candidate, repacked: Repacked) -> None:
         self.tracker.finished(candidate, remember=not self.settings.move)
         self.metrics.repacked(repacked.duration_ms / 1000, repacked.size)
-        count = self.series.add(
-            repacked.series_instance_uid,
-            repacked.sop_instance_uid,
-            folder=str(repacked.series_dir),
-            patient_id=repacked.patient_id,
-            study_uid=repacked.study_instance_uid,
-            log_path=repacked.series_log,
-        )
+        count = self.series.add(repacked)
         if count and self.on_instance is not None:
             self.on_instance(repacked, count)
 

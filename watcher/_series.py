@@ -20,6 +20,8 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from repack import Repacked
+
 
 @dataclass(slots=True)
 class _Series:
@@ -97,27 +99,19 @@ class SeriesTracker:
         self._lock = threading.Lock()
         self._series: dict[str, _Series] = {}
 
-    def add(
-        self,
-        series_uid: str,
-        sop_uid: str,
-        *,
-        folder: str,
-        patient_id: str,
-        study_uid: str,
-        log_path: str = "",
-    ) -> int:
-        """An instance of ``series_uid`` was repacked; return how many new instances the series
-        has now, or 0 when this one was a resend."""
+    def add(self, repacked: Repacked) -> int:
+        """An instance was repacked; return how many new instances its series has now, or 0
+        when this one was a resend."""
         now = self._clock()
         with self._lock:
-            series = self._series.get(series_uid)
+            series = self._series.get(repacked.series_instance_uid)
             if series is None:
-                series = self._series[series_uid] = _Series(
-                    folder, log_path, patient_id, study_uid, now, now
-                )
+                series = self._series[repacked.series_instance_uid] = _Series(
+                    str(repacked.series_dir), repacked.series_log, repacked.patient_id,
+                    repacked.study_instance_uid, now, now,
+                )  # fmt: skip
             series.last = now
-            return len(series.instances) if series.add(hash(sop_uid)) else 0
+            return len(series.instances) if series.add(hash(repacked.sop_instance_uid)) else 0
 
     def adopt(
         self, series_uid: str, *, folder: str, patient_id: str, study_uid: str, log_path: str
