@@ -21,10 +21,10 @@ from pydicom.datadict import dictionary_has_tag, keyword_for_tag, tag_for_keywor
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from ._errors import MalformedFileError, MissingRequiredTagError, NotDicomError, StorageError
+from ._errors import MalformedFileError, MissingRequiredTagError, NotDicomError
 from ._full_read import DEFER_BYTES, image_without_pixels, read_full
 from ._header import PIXEL_TAGS, read_header
-from ._source import SourceFile, open_path
+from ._source import SourceFile, open_path, storage_error
 from ._values import Converted, ValueCache, charset_key, converted_element, px_string
 
 #: Without these, an instance cannot be placed without colliding with others.
@@ -201,9 +201,7 @@ def read_source(
     except OSError as error:
         if error.errno == errno_codes.EISDIR:
             raise NotDicomError("a directory, not a file") from error
-        raise StorageError(
-            f"cannot read {source.display()}: {error.strerror}", errno=error.errno
-        ) from error
+        raise storage_error(error, "read", source.path) from error
     if marker != b"DICM":
         raise NotDicomError("no DICM marker at byte 128: not a DICOM Part 10 file")
     wanted = _wanted_tags(tuple(keywords)) if keywords is not None else None

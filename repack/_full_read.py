@@ -23,7 +23,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from ._errors import MalformedFileError, NotDicomError, StorageError, TruncatedFileError
 from ._header import PIXEL_TAGS, ROWS, UNDEFINED_LENGTH, must_have_pixels
-from ._source import SourceFile
+from ._source import SourceFile, storage_error
 
 #: Values longer than this are not read into memory (PixelData, overlays).
 DEFER_BYTES = 64 * 1024
@@ -200,9 +200,7 @@ def read_full(source: SourceFile) -> Dataset:
         raise TruncatedFileError(f"the file ends inside its header ({error!s})") from error
     except OSError as error:
         if error.errno is not None:
-            raise StorageError(
-                f"cannot read {source.display()}: {error.strerror}", errno=error.errno
-            ) from error
+            raise storage_error(error, "read", source.path) from error
         # pydicom reports some format errors as a bare OSError.
         raise MalformedFileError(f"cannot parse the DICOM structure: {error}") from error
     except Exception as error:

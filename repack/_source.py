@@ -80,15 +80,19 @@ def printable(text: str | os.PathLike[str]) -> str:
     return text
 
 
+def storage_error(error: OSError, action: str, path: str | os.PathLike[str]) -> StorageError:
+    """An OSError of the file system, translated: ``cannot <action> <path>: <why>``."""
+    return StorageError(f"cannot {action} {printable(path)}: {error.strerror or error}",
+                        errno=error.errno)  # fmt: skip
+
+
 def _failed(
     error: OSError, action: str, shown_as: Path | str
 ) -> SourceVanishedError | StorageError:
     """An OSError of opening an input, translated: gone, or refused by the system."""
     if error.errno in _GONE:
         return SourceVanishedError(f"{printable(shown_as)}: no such file", errno=error.errno)
-    return StorageError(
-        f"cannot {action} {printable(shown_as)}: {error.strerror}", errno=error.errno
-    )
+    return storage_error(error, action, shown_as)
 
 
 def relative_parts(relative: str | os.PathLike[str]) -> list[str]:
@@ -251,9 +255,7 @@ class SourceFile:
         except FileNotFoundError:
             return False
         except OSError as error:
-            raise StorageError(
-                f"cannot remove {self.display()}: {error.strerror}", errno=error.errno
-            ) from error
+            raise storage_error(error, "remove", self.path) from error
         return True
 
     def close(self) -> None:
@@ -336,9 +338,7 @@ def open_beneath(root: int, relative: str | os.PathLike[str], *, shown_as: Path)
                 f"{printable(shown_as)}: a folder on its path is gone or is no longer a folder",
                 errno=error.errno,
             ) from error
-        raise StorageError(
-            f"cannot open the folder of {printable(shown_as)}: {error.strerror}", errno=error.errno
-        ) from error
+        raise storage_error(error, "open the folder of", shown_as) from error
     try:
         source = _open_in(folder, name, shown_as)
     except BaseException:
@@ -383,9 +383,7 @@ def _open_in(folder: int, name: str, shown_as: Path) -> SourceFile:
         opened = os.fstat(descriptor)
     except OSError as error:
         os.close(descriptor)
-        raise StorageError(
-            f"cannot stat {printable(shown_as)}: {error.strerror}", errno=error.errno
-        ) from error
+        raise storage_error(error, "stat", shown_as) from error
     if not stat_module.S_ISREG(opened.st_mode) or opened.st_ino != before.st_ino:
         os.close(descriptor)
         if not stat_module.S_ISREG(opened.st_mode):

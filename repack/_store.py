@@ -36,7 +36,7 @@ from ._errors import SourceVanishedError, StorageError
 from ._logs import dumps
 from ._memo import Memo
 from ._sanitize import seahash
-from ._source import SourceFile, printable
+from ._source import SourceFile, storage_error
 from ._temps import temp_name
 
 #: Folder below the log dir that holds the lock files.
@@ -49,18 +49,12 @@ _COPY_MODE_BITS = 0o666
 _T = TypeVar("_T")
 
 
-def _storage_error(error: OSError, action: str, path: Path | str) -> StorageError:
-    return StorageError(
-        f"cannot {action} {printable(str(path))}: {error.strerror or error}", errno=error.errno
-    )
-
-
 @contextlib.contextmanager
 def _translated(action: str, path: Path | str) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        raise _storage_error(error, action, path) from error
+        raise storage_error(error, action, path) from error
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -123,7 +117,7 @@ class Store:
             self._in_folder(directory, write)
         except OSError as error:
             _unlink_quietly(temp)
-            raise _storage_error(error, "write", temp) from error
+            raise storage_error(error, "write", temp) from error
         return temp
 
     # -- JSON files ----------------------------------------------------------
@@ -144,7 +138,7 @@ class Store:
             if error.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 self._unnamed = False
                 return None
-            raise _storage_error(error, "write", path) from error
+            raise storage_error(error, "write", path) from error
         try:
             view = memoryview(data)
             while view:
@@ -160,7 +154,7 @@ class Store:
             if error.errno == errno.ENOENT and not self._proc_links:
                 self._unnamed = False
                 return None
-            raise _storage_error(error, "write", path) from error
+            raise storage_error(error, "write", path) from error
         finally:
             os.close(descriptor)
         return True
@@ -183,7 +177,7 @@ class Store:
             self._in_folder(folder, lambda: os.replace(temp, path))
         except OSError as error:
             _unlink_quietly(temp)
-            raise _storage_error(error, "write", path) from error
+            raise storage_error(error, "write", path) from error
 
     def create_once(self, path: Path, data: bytes) -> bool:
         """Create ``path`` with ``data`` unless it exists; True if this call created it."""
@@ -199,7 +193,7 @@ class Store:
             return False
         except OSError as error:
             if error.errno not in _NO_LINK:
-                raise _storage_error(error, "write", path) from error
+                raise storage_error(error, "write", path) from error
             # No hard links here (some network file systems): serialise instead.
             with self.locked(str(path)):
                 if path.exists():
@@ -248,7 +242,7 @@ class Store:
             except orjson.JSONDecodeError:
                 current = None
             except OSError as error:
-                raise _storage_error(error, "read", path) from error
+                raise storage_error(error, "read", path) from error
             new = update(current)
             if new is not None:
                 self.write_atomic(path, dumps(new, indent=True))
@@ -379,4 +373,4 @@ class Store:
                 return SourceVanishedError(
                     f"{source.display()} was removed while it was repacked", errno=error.errno
                 )
-        return _storage_error(error, "write", target)
+        return storage_error(error, "write", target)
