@@ -36,23 +36,20 @@ _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _GONE = (errno_codes.ENOENT, errno_codes.ENOTDIR, errno_codes.ELOOP)
 
-_TYPES = (
-    (stat_module.S_ISLNK, "symbolic link"),
-    (stat_module.S_ISFIFO, "FIFO"),
-    (stat_module.S_ISSOCK, "socket"),
-    (stat_module.S_ISCHR, "character device"),
-    (stat_module.S_ISBLK, "block device"),
-    (stat_module.S_ISDIR, "directory"),
-    (stat_module.S_ISREG, "regular file"),
-)
+_TYPES = {
+    stat_module.S_IFLNK: "symbolic link",
+    stat_module.S_IFIFO: "FIFO",
+    stat_module.S_IFSOCK: "socket",
+    stat_module.S_IFCHR: "character device",
+    stat_module.S_IFBLK: "block device",
+    stat_module.S_IFDIR: "directory",
+    stat_module.S_IFREG: "regular file",
+}
 
 
 def file_type(mode: int) -> str:
     """A readable name for the type of a file (``"FIFO"``, ``"symbolic link"``...)."""
-    for test, name in _TYPES:
-        if test(mode):
-            return name
-    return "unknown file type"
+    return _TYPES.get(stat_module.S_IFMT(mode), "unknown file type")
 
 
 def try_claim(descriptor: int) -> bool:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 #: Connections open at once; one more closes the oldest.
 MAX_CONNECTIONS = 64
@@ -29,15 +30,6 @@ MAX_REQUEST_BYTES = 8192
 #: An answer: the status, the content type and the body.
 Answer = tuple[int, str, bytes]
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
 _ACCEPTS_PER_ROUND = 64
 
 
@@ -56,18 +48,8 @@ class ProbeServer:
     cannot be served), so a port in use is found before the service starts.
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        answer: Callable[[str], Answer],
-        *,
-        limit: int = MAX_CONNECTIONS,
-        request_timeout: float = REQUEST_TIMEOUT,
-    ) -> None:
+    def __init__(self, host: str, port: int, answer: Callable[[str], Answer]) -> None:
         self.answer = answer
-        self._limit = limit
-        self._timeout = request_timeout
         self._listener = socket.create_server((host, port), backlog=128)
         self._listener.setblocking(False)
         self.port = int(self._listener.getsockname()[1])
@@ -128,9 +110,9 @@ class ProbeServer:
                     self._drop(oldest)
                 return
             connection.setblocking(False)
-            if len(self._clients) >= self._limit:
+            if len(self._clients) >= MAX_CONNECTIONS:
                 self._drop(next(iter(self._clients)))  # the oldest makes room
-            client = _Client(connection, time.monotonic() + self._timeout)
+            client = _Client(connection, time.monotonic() + REQUEST_TIMEOUT)
             self._clients[client] = None
             self._selector.register(connection, selectors.EVENT_READ, client)
 
@@ -167,7 +149,7 @@ class ProbeServer:
     def _respond(self, client: _Client, answer: Answer, *, head: bool) -> None:
         status, kind, body = answer
         header = (
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
             f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n"
         ).encode("latin-1")
