@@ -22,7 +22,6 @@ only on bytes that are not ASCII already. A file name's undecodable bytes
 from __future__ import annotations
 
 import datetime
-import functools
 import os
 import re
 from dataclasses import dataclass
@@ -135,16 +134,20 @@ def image_document(
 
 @dataclass(frozen=True)
 class LogPaths:
-    """Where the log files of one series go, every name confined to ``logdir``.
+    """Where the log files of one series go, every name confined to the log folder.
 
     One object per series serves all its instances (a repacker keeps them):
     its paths are built once, and their hashes are computed once.
     """
 
-    logdir: Path
-    patient_id: str
-    study_uid: str
-    series_uid: str
+    patient: Path
+    study_meta: Path
+    study_series: Path
+    series_data: Path
+    series_meta: Path
+    #: The folder of the per-instance files (it holds nothing else).
+    images: Path
+    pack: Path
 
     @classmethod
     def of(cls, logdir: Path, instance: Instance) -> LogPaths:
@@ -158,47 +161,23 @@ class LogPaths:
                 return safe_log_name(text, suffix=suffix, several=True)
             return safe_log_name(instance.px_value(keyword), suffix=suffix)
 
+        patient = name("PatientID", ".json")
+        study = name("StudyInstanceUID", _UID_SUFFIX)
+        series = name("SeriesInstanceUID", _UID_SUFFIX)
+        studies, series_data = logdir / "studyData", logdir / "seriesData"
         return cls(
-            logdir,
-            name("PatientID", ".json"),
-            name("StudyInstanceUID", _UID_SUFFIX),
-            name("SeriesInstanceUID", _UID_SUFFIX),
+            patient=logdir / "patientData" / f"{patient}.json",
+            study_meta=studies / f"{study}-meta.json",
+            study_series=studies / f"{study}-series" / f"{series}-meta.json",
+            series_data=series_data,
+            series_meta=series_data / f"{series}-meta.json",
+            images=series_data / f"{series}-img",
+            pack=series_data / f"{series}-pack.json",
         )
-
-    @functools.cached_property
-    def patient(self) -> Path:
-        return self.logdir / "patientData" / f"{self.patient_id}.json"
-
-    @functools.cached_property
-    def study_meta(self) -> Path:
-        return self.logdir / "studyData" / f"{self.study_uid}-meta.json"
-
-    @functools.cached_property
-    def study_series(self) -> Path:
-        return (
-            self.logdir / "studyData" / f"{self.study_uid}-series" / f"{self.series_uid}-meta.json"
-        )
-
-    @functools.cached_property
-    def series_data(self) -> Path:
-        return self.logdir / "seriesData"
-
-    @functools.cached_property
-    def series_meta(self) -> Path:
-        return self.series_data / f"{self.series_uid}-meta.json"
-
-    @functools.cached_property
-    def images(self) -> Path:
-        """The folder of the per-instance files (it holds nothing else)."""
-        return self.series_data / f"{self.series_uid}-img"
 
     def image(self, image_name: str) -> Path:
         """The file of the instance stored under ``image_name`` in the data tree."""
         return self.images / f"{safe_log_name(image_name, suffix='.json')}.json"
-
-    @functools.cached_property
-    def pack(self) -> Path:
-        return self.series_data / f"{self.series_uid}-pack.json"
 
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
