@@ -57,6 +57,13 @@ def _translated(action: str, path: Path | str) -> Iterator[None]:
         raise storage_error(error, action, path) from error
 
 
+def _link(descriptor: int, target: Path) -> None:
+    """A new name ``target`` for the file open at ``descriptor``."""
+    # A dir fd makes CPython call linkat(AT_SYMLINK_FOLLOW): the link is made
+    # to the opened inode, whatever its name has become meanwhile.
+    os.link(f"/proc/self/fd/{descriptor}", target, src_dir_fd=descriptor, follow_symlinks=True)
+
+
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
@@ -145,9 +152,7 @@ class Store:
                 view = view[os.write(descriptor, view) :]
             # A dir fd makes CPython call linkat(AT_SYMLINK_FOLLOW), which follows
             # the /proc magic link to the unnamed file (plain link() does not).
-            os.link(
-                f"/proc/self/fd/{descriptor}", path, src_dir_fd=descriptor, follow_symlinks=True
-            )
+            _link(descriptor, path)
         except FileExistsError:
             return False
         except OSError as error:
@@ -291,7 +296,7 @@ class Store:
         when made; else whether a link may still be made (True: the name exists, a
         re-sent instance to replace; False: no link here, another file system)."""
         try:
-            self._in_folder(folder, lambda: self._link(source, destination))
+            self._in_folder(folder, lambda: _link(source.descriptor, destination))
         except FileExistsError:
             return True  # sent again: replaced through a temporary name
         except OSError as error:
@@ -311,7 +316,7 @@ class Store:
             try:
                 if link:
                     try:
-                        self._in_folder(folder, lambda: self._link(source, temp))
+                        self._in_folder(folder, lambda: _link(source.descriptor, temp))
                     except OSError as error:
                         # A re-sent instance across file systems: linkat says EEXIST
                         # for the final name before it says EXDEV for the temporary one.
@@ -327,17 +332,6 @@ class Store:
                 return os.stat(destination)
         finally:
             _unlink_quietly(temp)
-
-    @staticmethod
-    def _link(source: SourceFile, target: Path) -> None:
-        # A dir fd makes CPython call linkat(AT_SYMLINK_FOLLOW): the link is made
-        # to the opened inode, whatever its name has become meanwhile.
-        os.link(
-            f"/proc/self/fd/{source.descriptor}",
-            target,
-            src_dir_fd=source.descriptor,
-            follow_symlinks=True,
-        )
 
     @staticmethod
     def _copy(source: SourceFile, temp: Path, *, sync: bool) -> None:
