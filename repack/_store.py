@@ -59,8 +59,9 @@ def _translated(action: str, path: Path | str) -> Iterator[None]:
 
 def _link(descriptor: int, target: Path) -> None:
     """A new name ``target`` for the file open at ``descriptor``."""
-    # A dir fd makes CPython call linkat(AT_SYMLINK_FOLLOW): the link is made
-    # to the opened inode, whatever its name has become meanwhile.
+    # A dir fd makes CPython call linkat(AT_SYMLINK_FOLLOW), which follows the /proc
+    # magic link (plain link() does not): the link is made to the opened inode (an
+    # unnamed one too), whatever its name has become meanwhile.
     os.link(f"/proc/self/fd/{descriptor}", target, src_dir_fd=descriptor, follow_symlinks=True)
 
 
@@ -150,8 +151,6 @@ class Store:
             view = memoryview(data)
             while view:
                 view = view[os.write(descriptor, view) :]
-            # A dir fd makes CPython call linkat(AT_SYMLINK_FOLLOW), which follows
-            # the /proc magic link to the unnamed file (plain link() does not).
             _link(descriptor, path)
         except FileExistsError:
             return False
