@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,13 +85,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     add_layout_arguments(parser)
     return parser
-
-
-@dataclass
-class _Summary:
-    repacked: int = 0
-    skipped: int = 0
-    failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -272,13 +266,13 @@ def run(argv: Sequence[str] | None = None) -> int:
             arguments.datadir, arguments.logdir, layout, move=arguments.cleanup,
             lease_test=signal.getsignal(signal.SIGIO) is signal.SIG_IGN,
         )  # fmt: skip
-        summary = _Summary()
+        summary: Counter[str] = Counter()
         started = time.perf_counter()
         progress = _Progress(len(inputs))
         with ThreadPoolExecutor(max_workers=arguments.jobs) as pool:
             for given, result in pool.map(lambda j: _repack_one(repacker, j), inputs):
                 kind = _report(given, result, arguments, log)
-                setattr(summary, kind, getattr(summary, kind) + 1)
+                summary[kind] += 1
                 progress.step()
         progress.close()
     finally:
@@ -287,11 +281,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     if arguments.paths and arguments.verbosity >= 1:
         elapsed = time.perf_counter() - started
         print(
-            f"pypx-repack: {summary.repacked} repacked, {summary.skipped} skipped (not DICOM"
-            f" or not a regular file), {summary.failed} failed in {elapsed:.1f} s",
+            f"pypx-repack: {summary['repacked']} repacked, {summary['skipped']} skipped (not DICOM"
+            f" or not a regular file), {summary['failed']} failed in {elapsed:.1f} s",
             file=sys.stderr,
         )
-    return EXIT_FAILED if summary.failed else EXIT_OK
+    return EXIT_FAILED if summary["failed"] else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> None:
