@@ -213,7 +213,7 @@ class Repacker:
         self._values = ValueCache()
 
     def _series_dir(self, relative: Path) -> Path:
-        return self._series_dirs.get(relative.parent, lambda: self.datadir / relative.parent)
+        return self._series_dirs.made(relative.parent, lambda: self.datadir / relative.parent)
 
     def _paths_of(self, instance: Instance, logdir: Path) -> LogPaths:
         key = (
@@ -221,7 +221,7 @@ class Repacker:
             instance.px_value("StudyInstanceUID"),
             instance.px_value("SeriesInstanceUID"),
         )
-        return self._log_paths.get(key, lambda: LogPaths.of(logdir, instance))
+        return self._log_paths.made(key, lambda: LogPaths.of(logdir, instance))
 
     def repack(self, src: str | os.PathLike[str]) -> Repacked:
         """Repack the file at ``src`` (a path a user gave); raise a :class:`RepackError`.

@@ -206,7 +206,7 @@ class Template:
         report as missing.
         """
         key = (*sorted(present.items()), missing)
-        return self._rendered.get(key, lambda: self._render_px(present, missing))
+        return self._rendered.made(key, lambda: self._render_px(present, missing))
 
     def _render_px(self, present: Mapping[str, str], missing: tuple[str, ...]) -> RenderedComponent:
         astr = self.source
@@ -223,7 +223,7 @@ class Template:
     def render(self, values: Mapping[str, str | None]) -> RenderedComponent:
         """Render with ``values`` (keyword -> text or ``None``) and sanitise."""
         key = tuple(values.get(keyword) for keyword in self.keywords)
-        return self._rendered.get(key, lambda: self._render(values))
+        return self._rendered.made(key, lambda: self._render(values))
 
     def _render(self, values: Mapping[str, str | None]) -> RenderedComponent:
         pieces: list[str] = []

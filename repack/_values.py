@@ -111,7 +111,7 @@ class ValueCache:
     ) -> Converted:
         """The converted element; ``charset`` is :func:`charset_key` of the instance."""
         key = (tag, raw.VR, raw.value, raw.is_implicit_VR, raw.is_little_endian, charset)
-        found = self._entries.find(key)
+        found = self._entries.get(key)
         if found is not None:
             return found
         converted, quiet = _quietly(lambda: Converted(converted_element(holder, tag)))

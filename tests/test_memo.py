@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from repack._memo import Memo
 
 
-def test_get_makes_a_value_once_and_remembers_it() -> None:
+def test_made_makes_a_value_once_and_remembers_it() -> None:
     memo: Memo[str, list[int]] = Memo(4)
     made: list[str] = []
 
@@ -16,12 +16,12 @@ def test_get_makes_a_value_once_and_remembers_it() -> None:
         made.append(key)
         return [len(made)]
 
-    first = memo.get("a", lambda: make("a"))
-    assert memo.get("a", lambda: make("a")) is first
+    first = memo.made("a", lambda: make("a"))
+    assert memo.made("a", lambda: make("a")) is first
     assert made == ["a"]
     assert "a" in memo
-    assert memo.find("a") is first
-    assert memo.find("b") is None
+    assert memo.get("a") is first
+    assert memo.get("b") is None
 
 
 def test_it_forgets_everything_at_its_limit_then_remembers_again() -> None:
@@ -44,7 +44,7 @@ def test_it_never_holds_more_than_its_limit_nor_a_wrong_value(
     for key, value in puts:
         memo.put(key, value)
         latest[key] = value
-        assert len(memo._entries) <= limit
+        assert len(memo) <= limit
     for key, value in latest.items():
-        found = memo.find(key)
+        found = memo.get(key)
         assert found is None or found == value
