@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import struct
 import weakref
-from typing import Protocol
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
@@ -21,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from ._errors import MalformedFileError, NotDicomError, StorageError, TruncatedFileError
+from ._errors import MalformedFileError, NotDicomError, TruncatedFileError
 from ._header import PIXEL_TAGS, ROWS, UNDEFINED_LENGTH, must_have_pixels
 from ._source import SourceFile, storage_error
 
@@ -39,13 +38,7 @@ MAX_LOADED_BYTES = 128 * 1024 * 1024
 _DELIMITERS = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")
 
 
-class _Seekable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-    def seek(self, offset: int, whence: int = 0, /) -> int: ...
-    def tell(self) -> int: ...
-
-
-def _check_complete(dataset: Dataset, fp: _Seekable, size: int) -> str | None:
+def _check_complete(dataset: Dataset, fp: _BoundedFile, size: int) -> str | None:
     """Why the file is incomplete (None if complete); a corrupt header is malformed.
 
     Looking at the parsed elements converts raw values, which raises pydicom's
@@ -64,7 +57,7 @@ def _check_complete(dataset: Dataset, fp: _Seekable, size: int) -> str | None:
         ) from error
 
 
-def _ends_complete(dataset: Dataset, fp: _Seekable, size: int) -> str | None:
+def _ends_complete(dataset: Dataset, fp: _BoundedFile, size: int) -> str | None:
     """Why the file is incomplete, or ``None`` when it is complete.
 
     Judged by position, not by the order of the dataset's keys: where pydicom
@@ -91,7 +84,7 @@ def _ends_complete(dataset: Dataset, fp: _Seekable, size: int) -> str | None:
 
 
 def _how_it_ends(
-    furthest: RawDataElement | None, fp: _Seekable, size: int, stopped: int
+    furthest: RawDataElement | None, fp: _BoundedFile, size: int, stopped: int
 ) -> str | None:
     """Why the file does not end where its furthest raw element (``furthest``) says it
     must, or None when it does."""
@@ -125,7 +118,7 @@ def image_without_pixels(dataset: Dataset) -> bool:
     return must_have_pixels(ROWS in tags, str(value) if value else None)
 
 
-def _tail_is_delimiter(fp: _Seekable, size: int) -> bool:
+def _tail_is_delimiter(fp: _BoundedFile, size: int) -> bool:
     if size < 8:
         return False
     fp.seek(size - 8)
@@ -210,9 +203,7 @@ def read_full(source: SourceFile) -> Dataset:
     try:
         reason = _check_complete(dataset, fp, size)
     except OSError as error:
-        raise StorageError(
-            f"cannot read {source.display()}: {error.strerror}", errno=error.errno
-        ) from error
+        raise storage_error(error, "read", source.path) from error
     if reason is not None:
         raise TruncatedFileError(f"incomplete file ({size} bytes): {reason}")
     return dataset
