@@ -75,6 +75,9 @@ def sweep_stale_temps(root: Path) -> int:
 
 
 _PROBE_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC
+_NEW_FILE_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+)
 
 
 def probe_writable(folder: str | os.PathLike[str], *, follow_links: bool = True) -> None:
@@ -99,12 +102,7 @@ def probe_writable(folder: str | os.PathLike[str], *, follow_links: bool = True)
             if error.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 raise
             name = temp_name(Path()).name
-            descriptor = os.open(
-                name,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                0o600,
-                dir_fd=directory,
-            )
+            descriptor = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=directory)
             os.unlink(name, dir_fd=directory)
         os.close(descriptor)
     finally:

@@ -307,13 +307,8 @@ _CHOICES = {
     for name, hint in get_type_hints(Settings).items()
     if get_origin(hint) is Literal
 }
-_LAYOUT_ENV = {
-    "layout": "LAYOUT",
-    "root_template": "ROOT_TEMPLATE",
-    "study_template": "STUDY_TEMPLATE",
-    "series_template": "SERIES_TEMPLATE",
-    "image_template": "IMAGE_TEMPLATE",
-}
+#: The layout's settings (add_layout_arguments), each set by PYPX_LISTENER_<NAME> too.
+_LAYOUT_NAMES = ("layout", "root_template", "study_template", "series_template", "image_template")
 
 
 def env_name(option: str) -> str:
@@ -327,7 +322,7 @@ def _made(default: str | Callable[[], str] | None) -> str | None:
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """``PYPX_LISTENER_*`` variables that set nothing (typos), sorted."""
     known = {env_name(option) for option, *_ in _OPTIONS}
-    known.update(ENV_PREFIX + name for name in _LAYOUT_ENV.values())
+    known.update(ENV_PREFIX + name.upper() for name in _LAYOUT_NAMES)
     return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
 
 
@@ -358,8 +353,8 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             metavar="|".join(choices) if choices else None,
             help=f"{help_text} [{variable}; default: {shown if shown is not None else 'off'}]",
         )
-    layout_env = {dest: environ[ENV_PREFIX + name] for dest, name in _LAYOUT_ENV.items()
-                  if ENV_PREFIX + name in environ}  # fmt: skip
+    layout_env = {name: environ[ENV_PREFIX + name.upper()] for name in _LAYOUT_NAMES
+                  if ENV_PREFIX + name.upper() in environ}  # fmt: skip
     add_layout_arguments(parser, layout_env)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return parser
