@@ -102,7 +102,6 @@ class Field:
     """One ``%`` field of a template: a keyword and an optional function."""
 
     keyword: str
-    function_name: str | None
     transform: Callable[[str], str] | None
 
     def render(self, value: str | None) -> str:
@@ -265,14 +264,13 @@ def parse_template(source: str, *, px: str | None = None) -> Template:
         word = match["word"]
         keyword = _longest_keyword(word)
         if keyword is None:
-            shown = match.group(0)
             raise TemplateError(
-                f"{shown!r} in template {source!r} does not name a DICOM keyword"
+                f"{match.group(0)!r} in template {source!r} does not name a DICOM keyword"
                 " (keywords are spelled as in the standard, e.g. %PatientID)"
             )
         function = match["function"]
         transform = _make_function(function, match["args"], source) if function else None
-        parts.append(Field(keyword, function, transform))
+        parts.append(Field(keyword, transform))
         if len(word) > len(keyword):
             parts.append(word[len(keyword) :])
         position = match.end()
