@@ -122,16 +122,15 @@ class StorescpSupervisor:
             self._launch()
 
     @staticmethod
-    def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    def _kill_group(process: subprocess.Popen[bytes], signum: int = signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(process.pid, signum)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
         process = self._process
         if process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGTERM)
+            self._kill_group(process, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout)
             self._kill_group(process)
