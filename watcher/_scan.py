@@ -17,6 +17,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import KW_ONLY, dataclass, field
 
 from repack.plumbing import SourceVanishedError, folder_beneath, open_folder_beneath
 
@@ -112,6 +113,7 @@ class FolderScan:
         self._entries.close()
 
 
+@dataclass(eq=False)
 class Scans:
     """The walks under way, handed to the tracker while it has room, a bounded step at a time.
 
@@ -120,52 +122,47 @@ class Scans:
     when a walk ends.
     """
 
-    def __init__(
-        self,
-        root: IncomingRoot,
-        tracker: CompletionTracker,
-        *,
-        ignored: Callable[[str], bool],
-        remove_empty_after: float | None,
-        done: Callable[[int], None],
-    ) -> None:
-        self._root, self._tracker, self._done = root, tracker, done
-        self._ignored, self._remove_empty_after = ignored, remove_empty_after
-        self._walks: collections.deque[FolderScan] = collections.deque()
+    root: IncomingRoot
+    tracker: CompletionTracker
+    _: KW_ONLY
+    ignored: Callable[[str], bool]
+    remove_empty_after: float | None
+    done: Callable[[int], None]
+    walks: collections.deque[FolderScan] = field(default_factory=collections.deque, init=False)
 
     def start(self, path: str | None = None) -> None:
         """Walk the whole folder, or the subfolder at ``path`` (as watchdog reported it)."""
-        top = "" if path is None else self._root.relative(path)
-        self._walks.append(FolderScan(self._root.descriptor, str(self._root.path), top,
-                                      ignored=self._ignored,
-                                      remove_empty_after=self._remove_empty_after))  # fmt: skip
+        top = "" if path is None else self.root.relative(path)
+        self.walks.append(FolderScan(self.root.descriptor, str(self.root.path), top,
+                                      ignored=self.ignored,
+                                      remove_empty_after=self.remove_empty_after))  # fmt: skip
 
     def more_to_hand_over(self) -> bool:
-        return bool(self._walks) and self._tracker.room() > 0
+        return bool(self.walks) and self.tracker.room() > 0
 
     def full_scan_under_way(self) -> bool:
-        return any(walk.full for walk in self._walks)
+        return any(walk.full for walk in self.walks)
 
     def advance(self, step: int) -> None:
         """Hand over at most ``step`` entries (then events get their turn)."""
-        while self._walks and step > 0:
-            walk = self._walks[0]
-            room = min(step, self._tracker.room())
+        while self.walks and step > 0:
+            walk = self.walks[0]
+            room = min(step, self.tracker.room())
             if room <= 0:
                 return
             taken = 0
             for path, info in walk:
-                self._tracker.found(path, info)
+                self.tracker.found(path, info)
                 taken += 1
                 if taken >= room:
                     break
             step -= taken
             if taken < room:  # the walk is over
-                self._walks.popleft()
-                self._done(walk.found)
+                self.walks.popleft()
+                self.done(walk.found)
 
     def close(self) -> None:
         """Stop every walk (a replaced folder, or the end)."""
-        for walk in self._walks:
+        for walk in self.walks:
             walk.close()
-        self._walks.clear()
+        self.walks.clear()

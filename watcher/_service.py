@@ -73,18 +73,14 @@ class Service:
     """The pypx-listener service; :meth:`start`, then :meth:`stop`."""
 
     def __init__(
-        self,
-        settings: Settings,
-        *,
-        metrics: Metrics | None = None,
-        on_fatal: Callable[[str], None] | None = None,
+        self, settings: Settings, *, on_fatal: Callable[[str], None] | None = None
     ) -> None:
         """``on_fatal(reason)``: a thread the service needs died for good; stop it (the CLI
         does, and exits non-zero). Without it, :attr:`threads` only records the reason."""
         self.settings = settings
         self.log = get_logger()
         self.threads = ThreadWatch(self.log, on_fatal or (lambda _reason: None))
-        self.metrics = metrics or Metrics()
+        self.metrics = Metrics()
         self.workers = [WorkerProcess(WorkerConfig.of(settings)) for _ in range(settings.workers)]
         self.root = IncomingRoot(settings.incoming)
         self.tracker = CompletionTracker(
