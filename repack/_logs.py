@@ -118,17 +118,14 @@ def stat_fields(stat: os.stat_result, *, nlink: int | None = None) -> dict[str, 
 
 
 def image_document(
-    instance: Instance,
-    image_name: str,
-    stat: os.stat_result,
-    location: str,
-    *,
-    nlink: int | None = None,
+    instance: Instance, destination: Path, stat: os.stat_result, *, nlink: int | None = None
 ) -> dict[str, Any]:
-    """``seriesData/<Series>-img/<image>.json``: one instance's record."""
+    """``seriesData/<Series>-img/<image>.json``: the record of one instance, stored at
+    ``destination``."""
     record: dict[str, Any] = series_fields(instance)
-    record["outputFile"] = image_name
-    record["imageObj"] = {image_name: {**stat_fields(stat, nlink=nlink), "FSlocation": location}}
+    record["outputFile"] = destination.name
+    location = {**stat_fields(stat, nlink=nlink), "FSlocation": str(destination)}
+    record["imageObj"] = {destination.name: location}
     return {instance.px_value("SeriesInstanceUID"): record}
 
 

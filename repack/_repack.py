@@ -294,7 +294,7 @@ class Repacker:
                 study_meta_document(instance),
                 study_series_document(instance, str(series_dir)),
                 series_meta_document(instance),
-                image_document(instance, destination.name, source.stat, str(destination)),
+                image_document(instance, destination, source.stat),
             ):
                 json_bytes(document)
 
@@ -320,7 +320,7 @@ class Repacker:
             # The data file is a hard link to the source, which goes next: record
             # the link count the file will have, as a copy would.
             nlink = max(1, stat.st_nlink - 1)
-        image = image_document(instance, destination.name, stat, str(destination), nlink=nlink)
+        image = image_document(instance, destination, stat, nlink=nlink)
         # The -img folder holds one file per instance and nothing else (pypx
         # counts them), so its temporary files live one level up.
         store.write_atomic(
