@@ -318,27 +318,23 @@ class Service:
         """Notice that the incoming folder was replaced or removed; watch the new one."""
         incoming = self.settings.incoming
         identity = identity_of(incoming)
-        if identity == self.root.identity:
-            self._incoming_problem = None
-            return
         if identity is None and not os.path.lexists(incoming):
             with contextlib.suppress(OSError):
                 incoming.mkdir(parents=True)  # storescp needs it to write into
             identity = identity_of(incoming)
+        problem = None
         if identity is None:
             problem = f"the incoming folder {incoming} is missing or not a folder"
             if problem != self._incoming_problem:
                 self.log.error(Event.WATCHER_INCOMING_LOST, folder=str(incoming), error=problem)
-            self._incoming_problem = problem
-            return
-        before = self.root.identity
-        try:
-            self.root.open()
-            self._rearm("the incoming folder was replaced", old_inode=before[1])
-        except (OSError, ConfigError) as error:
-            self._incoming_problem = f"cannot watch the new incoming folder: {error}"
-            return
-        self._incoming_problem = None
+        elif identity != self.root.identity:
+            before = self.root.identity
+            try:
+                self.root.open()
+                self._rearm("the incoming folder was replaced", old_inode=before[1])
+            except (OSError, ConfigError) as error:
+                problem = f"cannot watch the new incoming folder: {error}"
+        self._incoming_problem = problem
 
     def _check_observer(self) -> None:
         """Re-arm the observer when one of its threads died (:class:`ThreadWatch`)."""
