@@ -32,7 +32,7 @@ def test_a_job_that_raises_never_ends_its_worker() -> None:
     for job in range(4):
         assert pool.submit(job)
     assert finished.wait(10)
-    assert pool.running()
+    assert all(thread.is_alive() for thread in pool.threads)
     handed_back, clean = pool.stop(5)
     assert (handed_back, clean) == (0, True)
     assert done == [1, 2, 3]
@@ -103,7 +103,7 @@ def test_the_first_worker_leads_and_the_others_help_with_a_backlog_or_a_wait() -
         # A trickle: each job alone, the lead free: the lead does all of it.
         for job in range(5):
             pool.submit(job)
-            wait_for(lambda: pool.depth() == 0 and pool.busy() == 0, 10, "the job to be done")
+            wait_for(lambda: pool.free_slots() == 64 and pool.busy() == 0, 10, "the job to be done")
         assert [index for index, _ in taken] == [0] * 5
         # The lead is held: one job waits, and is helped with once it has waited.
         taken.clear()
@@ -118,7 +118,7 @@ def test_the_first_worker_leads_and_the_others_help_with_a_backlog_or_a_wait() -
         assert taken[1] == (1, [101])
         # More than the lead's next batch waiting is helped with at once.
         pool.submit(102)
-        wait_for(lambda: pool.depth() == 1, 10, "the job to be queued")
+        wait_for(lambda: pool.free_slots() == 63, 10, "the job to be queued")
         assert len(taken) == 2, "a helper took a lone job before it had waited"
         for job in range(103, 110):  # two batches: the helpers' depth
             pool.submit(job)

@@ -80,8 +80,7 @@ class ResultRouter:
         self.backoff = dataclasses.replace(FILE_RETRY, cap=self.settings.retry_max_delay)
 
     def route(self, candidate: Candidate, result: Result) -> None:
-        if result.warnings:
-            self.metrics.warned.inc(len(result.warnings))
+        self.metrics.warned.inc(len(result.warnings))
         for warning in result.warnings:
             self.log.warning(Event.REPACK_WARNING, src=candidate.shown, warning=warning)
         if isinstance(result, Repacked):

@@ -78,10 +78,6 @@ class WorkerPool(Generic[Item]):
         """How many more items fit in the queue right now."""
         return max(0, self._capacity - len(self._items))
 
-    def depth(self) -> int:
-        """Jobs waiting in the queue (not counting those being handled)."""
-        return len(self._items)
-
     def busy(self) -> int:
         """Jobs being handled right now."""
         with self._lock:
@@ -96,10 +92,6 @@ class WorkerPool(Generic[Item]):
                 for index, since in enumerate(self._busy_since)
                 if since is not None and now - since > after
             ]
-
-    def running(self) -> bool:
-        """Whether every worker thread is alive (before :meth:`stop`)."""
-        return self._started and all(thread.is_alive() for thread in self.threads)
 
     def submit(self, item: Item) -> bool:
         """Queue ``item`` if there is room; never blocks."""
