@@ -203,10 +203,6 @@ class SourceFile:
                 time.sleep(pause)
         return Others.READERS
 
-    def display(self) -> str:
-        """The path as printable text (undecodable bytes escaped)."""
-        return printable(self.path)
-
     def unchanged(self) -> bool:
         """Whether the name still holds the very version that was opened."""
         if self.folder < 0:

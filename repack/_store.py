@@ -36,7 +36,7 @@ from ._errors import SourceVanishedError, StorageError
 from ._logs import dumps
 from ._memo import Memo
 from ._sanitize import seahash
-from ._source import SourceFile, storage_error
+from ._source import SourceFile, printable, storage_error
 from ._temps import temp_name
 
 #: Folder below the log dir that holds the lock files.
@@ -343,7 +343,7 @@ class Store:
                 chunk = os.pread(source.descriptor, min(_COPY_CHUNK, size - offset), offset)
                 if not chunk:
                     raise SourceVanishedError(
-                        f"{source.display()} shrank while it was copied", errno=errno.EIO
+                        f"{printable(source.path)} shrank while it was copied", errno=errno.EIO
                     )
                 view = memoryview(chunk)
                 while view:
@@ -364,6 +364,6 @@ class Store:
                 gone = True
             if gone:  # linkat refuses an inode whose last name was removed
                 return SourceVanishedError(
-                    f"{source.display()} was removed while it was repacked", errno=error.errno
+                    f"{printable(source.path)} was removed while it was repacked", errno=error.errno
                 )
         return storage_error(error, "write", target)

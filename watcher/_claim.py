@@ -27,6 +27,7 @@ from repack.plumbing import (
     SourceVanishedError,
     collected_warnings,
     open_beneath,
+    printable,
     try_claim,
 )
 
@@ -81,7 +82,7 @@ def _refusal(source: SourceFile, *, closed: bool) -> Outcome | None:
             return Outcome.UNCLAIMED
     except OSError as error:
         raise StorageError(
-            f"cannot lock {source.display()}: {error.strerror}", errno=error.errno
+            f"cannot lock {printable(source.path)}: {error.strerror}", errno=error.errno
         ) from error
     if not source.unchanged():
         return Outcome.CHANGED
