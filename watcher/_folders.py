@@ -95,9 +95,7 @@ def _why_not_usable(folder: Path, error: OSError) -> str:
 
 def check_folders(settings: Settings, root: IncomingRoot) -> None:
     """Create the folders, prove them usable and open ``root``; raise :class:`ConfigError`."""
-    s = settings
-    folders = {"incoming": s.incoming, "datadir": s.datadir, "logdir": s.logdir,
-               "quarantine": s.quarantine}  # fmt: skip
+    s, folders = settings, settings.folders
     for other_name in ("datadir", "logdir", "quarantine"):
         other = folders[other_name]
         if _inside(s.incoming, other) or _inside(other, s.incoming):

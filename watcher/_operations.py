@@ -178,15 +178,7 @@ def build_operations(settings: Settings, service: Service) -> Operations:
     server = None
     if settings.metrics_port is not None:
         readiness = Readiness(
-            {
-                "incoming": settings.incoming,
-                "datadir": settings.datadir,
-                "logdir": settings.logdir,
-                "quarantine": settings.quarantine,
-            },
-            service.watching,
-            settings.storescp_port,
-            service_problems=service.ready_problems,
+            settings.folders, service.watching, settings.storescp_port, service.ready_problems
         )
         try:
             answers = health_answers(metrics, readiness, service.alive_problems)

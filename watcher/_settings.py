@@ -34,6 +34,8 @@ from ._destinations import redacted
 from ._errors import ConfigError
 
 ENV_PREFIX = "PYPX_LISTENER_"
+#: The service's folders (absolute paths in :class:`Settings`).
+_FOLDERS = ("incoming", "datadir", "logdir", "quarantine")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -279,6 +281,11 @@ class Settings:
     )
 
     @property
+    def folders(self) -> dict[str, Path]:
+        """The service's four folders, by option name: it touches nothing outside them."""
+        return {name: getattr(self, name) for name in _FOLDERS}
+
+    @property
     def move(self) -> bool:
         return self.mode == "move"
 
@@ -396,6 +403,6 @@ def parse_settings(
         layout = layout_from_arguments(arguments, layout_source=layout_source)
     except CliError as error:
         raise ConfigError(str(error), hint=error.hint) from error
-    for folder in ("incoming", "datadir", "logdir", "quarantine"):
+    for folder in _FOLDERS:
         values[folder] = Path(os.path.abspath(values[folder]))
     return Settings(layout=layout, **values)
