@@ -143,8 +143,3 @@ class SeriesTracker:
             )
             for uid, s in taken
         ]
-
-    def active(self) -> int:
-        """How many series are being received."""
-        with self._lock:
-            return len(self._series)

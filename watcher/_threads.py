@@ -165,8 +165,3 @@ class ThreadWatch:
         """Why the service is not alive, as far as its threads go (``/healthz``)."""
         with self._lock:
             return list(self._problems.values())
-
-    @property
-    def fatal(self) -> str | None:
-        """Why the service must stop, once a death was fatal."""
-        return self._fatal
