@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno as errno_codes
 import fcntl
+import operator
 import os
 import signal
 import stat as stat_module
@@ -34,6 +35,8 @@ from ._errors import NotRegularFileError, SourceVanishedError, StorageError
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _GONE = (errno_codes.ENOENT, errno_codes.ENOTDIR, errno_codes.ELOOP)
+#: What tells one version of a file from another.
+_version = operator.attrgetter("st_dev", "st_ino", "st_size", "st_mtime_ns")
 
 _TYPES = {
     stat_module.S_IFLNK: "symbolic link",
@@ -211,13 +214,7 @@ class SourceFile:
             now = os.stat(self.name, dir_fd=self.folder, follow_symlinks=False)
         except OSError:
             return False
-        before = self.stat
-        return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (
-            before.st_dev,
-            before.st_ino,
-            before.st_size,
-            before.st_mtime_ns,
-        )
+        return _version(now) == _version(self.stat)
 
     def _folder_is_current(self) -> bool:
         """Whether the root still reaches this file's folder by the same components."""

@@ -60,7 +60,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         fatal.append(reason)
         stop_requested.set()
 
-    _warn_of_unknown_variables(log)
+    for name in unknown_variables(os.environ):
+        log.warning(
+            Event.WATCHER_UNKNOWN_SETTING,
+            variable=name,
+            hint=f"no option is named so; see pypx-listener --help for the {ENV_PREFIX}* names",
+        )
     if settings.umask is not None:  # before any folder or worker: they all inherit it
         os.umask(settings.umask)
     service = Service(settings, on_fatal=on_fatal)
@@ -82,15 +87,6 @@ def run(argv: Sequence[str] | None = None) -> int:
         operations.stop(service)
         service.stop(_time_left_to_stop(settings.stop_timeout, signals))
     return _exit_status(output_lost=output_lost.is_set(), fatal=fatal)
-
-
-def _warn_of_unknown_variables(log: Any) -> None:
-    for name in unknown_variables(os.environ):
-        log.warning(
-            Event.WATCHER_UNKNOWN_SETTING,
-            variable=name,
-            hint=f"no option is named so; see pypx-listener --help for the {ENV_PREFIX}* names",
-        )
 
 
 def _time_left_to_stop(stop_timeout: float, signals: list[tuple[int, float]]) -> float | None:
