@@ -122,8 +122,7 @@ class ProbeServer:
         except BlockingIOError:
             return
         except OSError:
-            self._drop(client)
-            return
+            chunk = b""  # reset: as closed
         if not chunk:
             self._drop(client)
             return
@@ -165,8 +164,7 @@ class ProbeServer:
         except BlockingIOError:
             return
         except OSError:
-            self._drop(client)
-            return
+            sent = len(client.outgoing)  # reset: nothing more can be sent
         client.outgoing = client.outgoing[sent:]
         if not client.outgoing:
             self._drop(client)
