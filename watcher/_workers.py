@@ -122,22 +122,20 @@ class WorkerProcess:
             self.start()
             problem = self.wait_ready(60)
             if problem is not None:
-                self._restart()
-                failed = NotRepacked(Outcome.CRASHED, message=f"worker did not start: {problem}")
-                return [failed] * len(candidates)
+                return self._crashed(f"worker did not start: {problem}", len(candidates))
         assert self._connection is not None  # noqa: S101 - started just above
         try:
             self._connection.send((identity, candidates))
             results: list[Result] = self._connection.recv()
         except (EOFError, OSError) as error:
-            self._restart()
-            crashed = NotRepacked(Outcome.CRASHED, message=f"worker process died: {error or 'EOF'}")
-            return [crashed] * len(candidates)
+            return self._crashed(f"worker process died: {error or 'EOF'}", len(candidates))
         return results
 
-    def _restart(self) -> None:
+    def _crashed(self, message: str, count: int) -> list[Result]:
+        """A batch of ``count`` that this process failed as a whole; the next starts afresh."""
         self.stop(1.0)
         self._connection = None
+        return [NotRepacked(Outcome.CRASHED, message=message)] * count
 
     def kill(self, *, reap: bool = True) -> None:
         """Kill the process now (a stalled file, or a missed stop deadline).
