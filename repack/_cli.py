@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -202,10 +202,7 @@ def _beneath(folder: Path, relative: str, roots: list[int]) -> _Input:
     """A file to be moved (``--cleanup``): opened beneath its folder, no link followed
     (neither the folder named nor any below it on the way to the file)."""
     root = _open_folder(folder, cleanup=True, roots=roots)
-    path = folder / relative
-    if not os.path.lexists(path):
-        raise CliError(f"no such file: {printable(str(path))}", hint="check the path")
-    return _Input(path, root=root, relative=relative)
+    return replace(_named_file(folder / relative), root=root, relative=relative)
 
 
 def _inputs_of(arguments: argparse.Namespace, roots: list[int]) -> list[_Input]:
