@@ -203,3 +203,17 @@ def test_the_readme_figures_of_the_path_are_the_scripts() -> None:
         f" of the service's own threads), {total} pairs in all"
     )
     assert stated in readme
+
+
+def test_the_readme_states_the_floor_the_script_counts() -> None:
+    """``benchmarks.lines``'s floor of the library (hand-off aside), as the README states it."""
+    import json  # noqa: PLC0415
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "benchmarks.lines", "--json"],
+        capture_output=True, text=True, timeout=300, check=True, cwd=ROOT,
+    )  # fmt: skip
+    counted = json.loads(shown.stdout)["without the hand-off"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"{counted['lines']:,} lines, of which {counted['code']:,} code" in readme
+    assert f"is **{counted['floor']:,}** lines" in readme
