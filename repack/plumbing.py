@@ -51,6 +51,7 @@ from ._source import (
     open_path,
     open_root,
     printable,
+    storage_error,
     try_claim,
 )
 from ._store import LOCK_DIR, Store
@@ -89,6 +90,7 @@ __all__ = [
     "seahash_hex",
     "sender_folder",
     "shorten",
+    "storage_error",
     "sweep_stale_temps",
     "token",
     "try_claim",

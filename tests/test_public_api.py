@@ -33,7 +33,7 @@ SURFACES = {
         "SourceFile", "open_root", "open_beneath", "open_path", "folder_beneath", "file_type",
         "open_folder_beneath", "Others", "SourceVanishedError", "read_source", "try_claim",
         "Store", "sweep_stale_temps", "probe_writable", "json_bytes", "dumps", "printable",
-        "sanitize_component", "seahash_hex", "sender_folder", "shorten", "token",
+        "sanitize_component", "seahash_hex", "sender_folder", "shorten", "token", "storage_error",
         "log_repacked", "output_blocked_for", "collected_warnings",
         "CliError", "OneLineParser", "add_layout_arguments", "layout_from_arguments",
         "report_error", "version",

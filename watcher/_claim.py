@@ -27,7 +27,7 @@ from repack.plumbing import (
     SourceVanishedError,
     collected_warnings,
     open_beneath,
-    printable,
+    storage_error,
     try_claim,
 )
 
@@ -81,9 +81,7 @@ def _refusal(source: SourceFile, *, closed: bool) -> Outcome | None:
         if not try_claim(source.descriptor):
             return Outcome.UNCLAIMED
     except OSError as error:
-        raise StorageError(
-            f"cannot lock {printable(source.path)}: {error.strerror}", errno=error.errno
-        ) from error
+        raise storage_error(error, "lock", source.path) from error
     if not source.unchanged():
         return Outcome.CHANGED
     others = source.others()

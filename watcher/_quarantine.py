@@ -31,6 +31,7 @@ from repack.plumbing import (
     open_beneath,
     printable,
     shorten,
+    storage_error,
 )
 
 _NAME_BYTES = 255 - len(".json")
@@ -126,9 +127,7 @@ class Quarantine:
         except FileNotFoundError as error:
             raise SourceVanishedError(f"{note['src']}: gone", errno=error.errno) from error
         except OSError as error:
-            raise StorageError(
-                f"cannot set aside {note['src']}: {error.strerror}", errno=error.errno
-            ) from error
+            raise storage_error(error, "set aside", note["src"]) from error
         finally:
             os.close(folder)
         return note_path
