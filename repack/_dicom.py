@@ -216,7 +216,7 @@ def read_source(
         source.stat,
         source.path,
         wanted,
-        full_reader=lambda: read_full(source),
+        full_reader=(lambda: read_full(source)) if wanted is not None else None,
         cache=cache,
         charset=charset_key(dataset) if cache is not None else None,
     )

@@ -124,8 +124,8 @@ def image_document(
     ``destination``."""
     record: dict[str, Any] = series_fields(instance)
     record["outputFile"] = destination.name
-    location = {**stat_fields(stat, nlink=nlink), "FSlocation": str(destination)}
-    record["imageObj"] = {destination.name: location}
+    stored = {**stat_fields(stat, nlink=nlink), "FSlocation": str(destination)}
+    record["imageObj"] = {destination.name: stored}
     return {instance.px_value("SeriesInstanceUID"): record}
 
 
